@@ -1,0 +1,1 @@
+"""Datasets (TFDS builders, array_record), preprocessing, splits and grain input."""

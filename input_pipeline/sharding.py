@@ -1,0 +1,42 @@
+"""Data parallelism: one ('data',) mesh, batches sharded, parameters replicated."""
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from input_pipeline.errors import UserInputError
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """A 1-D mesh over every device of every process, axis name 'data'."""
+  return jax.make_mesh((jax.device_count(),), ('data',))
+
+
+def data_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Leading (batch) axis split over 'data'."""
+  return NamedSharding(mesh, P('data'))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(batch_size: int, key: str = 'batch_size') -> None:
+  """Global batch must split evenly over devices; fail early and clearly."""
+  n = jax.device_count()
+  if batch_size % n:
+    raise UserInputError(
+        f'config.{key}={batch_size} is not divisible by the {n} devices')
+
+
+def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
+  """Places a host-local numpy batch on the mesh (multi-host aware).
+
+  Each process holds its own slice of the global batch (grain shards the
+  data per process), so the global array is assembled from local data.
+  """
+  sharding = data_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      batch)

@@ -1,0 +1,61 @@
+"""Entry point: `python main.py --config=configs/<job>.py[:variant] --workdir=W`.
+
+Intentionally thin (as in the Flax examples): parse flags, log the devices,
+dispatch on `config.task`. All logic lives in importable libraries.
+"""
+
+import importlib
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from input_pipeline.errors import UserInputError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    'config', None, 'Path to an ml_collections config file (path.py:variant).',
+    lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, outputs.')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() (multi-host runs).')
+flags.mark_flags_as_required(['config'])
+
+# config.task -> 'module:function'; each function takes (config, workdir).
+_TASKS = {
+    'data': 'input_pipeline.report:prepare_and_report',
+    'pggan': 'pggan_jax.train:train_and_evaluate',
+    'sample': 'pggan_jax.sample:sample_from_config',
+    'resnet': 'resnet_jax.train:train_and_evaluate',
+    'study': 'resnet_jax.study:run_study',
+}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  import jax  # pylint: disable=g-import-not-at-top
+
+  if FLAGS.distributed:
+    jax.distributed.initialize()
+  config = FLAGS.config
+  task = config.get('task')
+  if task not in _TASKS:
+    raise app.UsageError(
+        f'config.task={task!r} is not one of {sorted(_TASKS)}')
+  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  module_name, fn_name = _TASKS[task].split(':')
+  fn = getattr(importlib.import_module(module_name), fn_name)
+  try:
+    fn(config, FLAGS.workdir)
+  except UserInputError as e:
+    # Bad input: one clear line naming the file or config key, non-zero exit.
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+  app.run(main)
