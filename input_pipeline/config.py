@@ -58,10 +58,14 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.fold = 0
   data.val_fraction = 0.15
   data.split_seed = 0
-  # Near-duplicates (perceptual hash Hamming distance <= threshold):
-  # 'error' if a group straddles splits, or 'group' to keep it together.
-  data.duplicates = 'error'
-  data.hash_threshold = 4
+  # Duplicates (identical pixels, or 256-bit perceptual hash Hamming
+  # distance <= hash_threshold; -1 = exact only). 'group': folds are split by
+  # duplicate group, so a group never straddles train/val/test; 'error':
+  # split image by image and fail if a group straddles (names its ids).
+  # 24 of 256 bits finds the re-exported slices in head_ct (<= 20 bits) and
+  # no unrelated pair (>= 26); see input_pipeline/splits.py.
+  data.duplicates = 'group'
+  data.hash_threshold = 24
   # Keep only these labels (-1 = all): one GAN per class uses 0 or 1.
   data.class_filter = -1
   # Classic augmentation.

@@ -1,0 +1,100 @@
+r"""The augmentation study: k-fold x seeds x {none, classic, gan, classic+gan}.
+
+  python main.py --config=configs/study.py:tiny --workdir=/tmp/study_tiny
+    Embedded synthetic phantoms at 32x32, tiny PGGANs and ResNets, 2 folds x
+    1 seed x 4 arms. A few minutes on the 2-core CPU (the tests run it);
+    running it again skips every finished cell and only rewrites the report.
+  python main.py --config=configs/study.py --workdir=runs/study
+    Default: synthetic phantoms, PGGANs to 64x64 and the CPU ResNet at 64x64,
+    5 folds x 3 seeds. measured: TBD.
+  python main.py --config=configs/study.py --workdir=runs/study_headct \
+      --config.data.name=head_ct --config.data.dir=/path/to/head_ct
+  python main.py --config=configs/study.py --workdir=W \
+      --config.data.name=image_folder --config.data.dir=DIR \
+      --config.data.positive_class=NAME
+    The same study on real data; nothing else needs changing.
+  python main.py --config=configs/study.py:paper --workdir=W \
+      --config.data.name=head_ct --config.data.dir=/path/to/head_ct
+    Paper scale for a GPU: PGGAN to 256x256, ResNet-50 at 224x224.
+
+Outputs in the workdir: results.csv (fold, seed, arm, metrics), report.md
+(mean ± sd and 95% CI per arm, paired tests of classic+gan vs classic and
+gan vs none), roc.png, arms.png, samples.png; see resnet_jax/study.py.
+
+`data` is the one data block of the study: before each sub-run it is copied
+into `gan.data` / `classifier.data` (all keys but the consumer's resolution,
+augment and synthetic_ratio), and the study sets data.fold,
+data.class_filter, data.synthetic_dir, seed and arm per cell. So override
+data options here (`--config.data.X`), not in `gan.data` or
+`classifier.data`.
+"""
+
+import ml_collections
+
+from configs import pggan as pggan_cfg
+from configs import resnet as resnet_cfg
+from input_pipeline import config as data_config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """arg: None (default, CPU at 64x64) | 'tiny' | 'paper'."""
+  if arg not in (None, '', 'tiny', 'paper'):
+    raise ValueError(f'unknown study config variant {arg!r}')
+  variant = arg or None
+  config = ml_collections.ConfigDict()
+  config.task = 'study'
+  # Seeds config.seed, config.seed + 1, ...: each seeds the GANs, sampling
+  # and all arms of a cell (the arms of a cell share init and data order,
+  # so the comparison is paired).
+  config.seed = 0
+  config.num_seeds = 3
+  # Folds to run (a tuple of fold indices); () = all data.num_folds folds.
+  config.folds = ()
+  # 'per_class': one unconditional PGGAN per class (data.class_filter);
+  # 'conditional': one class-conditional PGGAN (gan.model.conditional).
+  config.gan_mode = 'per_class'
+  # Classifier arms; 'gan' arms mix the cell's synthetic images in.
+  config.arms = ('none', 'classic', 'gan', 'classic+gan')
+  # Synthetic images sampled per class (M) for each fold x seed.
+  config.num_synthetic_per_class = 200
+
+  # The shared data block (see the module docstring).
+  config.data = data_config.get_data_config()
+  # Images are stored once at this size; every model reads from it.
+  config.data.storage_size = 64
+  config.data.synthetic_size = 64
+  # Keep near-duplicates in one split (a group never straddles train/test).
+  config.data.duplicates = 'group'
+
+  config.gan = pggan_cfg.get_config(variant)
+  config.classifier = resnet_cfg.get_config(variant)
+
+  config.report = ml_collections.ConfigDict()
+  # Metric whose paired t-test is the primary result.
+  config.report.primary_metric = 'auc'
+  # Coverage of all intervals.
+  config.report.confidence = 0.95
+  # Synthetic images per class in samples.png (first fold/seed).
+  config.report.samples_per_class = 8
+  config.report.title = 'PGGAN augmentation study'
+
+  # Persistent XLA compilation cache ('' = ~/.cache/pggan_jax/jax_cache):
+  # compiled steps are reused across cells and reruns. Only compilations
+  # slower than the threshold (seconds) are stored.
+  config.jax_cache_dir = ''
+  config.jax_cache_min_compile_secs = 0.5
+
+  if variant == 'tiny':
+    config.num_seeds = 1
+    config.data.num_folds = 2
+    config.data.val_fraction = 0.25
+    config.data.synthetic_per_class = 20
+    config.data.synthetic_size = 32
+    config.data.storage_size = 32
+    config.num_synthetic_per_class = 16
+    config.report.samples_per_class = 6
+  elif variant == 'paper':
+    config.data.storage_size = 256
+    config.data.synthetic_size = 256
+    config.num_synthetic_per_class = 1000
+  return config

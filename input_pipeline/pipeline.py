@@ -1,0 +1,188 @@
+"""grain input pipelines over a `PreparedData`.
+
+    it = create_iterator(prepared, config.data, role='train', resolution=64,
+                         batch_size=32, seed=0)
+    batch = next(it)  # {'image': float32 [B,R,R,C] in [-1,1], 'label': int32}
+    state = it.get_state(); ...; it.set_state(state)
+
+Training: `MapDataset.source -> seed -> shuffle -> repeat -> map(Resize)
+[-> mix with synthetic images] -> random_map(Augment) | map(ToFloat) ->
+batch(drop_remainder=True) -> to_iter_dataset [-> mp_prefetch]`.
+Each process reads its own slice of the split (jax.process_index/count).
+"""
+
+import os
+
+from absl import flags
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from input_pipeline import preprocess
+from input_pipeline import transforms
+from input_pipeline.dataset import PreparedData
+from input_pipeline.errors import UserInputError
+
+
+def _pick(value, default):
+  return default if value is None else value
+
+
+def _select(prepared: PreparedData, fold: int, role: str,
+            class_filter: int) -> np.ndarray:
+  idx = prepared.indices(fold, role)
+  if class_filter >= 0:
+    if class_filter >= len(prepared.class_names):
+      raise UserInputError(
+          f'config.data.class_filter={class_filter} is not -1 or a label in '
+          f'[0, {len(prepared.class_names)})')
+    idx = idx[prepared.labels[idx] == class_filter]
+  return idx
+
+
+class _Subset:
+  """A picklable random-access view of `source` at `indices`."""
+
+  def __init__(self, source, indices: np.ndarray):
+    self._source = source
+    self._indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i: int) -> dict:
+    ex = self._source[self._indices[i]]
+    return {'image': ex['image'], 'label': ex['label']}
+
+
+def load_synthetic(synthetic_dir: str, class_names: list[str],
+                   labels: list[int], resolution: int,
+                   channels: int) -> list[dict]:
+  """Reads DIR/<class_name>/*.png for `labels` -> uint8 examples."""
+  out = []
+  for label in labels:
+    folder = os.path.join(synthetic_dir, class_names[label])
+    if not os.path.isdir(folder):
+      raise UserInputError(
+          f'config.data.synthetic_dir: {folder} (class '
+          f'{class_names[label]!r}) does not exist')
+    files = sorted(f for f in os.listdir(folder)
+                   if f.lower().endswith('.png'))
+    if not files:
+      raise UserInputError(f'config.data.synthetic_dir: {folder} has no PNG '
+                           f'images')
+    for f in files:
+      x, _ = preprocess.load_square(os.path.join(folder, f), resolution)
+      if channels > 1:
+        x = np.repeat(x, channels, axis=-1)
+      out.append({'image': x, 'label': np.int32(label)})
+  return out
+
+
+def create_iterator(prepared: PreparedData,
+                    data: ml_collections.ConfigDict,
+                    *,
+                    role: str = 'train',
+                    resolution: int | None = None,
+                    batch_size: int,
+                    seed: int = 0,
+                    train: bool = True,
+                    fold: int | None = None,
+                    class_filter: int | None = None,
+                    augment: ml_collections.ConfigDict | None = None,
+                    synthetic_dir: str | None = None,
+                    synthetic_ratio: float | None = None,
+                    num_workers: int | None = None) -> grain.DatasetIterator:
+  """A grain iterator of numpy batches; see the module docstring.
+
+  train=True shuffles, repeats forever, augments (if augment.enabled), mixes
+  synthetic images (if synthetic_dir and synthetic_ratio > 0) and drops the
+  last partial batch; train=False reads the split once, in id order, with
+  the last batch possibly smaller. `None` keywords come from `data`.
+  `batch_size` is per process.
+  """
+  resolution = int(_pick(resolution, data.resolution))
+  fold = int(_pick(fold, data.fold))
+  class_filter = int(_pick(class_filter, data.class_filter))
+  augment = _pick(augment, data.augment)
+  synthetic_dir = _pick(synthetic_dir, data.synthetic_dir)
+  synthetic_ratio = float(_pick(synthetic_ratio, data.synthetic_ratio))
+  num_workers = int(_pick(num_workers, data.num_workers))
+  if not 1 <= resolution <= prepared.storage_size:
+    raise UserInputError(
+        f'resolution {resolution} must be in [1, config.data.storage_size='
+        f'{prepared.storage_size}]')
+  if batch_size < 1:
+    raise UserInputError(f'batch_size={batch_size} must be >= 1')
+  if not 0 <= synthetic_ratio < 1:
+    raise UserInputError(
+        f'config.data.synthetic_ratio={synthetic_ratio} must be in [0, 1)')
+  if train and synthetic_ratio > 0 and not synthetic_dir:
+    raise UserInputError(
+        f'config.data.synthetic_ratio={synthetic_ratio} needs '
+        f'config.data.synthetic_dir')
+  idx = _select(prepared, fold, role, class_filter)
+  idx = idx[jax.process_index()::jax.process_count()]
+  if len(idx) == 0:
+    raise UserInputError(
+        f'no images for role={role!r}, config.data.fold={fold}, '
+        f'config.data.class_filter={class_filter}')
+  ds = grain.MapDataset.source(_Subset(prepared.source, idx))
+  if train:
+    ds = ds.seed(seed).shuffle().repeat()
+  ds = ds.map(transforms.Resize(resolution))
+  if train and synthetic_dir and synthetic_ratio > 0:
+    labels = ([class_filter] if class_filter >= 0
+              else list(range(len(prepared.class_names))))
+    synth = load_synthetic(synthetic_dir, prepared.class_names, labels,
+                           resolution, prepared.channels)
+    sds = grain.MapDataset.source(synth).seed(seed + 1).shuffle().repeat()
+    ds = grain.MapDataset.mix([ds, sds],
+                              weights=[1 - synthetic_ratio, synthetic_ratio])
+  if train and augment.enabled:
+    ds = ds.random_map(transforms.Augment(augment), seed=seed + 2)
+  else:
+    ds = ds.map(transforms.ToFloat())
+  ds = ds.batch(batch_size, drop_remainder=train)
+  # Elements here are whole batches: grain's default read-ahead (500
+  # elements) would prepare thousands of images before the first batch.
+  it_ds = ds.to_iter_dataset(grain.ReadOptions(
+      num_threads=2 if num_workers == 0 else 1, prefetch_buffer_size=2))
+  if num_workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # grain's workers read absl flags; outside main.py (tests, notebooks)
+      # nothing has parsed them.
+      flags.FLAGS.mark_as_parsed()
+    it_ds = it_ds.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it_ds)
+
+
+def load_arrays(prepared: PreparedData,
+                data: ml_collections.ConfigDict,
+                *,
+                role: str = 'test',
+                resolution: int | None = None,
+                fold: int | None = None,
+                class_filter: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """A whole split, in id order: (float32 [N,R,R,C] in [-1,1], int32 [N], ids).
+
+  Not sharded by process (evaluation sets are small).
+  """
+  resolution = int(_pick(resolution, data.resolution))
+  fold = int(_pick(fold, data.fold))
+  class_filter = int(_pick(class_filter, data.class_filter))
+  if not 1 <= resolution <= prepared.storage_size:
+    raise UserInputError(
+        f'resolution {resolution} must be in [1, config.data.storage_size='
+        f'{prepared.storage_size}]')
+  idx = _select(prepared, fold, role, class_filter)
+  c = prepared.channels
+  images = np.zeros((len(idx), resolution, resolution, c), np.float32)
+  for k, i in enumerate(idx):
+    images[k] = transforms.to_float(preprocess.resize_square(
+        prepared.source[i]['image'], resolution))
+  labels = prepared.labels[idx].astype(np.int32)
+  return images, labels, [prepared.ids[i] for i in idx]

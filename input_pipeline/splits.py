@@ -1,0 +1,170 @@
+"""Duplicate detection and the stratified k-fold split manifest.
+
+Duplicates: two stored (preprocessed) images are duplicates when their pixels
+are identical (sha256) or their 256-bit perceptual hashes (imagehash.phash,
+hash_size=16) differ in <= `data.hash_threshold` bits. The 256-bit hash is
+used because CT slices all share one coarse layout (a bright ring on
+black): with the usual 64-bit hash, unrelated slices of the real head_ct set
+(even of different classes) and synthetic phantoms land within 4 bits of
+each other, while at 256 bits the closest unrelated pairs are >= 26 bits
+apart and the genuine re-crops / re-exports in head_ct are <= 20. Duplicate
+pairs are merged with union-find into groups.
+
+Splits: stratified k-fold over the labels, seeded by `data.split_seed`; each
+training split gives up a stratified validation carve-out of
+`data.val_fraction`. With `data.duplicates='group'` (the default) each
+duplicate group is one unit (StratifiedGroupKFold), so a group can never
+straddle train/val/test. With 'error' the split ignores groups and any group
+that ends up in two roles of a fold is an error naming its ids.
+"""
+
+import hashlib
+
+import imagehash
+import numpy as np
+from PIL import Image
+from sklearn import model_selection
+
+from input_pipeline.errors import UserInputError
+
+POLICIES = ('group', 'error')
+HASH_SIZE = 16  # 16 x 16 = 256-bit perceptual hash
+
+
+def _hashes(images) -> tuple[list[str], np.ndarray]:
+  shas, bits = [], []
+  for x in images:
+    shas.append(hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest())
+    gray = x[..., 0] if x.shape[-1] == 1 else x.mean(-1).astype(np.uint8)
+    phash = imagehash.phash(Image.fromarray(gray), hash_size=HASH_SIZE)
+    bits.append(phash.hash.reshape(-1))
+  return shas, np.array(bits, bool)
+
+
+def duplicate_groups(images, ids: list[str],
+                     threshold: int) -> list[list[str]]:
+  """Groups (size >= 2) of exact or near-duplicate images, by id."""
+  n = len(ids)
+  parent = list(range(n))
+
+  def find(i):
+    while parent[i] != i:
+      parent[i] = parent[parent[i]]
+      i = parent[i]
+    return i
+
+  shas, bits = _hashes(images)
+  first = {}
+  for i, s in enumerate(shas):
+    if s in first:
+      parent[find(i)] = find(first[s])
+    first.setdefault(s, i)
+  if threshold >= 0 and n > 1:
+    b = bits.astype(np.int32)
+    # Hamming distances in row blocks: bits minus agreements (ones + zeros).
+    for start in range(0, n, 1024):
+      blk = b[start:start + 1024]
+      dist = b.shape[1] - (blk @ b.T + (1 - blk) @ (1 - b).T)
+      for i, j in zip(*np.nonzero(dist <= threshold)):
+        if start + i < j:
+          parent[find(j)] = find(start + i)
+  groups = {}
+  for i in range(n):  # members and groups in source (id) order
+    groups.setdefault(find(i), []).append(i)
+  return [[ids[i] for i in g]
+          for g in sorted(groups.values(), key=lambda g: g[0]) if len(g) > 1]
+
+
+def _splitter(policy: str, n_splits: int, seed: int):
+  # With 'error' every image is its own group, so StratifiedGroupKFold
+  # splits image by image.
+  del policy
+  return model_selection.StratifiedGroupKFold(
+      n_splits=n_splits, shuffle=True, random_state=seed)
+
+
+def _carve_val(train: np.ndarray, labels: np.ndarray, units: np.ndarray,
+               fraction: float, rng: np.random.Generator
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """Stratified, unit-aware validation carve-out from `train` indices.
+
+  Per class, whole units (duplicate groups or single images) are drawn in a
+  seeded random order until round(fraction * class size) images are taken;
+  at least one unit per class while the class keeps one for training.
+  """
+  if fraction <= 0:
+    return train, np.zeros(0, np.int64)
+  val, taken_units = set(), set()
+  for c in np.unique(labels[train]):
+    members = train[labels[train] == c]
+    ids = np.unique(units[members])
+    rng.shuffle(ids)
+    target = max(1, round(fraction * len(members)))
+    taken = len([i for i in members if i in val])
+    for u in ids[:-1]:  # always leave one unit of the class for training
+      if taken >= target:
+        break
+      if u in taken_units:
+        continue
+      taken_units.add(u)
+      sel = train[units[train] == u]  # the whole unit, whatever its labels
+      val.update(sel.tolist())
+      taken += int((labels[sel] == c).sum())
+  val = np.array(sorted(val), np.int64)
+  return np.setdiff1d(train, val), val
+
+
+def make_manifest(ids: list[str], labels: np.ndarray,
+                  dup_groups: list[list[str]], num_folds: int,
+                  val_fraction: float, seed: int, policy: str) -> dict:
+  """The split manifest (see `dataset.PreparedData.manifest`)."""
+  if policy not in POLICIES:
+    raise UserInputError(
+        f'config.data.duplicates={policy!r} is not one of {list(POLICIES)}')
+  if not 0 <= val_fraction < 1:
+    raise UserInputError(
+        f'config.data.val_fraction={val_fraction} must be in [0, 1)')
+  n = len(ids)
+  labels = np.asarray(labels)
+  pos = {i: k for k, i in enumerate(ids)}
+  groups = np.arange(n)
+  for g in dup_groups:
+    for i in g:
+      groups[pos[i]] = pos[g[0]]
+  unit_groups = groups if policy == 'group' else np.arange(n)
+  if num_folds < 2:
+    raise UserInputError(f'config.data.num_folds={num_folds} must be >= 2')
+  # Every class needs at least one unit in each test fold.
+  for c in np.unique(labels):
+    units = len(np.unique(unit_groups[labels == c]))
+    if units < num_folds:
+      raise UserInputError(
+          f'config.data.num_folds={num_folds} is more than the {units} '
+          f'independent images of class {int(c)}')
+  outer = _splitter(policy, num_folds, seed)
+  folds = []
+  for k, (train, test) in enumerate(
+      outer.split(np.zeros(n), labels, unit_groups)):
+    train, val = _carve_val(train, labels, unit_groups, val_fraction,
+                            np.random.default_rng([seed, k]))
+    folds.append({role: sorted((ids[i] for i in idx), key=pos.get)
+                  for role, idx in (('train', train), ('val', val),
+                                    ('test', test))})
+  manifest = {'num_folds': num_folds, 'split_seed': seed,
+              'val_fraction': val_fraction, 'duplicates_policy': policy,
+              'folds': folds, 'duplicate_groups': dup_groups}
+  check_straddles(manifest)
+  return manifest
+
+
+def check_straddles(manifest: dict) -> None:
+  """UserInputError if a duplicate group spans two roles of any fold."""
+  for k, fold in enumerate(manifest['folds']):
+    role = {i: r for r, members in fold.items() for i in members}
+    for g in manifest['duplicate_groups']:
+      roles = {role[i] for i in g}
+      if len(roles) > 1:
+        raise UserInputError(
+            f'duplicate images {g} straddle {sorted(roles)} in fold {k}; '
+            f"set config.data.duplicates='group' to keep duplicates "
+            f'together, or remove them')

@@ -1,0 +1,139 @@
+"""Sampling from a trained PGGAN: G_ema from a checkpoint -> PNG folder.
+
+    python main.py --config=configs/sample.py --config.workdir=W \
+        --config.num_images=N --config.output_dir=O
+
+The model is rebuilt from W/config.json (written at train start), G_ema is
+restored from the latest checkpoint (or `step`), and N 8-bit PNGs are
+written at the checkpoint's resolution: directly in O for an unconditional
+model, in O/<class_name>/ for a conditional one (every class, or `label`),
+plus O/manifest.json. Same seed, same images.
+"""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from input_pipeline import images as image_io
+from input_pipeline.errors import UserInputError
+from pggan_jax import schedule
+from pggan_jax import steps
+from pggan_jax import train
+
+_CHUNK = 64
+
+
+def load_generator(workdir: str, step: int | None = None):
+  """(config, g_graph, g_ema params, meta, step) from a training workdir."""
+  config_path = os.path.join(workdir, 'config.json')
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  if not os.path.isfile(config_path):
+    raise UserInputError(f'{config_path} not found: is config.workdir a '
+                         'PGGAN training workdir?')
+  if not os.path.isdir(ckpt_dir) or not os.listdir(ckpt_dir):
+    raise UserInputError(f'no checkpoint in {ckpt_dir}')
+  with open(config_path) as f:
+    cfg = ml_collections.ConfigDict(json.load(f))
+  mgr = ocp.CheckpointManager(
+      os.path.abspath(ckpt_dir),
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+      item_names=('g', 'd', 'g_ema', 'opt', 'meta', 'data'))
+  steps_available = mgr.all_steps()
+  if not steps_available:
+    raise UserInputError(f'no checkpoint in {ckpt_dir}')
+  if step is None or step < 0:
+    step = max(steps_available)
+  elif step not in steps_available:
+    raise UserInputError(f'config.step={step} not in {ckpt_dir} (have '
+                         f'{sorted(steps_available)})')
+  g_graph, _, g_params, _ = train.build_models(cfg)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, g_params)
+  restored = mgr.restore(step, args=ocp.args.Composite(
+      g_ema=ocp.args.StandardRestore(abstract),
+      meta=ocp.args.JsonRestore()))
+  mgr.close()
+  return cfg, g_graph, restored['g_ema'], restored['meta'], step
+
+
+def _resolve_label(label, class_names: list[str]) -> int:
+  if isinstance(label, str) and label in class_names:
+    return class_names.index(label)
+  try:
+    value = int(label)
+  except ValueError:
+    value = -1
+  if not 0 <= value < len(class_names):
+    raise UserInputError(f'config.label={label!r} is not a class index or '
+                         f'name of {class_names}')
+  return value
+
+
+def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
+           label: int | str | None = None, step: int | None = None) -> dict:
+  """Writes `num_images` PNGs (per class if conditional); returns manifest."""
+  if num_images < 1:
+    raise UserInputError(f'config.num_images={num_images} must be >= 1')
+  cfg, g_graph, g_ema, meta, step = load_generator(workdir, step)
+  point = schedule.from_config(cfg, meta['nimg'] / 1000)
+  # Sample at the resolution G_ema was last trained at.
+  stage = int(math.log2(meta['data_res'])) - 2 if meta['data_res'] else (
+      point.stage)
+  alpha = point.alpha if stage == point.stage else 1.0
+  class_names = list(cfg.class_names)
+  conditional = cfg.model.num_classes > 0
+  if conditional:
+    labels = ([_resolve_label(label, class_names)]
+              if label not in (None, '', -1) else range(len(class_names)))
+  else:
+    if label not in (None, '', -1):
+      raise UserInputError('config.label is set but the model in '
+                           f'{workdir} is unconditional')
+    labels = [None]
+  files = []
+  for lab in labels:
+    out = (os.path.join(output_dir, class_names[lab]) if lab is not None
+           else output_dir)
+    key = jax.random.fold_in(jax.random.key(seed), lab or 0)
+    z_all = jax.random.normal(key, (num_images, cfg.model.latent_size))
+    for start in range(0, num_images, _CHUNK):
+      z = z_all[start:start + _CHUNK]
+      y = jnp.full((z.shape[0],), lab or 0, jnp.int32)
+      imgs = np.asarray(steps.generate(g_ema, z, y, jnp.float32(alpha),
+                                       g_graph=g_graph, stage=stage))
+      for i, img in enumerate(image_io.to_uint8(imgs)):
+        path = os.path.join(out, f'{seed:04d}_{start + i:05d}.png')
+        image_io.save_png(img, path)
+        files.append(os.path.relpath(path, output_dir))
+  manifest = {
+      'workdir': os.path.abspath(workdir), 'checkpoint_step': int(step),
+      'kimg': meta['nimg'] / 1000, 'seed': seed,
+      'resolution': 4 * 2 ** stage, 'label': label if conditional else None,
+      'conditional': conditional, 'class_names': class_names,
+      'num_images': len(files), 'files': files}
+  os.makedirs(output_dir, exist_ok=True)
+  with open(os.path.join(output_dir, 'manifest.json'), 'w') as f:
+    json.dump(manifest, f, indent=2)
+  return manifest
+
+
+def sample_from_config(config: ml_collections.ConfigDict,
+                       workdir: str | None = None) -> dict:
+  """`main.py` entry for configs/sample.py (`workdir` flag unused)."""
+  del workdir
+  if not config.workdir:
+    raise UserInputError('config.workdir is required')
+  if not config.output_dir:
+    raise UserInputError('config.output_dir is required')
+  manifest = sample(config.workdir, config.num_images, config.output_dir,
+                    seed=config.seed, label=config.label or None,
+                    step=config.step if config.step >= 0 else None)
+  print(f'wrote {manifest["num_images"]} images at '
+        f'{manifest["resolution"]}x{manifest["resolution"]} to '
+        f'{config.output_dir}')
+  return manifest

@@ -1,0 +1,155 @@
+"""ResNet v1.5 in Flax NNX (NHWC), for binary CT classification.
+
+v1.5 puts the stride of a bottleneck block on its 3x3 convolution (not on the
+first 1x1), as torchvision and the Flax ImageNet example do. Variants are
+partials of one class, like the Flax example:
+
+  model = ResNet18(num_classes=2, num_channels=1, num_filters=16,
+                   rngs=nnx.Rngs(0))
+  model.train()   # BatchNorm uses batch statistics and updates its averages
+  model.eval()    # BatchNorm uses the running averages
+
+`dtype` is the compute dtype (e.g. bfloat16); parameters stay float32
+(`param_dtype`) and the logits are returned as float32.
+"""
+
+import functools
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# He (fan_out) initialisation, as torchvision's ResNet.
+_conv_init = nnx.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int, *, dtype: Any,
+          rngs: nnx.Rngs) -> nnx.Conv:
+  pad = (kernel - 1) // 2
+  return nnx.Conv(
+      cin, cout, (kernel, kernel), strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+      param_dtype=jnp.float32, kernel_init=_conv_init, rngs=rngs)
+
+
+def _norm(features: int, *, dtype: Any, rngs: nnx.Rngs,
+          zero_init: bool = False) -> nnx.BatchNorm:
+  # momentum 0.9 / eps 1e-5 as torch and the Flax ImageNet example. A
+  # zero-initialised last scale makes each residual block start as identity.
+  return nnx.BatchNorm(
+      features, momentum=0.9, epsilon=1e-5, dtype=dtype,
+      param_dtype=jnp.float32,
+      scale_init=(nnx.initializers.zeros_init() if zero_init
+                  else nnx.initializers.ones_init()),
+      rngs=rngs)
+
+
+class ResNetBlock(nnx.Module):
+  """Basic block: 3x3 -> 3x3, output channels = filters."""
+
+  expansion = 1
+
+  def __init__(self, in_features: int, filters: int, *, strides: int = 1,
+               dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    self.conv1 = _conv(in_features, filters, 3, strides, dtype=dtype, rngs=rngs)
+    self.bn1 = _norm(filters, dtype=dtype, rngs=rngs)
+    self.conv2 = _conv(filters, filters, 3, 1, dtype=dtype, rngs=rngs)
+    self.bn2 = _norm(filters, dtype=dtype, rngs=rngs, zero_init=True)
+    if strides != 1 or in_features != filters:
+      self.proj = _conv(in_features, filters, 1, strides, dtype=dtype,
+                        rngs=rngs)
+      self.proj_bn = _norm(filters, dtype=dtype, rngs=rngs)
+    else:
+      self.proj = self.proj_bn = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    residual = x if self.proj is None else self.proj_bn(self.proj(x))
+    return nnx.relu(residual + y)
+
+
+class BottleneckResNetBlock(nnx.Module):
+  """Bottleneck: 1x1 -> 3x3 (strided, v1.5) -> 1x1, output = 4 * filters."""
+
+  expansion = 4
+
+  def __init__(self, in_features: int, filters: int, *, strides: int = 1,
+               dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    out = filters * self.expansion
+    self.conv1 = _conv(in_features, filters, 1, 1, dtype=dtype, rngs=rngs)
+    self.bn1 = _norm(filters, dtype=dtype, rngs=rngs)
+    self.conv2 = _conv(filters, filters, 3, strides, dtype=dtype, rngs=rngs)
+    self.bn2 = _norm(filters, dtype=dtype, rngs=rngs)
+    self.conv3 = _conv(filters, out, 1, 1, dtype=dtype, rngs=rngs)
+    self.bn3 = _norm(out, dtype=dtype, rngs=rngs, zero_init=True)
+    if strides != 1 or in_features != out:
+      self.proj = _conv(in_features, out, 1, strides, dtype=dtype, rngs=rngs)
+      self.proj_bn = _norm(out, dtype=dtype, rngs=rngs)
+    else:
+      self.proj = self.proj_bn = None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = nnx.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    residual = x if self.proj is None else self.proj_bn(self.proj(x))
+    return nnx.relu(residual + y)
+
+
+class ResNet(nnx.Module):
+  """ResNet v1.5: 7x7/2 stem, 3x3/2 max-pool, stages, global average pool.
+
+  Stage i has `num_filters * 2**i` filters; its first block strides by 2
+  (except stage 0, which follows the max-pool).
+  """
+
+  def __init__(self, *, stage_sizes: Sequence[int], block_cls: Callable[...,
+                                                                       Any],
+               num_classes: int = 2, num_filters: int = 64,
+               num_channels: int = 1, dtype: Any = jnp.float32,
+               rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.stem = _conv(num_channels, num_filters, 7, 2, dtype=dtype, rngs=rngs)
+    self.stem_bn = _norm(num_filters, dtype=dtype, rngs=rngs)
+    blocks = []
+    features = num_filters
+    for i, size in enumerate(stage_sizes):
+      for j in range(size):
+        strides = 2 if i > 0 and j == 0 else 1
+        blocks.append(block_cls(features, num_filters * 2**i, strides=strides,
+                                dtype=dtype, rngs=rngs))
+        features = num_filters * 2**i * block_cls.expansion
+    self.blocks = nnx.List(blocks)
+    self.num_features = features
+    self.head = nnx.Linear(features, num_classes, dtype=dtype,
+                           param_dtype=jnp.float32, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, C] images in [-1, 1] -> float32 logits [B, num_classes]."""
+    x = x.astype(self.dtype)
+    x = nnx.relu(self.stem_bn(self.stem(x)))
+    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for block in self.blocks:
+      x = block(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return self.head(x).astype(jnp.float32)
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),
+                             block_cls=ResNetBlock)
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                             block_cls=ResNetBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3),
+                             block_cls=BottleneckResNetBlock)
+
+# Tiny variant for tests only.
+_ResNet1 = functools.partial(ResNet, stage_sizes=(1,), block_cls=ResNetBlock)
+
+MODELS = {
+    'resnet18': ResNet18,
+    'resnet34': ResNet34,
+    'resnet50': ResNet50,
+    '_resnet1': _ResNet1,
+}

@@ -1,0 +1,369 @@
+"""Train and evaluate a ResNet classifier on one fold: `train_and_evaluate`.
+
+  python main.py --config=configs/resnet.py --workdir=/tmp/resnet
+
+Arms (config.arm): 'none' (real images only), 'classic' (+ classic
+augmentation), 'gan' (+ synthetic images from config.data.synthetic_dir at
+config.data.synthetic_ratio), 'classic+gan' (both).
+
+Images arrive in [-1, 1] by a fixed per-image mapping of the stored uint8
+pixels, so no dataset statistics are computed and none can leak from the
+validation or test splits.
+
+The model evaluated is the *final* one (cosine decay to 0): with ~25
+validation images, picking the best-validation checkpoint would mostly pick
+noise. The validation split is used to log progress and to choose the
+decision threshold that is then applied to the test split.
+"""
+
+import csv
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax import nnx
+from flax import struct
+import grain
+
+from input_pipeline import dataset
+from input_pipeline import pipeline
+from input_pipeline import sharding
+from input_pipeline.errors import UserInputError
+from resnet_jax import metrics
+from resnet_jax import models
+
+ARMS = ('none', 'classic', 'gan', 'classic+gan')
+_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+# ------------------------------------------------------------------ model/opt
+
+
+def create_model(config: ml_collections.ConfigDict, num_channels: int,
+                 num_classes: int = 2) -> nnx.Module:
+  if config.model not in models.MODELS:
+    raise UserInputError(f'config.model={config.model!r} is not one of '
+                         f'{sorted(models.MODELS)}')
+  if config.dtype not in _DTYPES:
+    raise UserInputError(f'config.dtype={config.dtype!r} is not one of '
+                         f'{sorted(_DTYPES)}')
+  return models.MODELS[config.model](
+      num_classes=num_classes, num_filters=config.num_filters,
+      num_channels=num_channels, dtype=_DTYPES[config.dtype],
+      rngs=nnx.Rngs(config.seed))
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     total_steps: int) -> optax.GradientTransformation:
+  """Linear warmup + cosine decay; weight decay on kernels only."""
+  warmup = min(int(round(config.warmup_fraction * total_steps)),
+               total_steps - 1)
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, warmup, max(total_steps, warmup + 1), 0.0)
+  # Decay conv/dense kernels, not BatchNorm scales/biases or the head bias.
+  mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
+  if config.optimizer == 'sgd':
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask),
+        optax.sgd(schedule, momentum=config.momentum, nesterov=True))
+  if config.optimizer == 'adamw':
+    return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask)
+  raise UserInputError(
+      f"config.optimizer={config.optimizer!r} is not 'sgd' or 'adamw'")
+
+
+@struct.dataclass
+class TrainState:
+  """Everything that changes during training (a pytree, saved by orbax)."""
+  step: jax.Array
+  params: nnx.State
+  batch_stats: nnx.State
+  opt_state: optax.OptState
+
+
+def init_state(model: nnx.Module, tx: optax.GradientTransformation):
+  """-> (graphdef for training, graphdef for eval, TrainState)."""
+  model.eval()
+  eval_graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
+  model.train()
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
+                     tx.init(params))
+  return graphdef, eval_graphdef, state
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Mean softmax cross-entropy with smoothed one-hot targets.
+
+  targets = (1 - s) * onehot(labels) + s / K ;  loss = -sum(targets * logp).
+  """
+  k = logits.shape[-1]
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+@functools.partial(jax.jit, donate_argnames=('state',),
+                   static_argnames=('graphdef', 'tx', 'label_smoothing'))
+def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation,
+               label_smoothing: float) -> tuple[TrainState, dict]:
+  """One SGD step: (state, {'image','label'}) -> (state, metrics)."""
+
+  def loss_fn(params, batch_stats):
+    # copy=True: fresh Variables at this trace level (BN writes its stats).
+    model = nnx.merge(graphdef, params, batch_stats, copy=True)
+    logits = model(batch['image'])
+    loss = cross_entropy(logits, batch['label'], label_smoothing)
+    return loss, (logits, nnx.state(model, nnx.BatchStat))
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params, state.batch_stats)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
+  new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
+  return new_state, {'loss': loss, 'accuracy': accuracy}
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef',))
+def predict_step(params, batch_stats, images: jax.Array, *,
+                 graphdef: nnx.GraphDef) -> jax.Array:
+  """Eval-mode P(positive) for a batch of images."""
+  model = nnx.merge(graphdef, params, batch_stats)
+  return jax.nn.softmax(model(images), axis=-1)[:, 1]
+
+
+def predict(state: TrainState, eval_graphdef, images: np.ndarray,
+            batch_size: int, mesh) -> np.ndarray:
+  """P(positive) for all images, padding the last batch (no recompiles)."""
+  out = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    pad = batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
+                                              chunk.dtype)])
+    x = jax.device_put(chunk, sharding.data_sharding(mesh))
+    p = predict_step(state.params, state.batch_stats, x,
+                     graphdef=eval_graphdef)
+    out.append(np.asarray(p)[:batch_size - pad])
+  return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+# ----------------------------------------------------------------- utilities
+
+
+def _arm_data_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Iterator keywords for config.arm (augmentation and synthetic mixing)."""
+  if config.arm not in ARMS:
+    raise UserInputError(f'config.arm={config.arm!r} is not one of {ARMS}')
+  augment = ml_collections.ConfigDict(config.data.augment.to_dict())
+  augment.enabled = 'classic' in config.arm
+  synthetic_dir, ratio = '', 0.0
+  if 'gan' in config.arm:
+    synthetic_dir = config.data.synthetic_dir
+    ratio = config.data.synthetic_ratio
+    if not synthetic_dir:
+      raise UserInputError(
+          f"config.data.synthetic_dir is empty but config.arm='{config.arm}' "
+          'needs synthetic images')
+    if not 0.0 < ratio < 1.0:
+      raise UserInputError(
+          f'config.data.synthetic_ratio={ratio} must be in (0, 1) for '
+          f"config.arm='{config.arm}'")
+  return dict(augment=augment, synthetic_dir=synthetic_dir,
+              synthetic_ratio=ratio)
+
+
+def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
+  """Steps from config.kimg (if > 0) else config.num_epochs."""
+  if config.kimg > 0:
+    images = config.kimg * 1000
+  elif config.num_epochs > 0:
+    images = config.num_epochs * num_train
+  else:
+    raise UserInputError('set config.kimg or config.num_epochs to > 0')
+  return max(1, int(np.ceil(images / config.batch_size)))
+
+
+def _atomic_write(path: str, text: str) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def _to_jsonable(x):
+  if isinstance(x, dict):
+    return {k: _to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, float) and not np.isfinite(x):
+    return None  # JSON has no NaN; null means "undefined".
+  return x
+
+
+def _write_predictions(path: str, ids, labels, probs) -> None:
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['id', 'label', 'prob'])
+    for i, y, p in zip(ids, labels, probs):
+      w.writerow([i, int(y), f'{float(p):.6f}'])
+  os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------- main
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> dict[str, Any]:
+  """Trains on config.data.fold's train split; evaluates val and test.
+
+  Returns (and writes to workdir/results.json) {'val', 'test',
+  'test_at_val_threshold', 'threshold', ...}; returns the stored results
+  without training if results.json already exists.
+  """
+  if not workdir:
+    raise UserInputError('--workdir is required for config.task=resnet')
+  results_path = os.path.join(workdir, 'results.json')
+  if os.path.exists(results_path):
+    with open(results_path) as f:
+      return json.load(f)
+  os.makedirs(workdir, exist_ok=True)
+  data_kwargs = _arm_data_kwargs(config)
+  sharding.check_batch_size(config.batch_size)
+  sharding.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  if config.data.fold < 0:
+    raise UserInputError('config.data.fold=-1 has no val/test split; '
+                         'use a fold in [0, num_folds)')
+
+  prepared = dataset.prepare(config.data, workdir)
+  if len(prepared.class_names) != 2:
+    raise UserInputError(f'need 2 classes, got {prepared.class_names}')
+  res = config.data.resolution
+  num_train = len(prepared.indices(config.data.fold, 'train'))
+  total_steps = num_train_steps(config, num_train)
+  mesh = sharding.make_mesh()
+
+  model = create_model(config, prepared.channels)
+  tx = create_optimizer(config, total_steps)
+  graphdef, eval_graphdef, state = init_state(model, tx)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  train_iter = pipeline.create_iterator(
+      prepared, config.data, role='train', resolution=res,
+      batch_size=config.batch_size // jax.process_count(), seed=config.seed,
+      train=True, **data_kwargs)
+
+  ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
+      max_to_keep=1, save_interval_steps=config.checkpoint_every_steps))
+  if mngr.latest_step() is not None:
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract),
+        data=grain.checkpoint.CheckpointRestore(train_iter)))
+    state = restored.state
+    logging.info('Resumed from step %d', int(state.step))
+
+  writer = _summary_writer(workdir)
+  val_images, val_labels, _ = pipeline.load_arrays(
+      prepared, config.data, role='val', resolution=res)
+  start_step = int(state.step)
+  t0 = time.time()
+  pending = []
+  with _progress(start_step, total_steps) as bar:
+    for step in range(start_step + 1, total_steps + 1):
+      batch = sharding.shard_batch(next(train_iter), mesh)
+      state, m = train_step(state, batch, graphdef=graphdef, tx=tx,
+                            label_smoothing=config.label_smoothing)
+      pending.append(m)
+      bar.update(1)
+      if step % config.log_every_steps == 0 or step == total_steps:
+        m = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(
+            pending))
+        pending = []
+        if not np.isfinite(m['loss']):
+          raise FloatingPointError(f'non-finite loss at step {step}: {m}')
+        bar.set_postfix(loss=f"{m['loss']:.3f}")
+        _write_scalars(writer, step, {f'train/{k}': v for k, v in m.items()})
+      if (config.eval_every_steps and step % config.eval_every_steps == 0
+          and step != total_steps and len(val_images)):
+        probs = predict(state, eval_graphdef, val_images,
+                        config.eval_batch_size, mesh)
+        vm = metrics.binary_metrics(val_labels, probs)
+        _write_scalars(writer, step, {f'eval/val_{k}': vm[k] for k in (
+            'accuracy', 'auc', 'balanced_accuracy')})
+      if step == total_steps or step % config.checkpoint_every_steps == 0:
+        mngr.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(train_iter)),
+                  force=step == total_steps)
+  mngr.wait_until_finished()
+  train_time = time.time() - t0
+
+  # Final evaluation: threshold chosen on val, applied to test unchanged.
+  val_probs = predict(state, eval_graphdef, val_images,
+                      config.eval_batch_size, mesh)
+  threshold = metrics.choose_threshold(val_labels, val_probs)
+  test_images, test_labels, test_ids = pipeline.load_arrays(
+      prepared, config.data, role='test', resolution=res)
+  test_probs = predict(state, eval_graphdef, test_images,
+                       config.eval_batch_size, mesh)
+  results = {
+      'val': metrics.binary_metrics(val_labels, val_probs),
+      'val_at_val_threshold': metrics.binary_metrics(val_labels, val_probs,
+                                                     threshold),
+      'test': metrics.binary_metrics(test_labels, test_probs),
+      'test_at_val_threshold': metrics.binary_metrics(test_labels, test_probs,
+                                                      threshold),
+      'threshold': threshold,
+      'arm': config.arm, 'fold': int(config.data.fold),
+      'seed': int(config.seed), 'model': config.model,
+      'steps': total_steps, 'num_train': num_train,
+      'train_seconds': round(train_time, 1),
+      'class_names': list(prepared.class_names),
+  }
+  _write_scalars(writer, total_steps, {
+      f'eval/{split}_{k}': results[split][k]
+      for split in ('val', 'test', 'test_at_val_threshold')
+      for k in ('accuracy', 'auc', 'balanced_accuracy')})
+  if writer is not None:
+    writer.close()
+  if jax.process_index() == 0:
+    _write_predictions(os.path.join(workdir, 'test_predictions.csv'),
+                       test_ids, test_labels, test_probs)
+    _atomic_write(results_path,
+                  json.dumps(_to_jsonable(results), indent=2) + '\n')
+  logging.info('test: %s', results['test'])
+  return _to_jsonable(results)
+
+
+def _summary_writer(workdir: str):
+  if jax.process_index() != 0:
+    return None
+  import tensorboardX  # pylint: disable=g-import-not-at-top
+  return tensorboardX.SummaryWriter(os.path.join(workdir, 'tensorboard'))
+
+
+def _write_scalars(writer, step: int, scalars: dict) -> None:
+  if writer is None:
+    return
+  for k, v in scalars.items():
+    if np.isfinite(v):
+      writer.add_scalar(k, v, step)
+  writer.flush()
+
+
+def _progress(initial: int, total: int):
+  import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm.tqdm(initial=initial, total=total, desc='resnet', unit='step',
+                   disable=jax.process_index() != 0, dynamic_ncols=True)

@@ -1,0 +1,62 @@
+"""Tests for pggan_jax.schedule against the official TrainingSchedule."""
+
+import pytest
+
+from pggan_jax import schedule
+
+_KW = dict(final_resolution=64, lod_training_kimg=600.,
+           lod_transition_kimg=600., minibatch_base=4,
+           minibatch_dict={4: 128, 8: 128, 16: 128, 32: 64, 64: 32})
+
+
+@pytest.mark.parametrize('kimg,lod,res,alpha,batch', [
+    (0.0, 4.0, 4, 1.0, 128),       # stabilise 4x4
+    (599.0, 4.0, 4, 1.0, 128),
+    (900.0, 3.5, 8, 0.5, 128),     # halfway through the 8x8 fade-in
+    (1200.0, 3.0, 8, 1.0, 128),    # stabilise 8x8
+    (3900.0, 1.0, 32, 1.0, 64),    # stabilise 32x32
+    (4650.0, 0.25, 64, 0.75, 32),  # 64x64 fade-in, 450 / 600 done
+    (4800.0, 0.0, 64, 1.0, 32),    # final resolution
+    (99999.0, 0.0, 64, 1.0, 32),   # clamped
+])
+def test_official_values(kimg, lod, res, alpha, batch):
+  p = schedule.training_schedule(kimg, **_KW)
+  assert p.lod == pytest.approx(lod)
+  assert (p.resolution, p.batch_size) == (res, batch)
+  assert p.alpha == pytest.approx(alpha)
+  assert p.stage == {4: 0, 8: 1, 16: 2, 32: 3, 64: 4}[res]
+  assert p.lr_g == p.lr_d == 0.001
+
+
+def test_batch_rounding_and_caps():
+  p = schedule.training_schedule(0.0, final_resolution=4, minibatch_base=10,
+                                 num_devices=4,
+                                 max_minibatch_per_gpu={4: 2})
+  assert p.batch_size == 8
+  p = schedule.training_schedule(0.0, final_resolution=4, minibatch_base=10,
+                                 num_devices=4)
+  assert p.batch_size == 8   # 10 - 10 % 4
+
+
+def test_lr_dict_and_parse():
+  assert schedule.parse_res_dict('4:128, 8:0.5') == {4: 128.0, 8: 0.5}
+  p = schedule.training_schedule(0.0, final_resolution=4,
+                                 lr_g_dict={4: 0.002})
+  assert (p.lr_g, p.lr_d) == (0.002, 0.001)
+
+
+def test_optimizer_reset_points():
+  # Reset at the start (prev -1), at the start and end of each fade-in.
+  assert schedule.lod_changed(-1.0, 4.0)
+  assert not schedule.lod_changed(4.0, 4.0)
+  assert schedule.lod_changed(4.0, 3.99)
+  assert not schedule.lod_changed(3.99, 3.5)
+  assert schedule.lod_changed(3.01, 3.0)
+
+
+def test_from_config_matches_paper_preset():
+  from configs import pggan
+  cfg = pggan.get_config('paper')
+  p = schedule.from_config(cfg, 800.0 * 11 + 400.0)  # 256x256 fade-in
+  assert (p.resolution, p.batch_size) == (256, 8)
+  assert p.alpha == pytest.approx(0.5)

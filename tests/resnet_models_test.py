@@ -1,0 +1,82 @@
+"""Tests for resnet_jax.models: shapes, sizes, v1.5 strides, BN modes, dtype."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from resnet_jax import models
+
+
+def _num_params(model):
+  return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+@jax.jit
+def _forward(graphdef, state, x):
+  model = nnx.merge(graphdef, state)
+  return model(x), nnx.state(model)
+
+
+def _jit_forward(model, x):
+  graphdef, state = nnx.split(model)
+  y, new_state = _forward(graphdef, state, x)
+  nnx.update(model, new_state)
+  return y
+
+
+@pytest.mark.parametrize('name', ['resnet18', 'resnet34', 'resnet50',
+                                  '_resnet1'])
+def test_output_shape(name):
+  model = models.MODELS[name](num_classes=2, num_filters=4, num_channels=1,
+                              rngs=nnx.Rngs(0))
+  y = _jit_forward(model, jnp.ones((3, 32, 32, 1)))
+  assert y.shape == (3, 2) and y.dtype == jnp.float32
+  assert np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize('name, expected', [
+    # torchvision resnet{18,34,50}(num_classes=1000) parameter counts
+    # (3-channel stem; BN scale/bias are parameters, running stats are not).
+    ('resnet18', 11_689_512), ('resnet34', 21_797_672),
+    ('resnet50', 25_557_032)])
+def test_parameter_count_matches_torchvision(name, expected):
+  model = nnx.eval_shape(lambda: models.MODELS[name](
+      num_classes=1000, num_channels=3, rngs=nnx.Rngs(0)))
+  assert _num_params(model) == expected
+
+
+def test_stride_on_3x3_in_bottleneck():
+  model = nnx.eval_shape(lambda: models.ResNet50(rngs=nnx.Rngs(0)))
+  first_of_stage2 = model.blocks[3]  # stage sizes (3, 4, 6, 3)
+  assert first_of_stage2.conv1.strides == (1, 1)
+  assert first_of_stage2.conv2.strides == (2, 2)
+  assert first_of_stage2.proj.strides == (2, 2)
+
+
+def test_train_eval_switch_batchnorm():
+  model = models._ResNet1(num_filters=4, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (4, 16, 16, 1)) * 3 + 2
+  running_mean = lambda: np.array(model.stem_bn.mean[...])
+  before = running_mean()
+  model.train()
+  assert not model.stem_bn.use_running_average
+  y_train = _jit_forward(model, x)
+  after = running_mean()
+  # Training mode updates the running averages ...
+  assert not np.allclose(before, after)
+  model.eval()
+  assert model.stem_bn.use_running_average
+  y_eval = _jit_forward(model, x)
+  # ... eval mode leaves them alone and normalises differently.
+  np.testing.assert_array_equal(after, running_mean())
+  assert not np.allclose(y_train, y_eval)
+
+
+def test_bfloat16_compute_float32_params():
+  model = models._ResNet1(num_filters=4, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  assert all(x.dtype == jnp.float32
+             for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+  y = _jit_forward(model, jnp.ones((2, 16, 16, 1)))
+  assert y.dtype == jnp.float32

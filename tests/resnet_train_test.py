@@ -1,0 +1,127 @@
+"""Tests for resnet_jax.train: the step, the arms, the :tiny run end to end."""
+
+import csv
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import resnet as resnet_config
+from input_pipeline.errors import UserInputError
+from resnet_jax import train
+
+
+def _tiny_config():
+  config = resnet_config.get_config('tiny')
+  config.learning_rate = 0.1
+  config.warmup_fraction = 0.0
+  return config
+
+
+def _fake_batch(seed=0, n=8, res=16):
+  """Positives are bright, negatives dark: learnable in a few steps."""
+  rng = np.random.default_rng(seed)
+  labels = np.arange(n) % 2
+  images = rng.normal(0, .1, (n, res, res, 1)) + np.where(
+      labels, .5, -.5)[:, None, None, None]
+  return {'image': jnp.asarray(images, jnp.float32),
+          'label': jnp.asarray(labels, jnp.int32)}
+
+
+def _run_steps(num_steps, seed=0):
+  config = _tiny_config()
+  config.seed = seed
+  tx = train.create_optimizer(config, total_steps=100)
+  graphdef, _, state = train.init_state(train.create_model(config, 1), tx)
+  params0 = jax.tree.map(np.array, state.params)
+  batch = _fake_batch()
+  losses = []
+  for _ in range(num_steps):
+    state, m = train.train_step(state, batch, graphdef=graphdef, tx=tx,
+                                label_smoothing=0.0)
+    losses.append(float(m['loss']))
+  return params0, state, losses
+
+
+def test_train_step_learns_and_is_deterministic():
+  params0, state, losses = _run_steps(6)
+  assert losses[-1] < losses[0]
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), params0,
+                         jax.tree.map(np.array, state.params))
+  assert any(jax.tree.leaves(changed))
+  assert int(state.step) == 6
+  _, state2, losses2 = _run_steps(6)
+  assert losses == losses2
+  jax.tree.map(np.testing.assert_array_equal, state.params, state2.params)
+
+
+def test_cross_entropy_label_smoothing_hand_value():
+  # Uniform logits over 2 classes: loss = log 2 for any smoothing.
+  assert float(train.cross_entropy(jnp.zeros((3, 2)), jnp.array([0, 1, 1]),
+                                   0.1)) == pytest.approx(np.log(2))
+  # logits (0, log 3): p = (1/4, 3/4); label 1, s=0.2 -> targets (.1, .9).
+  logits = jnp.array([[0., np.log(3.)]])
+  expected = -(.1 * np.log(.25) + .9 * np.log(.75))
+  assert float(train.cross_entropy(logits, jnp.array([1]), 0.2)) == (
+      pytest.approx(expected, rel=1e-6))
+
+
+@pytest.mark.parametrize('kimg, epochs, num_train, expected', [
+    (0.032, 0., 21, 4),  # 32 images / batch 8 (epochs ignored)
+    (0.032, 3., 21, 4),  # kimg wins over epochs
+    (0., 2., 20, 5),  # 2 epochs of 20 images / batch 8
+    (0., 2., 21, 6),  # 42 / 8 = 5.25 -> 6
+])
+def test_num_train_steps(kimg, epochs, num_train, expected):
+  config = _tiny_config()
+  config.kimg, config.num_epochs = kimg, epochs
+  assert train.num_train_steps(config, num_train) == expected
+
+
+@pytest.mark.parametrize('arm, augment, synthetic', [
+    ('none', False, ''), ('classic', True, ''), ('gan', False, '/syn'),
+    ('classic+gan', True, '/syn')])
+def test_arm_kwargs(arm, augment, synthetic):
+  config = _tiny_config()
+  config.arm = arm
+  config.data.synthetic_dir = '/syn'
+  kw = train._arm_data_kwargs(config)
+  assert kw['augment'].enabled == augment
+  assert kw['synthetic_dir'] == synthetic
+  assert kw['synthetic_ratio'] == (0.5 if synthetic else 0.0)
+
+
+@pytest.mark.parametrize('arm, key', [('gan', 'config.data.synthetic_dir'),
+                                      ('classic+gan',
+                                       'config.data.synthetic_dir'),
+                                      ('mixup', 'config.arm')])
+def test_bad_arm_names_the_key(arm, key, tmp_path):
+  config = _tiny_config()
+  config.arm = arm
+  with pytest.raises(UserInputError, match=key):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_tiny_end_to_end(tmp_path):
+  workdir = str(tmp_path)
+  results = train.train_and_evaluate(resnet_config.get_config('tiny'),
+                                     workdir)
+  with open(os.path.join(workdir, 'results.json')) as f:
+    stored = json.load(f)
+  assert stored == json.loads(json.dumps(results))
+  for key in ('val', 'test', 'test_at_val_threshold'):
+    assert 0 <= stored[key]['accuracy'] <= 1
+  assert stored['test_at_val_threshold']['threshold'] == stored['threshold']
+  assert stored['steps'] == 4
+  with open(os.path.join(workdir, 'test_predictions.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == stored['test']['n'] > 0
+  assert all(0 <= float(r['prob']) <= 1 for r in rows)
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints', '4'))
+  # A finished run returns its stored results without training again.
+  again = train.train_and_evaluate(resnet_config.get_config('tiny'), workdir)
+  assert again == stored

@@ -1,0 +1,282 @@
+"""Tests for resnet_jax.study and configs/study.py.
+
+Two levels: `run_study` with fake GAN/sampler/classifier functions (fast:
+plumbing, resumability, leakage), and one end-to-end
+`python main.py --config=configs/study.py:tiny` run in a subprocess, shared
+by the tests below it (module-scoped fixture), then rerun once.
+"""
+
+import csv
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+from configs import study as study_cfg
+from input_pipeline import dataset
+from input_pipeline import errors
+from input_pipeline import images
+from resnet_jax import report
+from resnet_jax import study
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HEADER = ('fold,seed,arm,accuracy,sensitivity,specificity,balanced_accuracy,'
+          'f1,auc')
+
+
+# ---------------------------------------------------------------- unit tests
+
+
+def _manifest(**kw):
+  m = {'fold': 0, 'seed': 0, 'train': ['a', 'b', 'c'], 'val': ['d'],
+       'test': ['e', 'f'], 'gan_train_ids': {'x': ['a', 'b']}}
+  m.update(kw)
+  return m
+
+
+def test_check_leakage_accepts_clean_split():
+  study.check_leakage(_manifest(), [['a', 'b'], ['e', 'f']])
+
+
+@pytest.mark.parametrize('manifest,groups,match', [
+    (_manifest(gan_train_ids={'x': ['a', 'e']}), [], 'non-train'),
+    (_manifest(gan_train_ids={'x': ['a', 'd']}), [], 'non-train'),
+    (_manifest(test=['e', 'a']), [], 'overlap'),
+    (_manifest(), [['c', 'f']], 'straddles'),
+])
+def test_check_leakage_rejects(manifest, groups, match):
+  with pytest.raises(RuntimeError, match=match):
+    study.check_leakage(manifest, groups)
+
+
+def test_sub_config_copies_shared_data_and_cell_keys():
+  config = study_cfg.get_config('tiny')
+  config.data.name = 'head_ct'
+  config.data.dir = '/some/dir'
+  own_res = config.classifier.data.resolution
+  sub = study.sub_config(config.classifier, config.data, seed=7, arm='gan',
+                         data__fold=1, data__synthetic_dir='/s')
+  assert sub.data.name == 'head_ct' and sub.data.dir == '/some/dir'
+  assert sub.data.storage_size == config.data.storage_size
+  assert sub.data.resolution == own_res
+  assert (sub.seed, sub.arm, sub.data.fold) == (7, 'gan', 1)
+  assert sub.data.synthetic_dir == '/s'
+  # The study config itself is untouched.
+  assert config.classifier.seed != 7
+  assert config.classifier.data.synthetic_dir == ''
+  assert config.classifier.data.name == 'synthetic_head_ct'
+
+
+def test_config_variants_build():
+  for variant in (None, 'tiny', 'paper'):
+    config = study_cfg.get_config(variant)
+    assert config.task == 'study'
+    assert config.data.storage_size >= config.gan.model.resolution
+  with pytest.raises(ValueError):
+    study_cfg.get_config('nope')
+
+
+def _install_fakes(monkeypatch, calls):
+  """Fake pggan train/sample and resnet train that record their calls."""
+
+  def gan_train(config, workdir):
+    calls.append(('gan', workdir, config.data.fold, config.data.class_filter,
+                  config.seed, config.data.name))
+    os.makedirs(workdir, exist_ok=True)
+    return {'kimg': 1.0}
+
+  def sample(workdir, num_images, output_dir, *, seed=0, label=None,
+             step=None):
+    del label, step
+    calls.append(('sample', workdir, output_dir, seed))
+    for i in range(num_images):
+      images.save_png(np.full((8, 8, 1), i, np.uint8),
+                      os.path.join(output_dir, f'{i:05d}.png'))
+    return {'num_images': num_images}
+
+  def resnet_train(config, workdir):
+    calls.append(('resnet', workdir, config.arm, config.data.fold,
+                  config.data.synthetic_dir, config.seed))
+    os.makedirs(workdir, exist_ok=True)
+    rng = np.random.default_rng(len(calls))
+    with open(os.path.join(workdir, 'test_predictions.csv'), 'w') as f:
+      f.write('id,label,prob\n')
+      for i in range(10):
+        f.write(f'{i},{i % 2},{rng.uniform():.4f}\n')
+    metrics = {m: float(rng.uniform(0.5, 1.0)) for m in report.METRICS}
+    return {'val': dict(metrics, threshold=0.4),
+            'test': dict(metrics, threshold=0.4)}
+
+  fakes = {'pggan_jax.train': {'train_and_evaluate': gan_train},
+           'pggan_jax.sample': {'sample': sample},
+           'resnet_jax.train': {'train_and_evaluate': resnet_train}}
+  for name, attrs in fakes.items():
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    monkeypatch.setitem(sys.modules, name, module)
+    package, attr = name.split('.')
+    monkeypatch.setattr(importlib.import_module(package), attr, module,
+                        raising=False)
+
+
+def test_run_study_with_fakes_plumbing_and_resume(tmp_path, monkeypatch):
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = study_cfg.get_config('tiny')
+  config.data.tfds_dir = str(tmp_path / 'tfds')
+  config.jax_cache_dir = str(tmp_path / 'jax_cache')
+  config.num_seeds = 2
+  workdir = str(tmp_path / 'study')
+  study.run_study(config, workdir)
+
+  gans = [c for c in calls if c[0] == 'gan']
+  arms = [c for c in calls if c[0] == 'resnet']
+  # 2 folds x 2 seeds x 2 classes GANs, 2 x 2 x 4 classifiers.
+  assert len(gans) == 8 and len(arms) == 16
+  assert {(c[2], c[3], c[4]) for c in gans} == {
+      (f, label, s) for f in (0, 1) for label in (0, 1) for s in (0, 1)}
+  for _, _, arm, fold, synthetic_dir, seed in arms:
+    if 'gan' in arm:
+      assert synthetic_dir == os.path.join(workdir, f'fold{fold}',
+                                           f'seed{seed}', 'samples')
+      assert sorted(os.listdir(synthetic_dir)) == [
+          'hemorrhage', 'manifest.json', 'normal']
+      assert len(os.listdir(os.path.join(synthetic_dir, 'normal'))) == (
+          config.num_synthetic_per_class)
+    else:
+      assert synthetic_dir == ''
+
+  # The GAN ids in the manifest are what class_filter + fold select.
+  prepared = dataset.prepare(config.data, None)
+  m = json.load(open(os.path.join(workdir, 'fold1', 'seed0',
+                                  'manifest.json')))
+  train = prepared.indices(1, 'train')
+  for label, name in enumerate(prepared.class_names):
+    expect = [prepared.ids[i] for i in train if prepared.labels[i] == label]
+    assert m['gan_train_ids'][name] == expect
+  assert set(m['test']) == {prepared.ids[i]
+                            for i in prepared.indices(1, 'test')}
+
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    lines = f.read().splitlines()
+  assert lines[0].startswith(HEADER + ',')
+  assert len(lines) == 1 + 2 * 2 * 4
+  md = open(os.path.join(workdir, 'report.md')).read()
+  assert '### classic+gan vs classic' in md and '### gan vs none' in md
+
+  # Rerun: nothing is recomputed, the report is rebuilt.
+  n = len(calls)
+  study.run_study(config, workdir)
+  assert len(calls) == n
+
+  # A crash after one arm: only the missing arm runs again.
+  os.remove(os.path.join(workdir, 'fold0', 'seed1', 'done', 'arm_gan.json'))
+  study.run_study(config, workdir)
+  assert [c[2] for c in calls[n:]] == ['gan']
+
+
+def test_run_study_rejects_bad_config(tmp_path):
+  config = study_cfg.get_config('tiny')
+  config.arms = ('none', 'magic')
+  with pytest.raises(errors.UserInputError, match='config.arms'):
+    study.run_study(config, str(tmp_path))
+
+
+# ------------------------------------------------------- end to end (tiny)
+
+
+def _run_tiny(workdir):
+  t = time.time()
+  proc = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/study.py:tiny',
+       f'--workdir={workdir}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  return proc, time.time() - t
+
+
+@pytest.fixture(scope='module')
+def tiny_study(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('study') / 'tiny')
+  proc, seconds = _run_tiny(workdir)
+  return workdir, proc, seconds
+
+
+def _cells(workdir):
+  return [os.path.join(workdir, f'fold{f}', 'seed0') for f in (0, 1)]
+
+
+def test_tiny_results_csv(tiny_study):
+  workdir, _, seconds = tiny_study
+  print(f'tiny study took {seconds:.0f} s')
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    assert f.readline().strip().split(',')[:9] == HEADER.split(',')
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 2 * 1 * 4
+  assert {(r['fold'], r['seed'], r['arm']) for r in rows} == {
+      (str(f), '0', a) for f in (0, 1) for a in report.ARMS}
+  for r in rows:
+    for m in report.METRICS:
+      v = float(r[m])
+      assert np.isnan(v) or 0.0 <= v <= 1.0, (m, v)
+
+
+def test_tiny_report_and_plots(tiny_study):
+  workdir, _, _ = tiny_study
+  md = open(os.path.join(workdir, 'report.md')).read()
+  for arm in report.ARMS:
+    # mean ± sd and an interval for every arm and metric.
+    for m in report.METRICS:
+      assert f'| {arm} | {m} | 2 | ' in md, (arm, m)
+  assert '95% CI' in md and 'Wilcoxon' in md and 'primary' in md
+  assert '### classic+gan vs classic' in md and '### gan vs none' in md
+  assert '## Time' in md and '## Configuration' in md and '## Data' in md
+  for name in ('roc.png', 'arms.png', 'samples.png'):
+    path = os.path.join(workdir, name)
+    assert os.path.getsize(path) > 1000, name
+  for cell in _cells(workdir):
+    samples = os.path.join(cell, 'samples')
+    for name in ('normal', 'hemorrhage'):
+      pngs = [f for f in os.listdir(os.path.join(samples, name))
+              if f.endswith('.png')]
+      assert len(pngs) == 16
+
+
+def test_tiny_no_leakage(tiny_study):
+  workdir, _, _ = tiny_study
+  splits = json.load(open(os.path.join(workdir, 'splits.json')))
+  for cell in _cells(workdir):
+    m = json.load(open(os.path.join(cell, 'manifest.json')))
+    train, test = set(m['train']), set(m['test'])
+    assert train and test and not train & test
+    assert set(m['val']).isdisjoint(test)
+    assert set(m['gan_train_ids']) == {'normal', 'hemorrhage'}
+    for ids in m['gan_train_ids'].values():
+      assert ids and set(ids) <= train and not set(ids) & test
+    for group in splits['duplicate_groups']:
+      assert not (set(group) & train and set(group) & test), group
+    # The fold's test ids are exactly the split manifest's.
+    assert test == set(splits['folds'][m['fold']]['test'])
+
+
+def test_tiny_rerun_is_noop(tiny_study):
+  workdir, _, first = tiny_study
+  watched = []
+  for cell in _cells(workdir):
+    for root, _, files in os.walk(cell):
+      watched += [os.path.join(root, f) for f in files
+                  if f in ('results.json', 'test_predictions.csv')
+                  or root.endswith('done') or f.endswith('.png')]
+  assert len(watched) > 2 * (4 + 3 + 32)
+  before = {p: os.stat(p).st_mtime_ns for p in watched}
+  proc, seconds = _run_tiny(workdir)
+  assert {p: os.stat(p).st_mtime_ns for p in watched} == before
+  assert proc.stderr.count('skipping finished cell') == 2 * (2 + 1 + 4)
+  print(f'rerun took {seconds:.0f} s (first run {first:.0f} s)')
