@@ -1,10 +1,12 @@
 r"""PGGAN (WGAN-GP, progressive growing) on head CT slices.
 
   python main.py --config=configs/pggan.py --workdir=runs/pggan
-    Embedded synthetic phantoms (200 images), 4x4 -> 64x64, 21 kimg, tiny
-    feature maps. Estimated ~15 min on the shared 2-core CPU (from measured
-    per-step times, see benchmarks/pggan_step.py); the last grid in
-    runs/pggan/samples/ shows recognisable head phantoms.
+    Embedded synthetic phantoms (200 images), 4x4 -> 64x64, 27 kimg, small
+    feature maps (256/64). NOT measured end to end (machine shared by 4
+    jobs, load ~6 on 2 cores): estimated ~12-13 min from measured per-step
+    times of benchmarks/pggan_step.py at batch 16 (4x4: 360 img/s, 8: 190,
+    16: 100, 32: 40, 64: 16) plus ~2 min of compilation (one per stage).
+    Grids of G_ema go to runs/pggan/samples/.
   python main.py --config=configs/pggan.py:tiny --workdir=/tmp/pggan_tiny
     Smoke run: 32 synthetic images, 4x4 -> 16x16, ~30-40 s on CPU. Running
     it again resumes ("Resuming from ...") and returns at once.
@@ -66,18 +68,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Latent size; 0 = min(fmap_base, fmap_max) as in the official code.
   config.model.latent_size = 0
   # Feature maps at resolution 2**r: min(fmap_base / 2**(r-1), fmap_max).
-  config.model.fmap_base = 512
-  config.model.fmap_max = 128
+  config.model.fmap_base = 256
+  config.model.fmap_max = 64
   # Minibatch stddev group size (<= 1 disables the layer).
   config.model.mbstd_group_size = 4
   # One class-conditional G and D for all classes (label embedding in G,
   # projection critic). False = unconditional (use data.class_filter).
   config.model.conditional = False
 
-  config.sched = _sched(lod_training_kimg=1.5, lod_transition_kimg=1.5,
+  config.sched = _sched(lod_training_kimg=3.0, lod_transition_kimg=3.0,
                         minibatch_base=16, tick_kimg=1.0)
-  # Total length: 4 fade-ins to 64x64 (4 x 3 kimg) + 9 kimg at 64x64.
-  config.total_kimg = 21.0
+  # Total length: 4 phases to 64x64 (4 x 6 kimg) + 3 kimg at 64x64.
+  config.total_kimg = 27.0
   # Critic steps per generator step (official D_repeats).
   config.d_repeats = 1
   # Adam (official: b1 = 0, b2 = 0.99, eps = 1e-8); moments are reset

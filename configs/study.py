@@ -93,6 +93,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.storage_size = 32
     config.num_synthetic_per_class = 16
     config.report.samples_per_class = 6
+    # Half of pggan.py:tiny's schedule (GANs to 16x16; the pipeline
+    # resizes their samples to the classifier's 32x32): 2 fade-ins of
+    # 0.25 kimg + 0.25 kimg at 16x16.
+    config.gan.sched.lod_training_kimg = 0.125
+    config.gan.sched.lod_transition_kimg = 0.125
+    config.gan.sched.tick_kimg = 0.25
+    config.gan.total_kimg = 0.75
+    config.gan.checkpoint_kimg = 0.25
   elif variant == 'paper':
     config.data.storage_size = 256
     config.data.synthetic_size = 256

@@ -90,7 +90,8 @@ def from_config(config, kimg: float, num_devices: int = 1) -> Point:
       max_minibatch_per_gpu=parse_res_dict(s.max_minibatch_per_gpu),
       num_devices=num_devices, lr_base=s.lr,
       lr_g_dict=parse_res_dict(s.lr_dict), lr_d_dict=parse_res_dict(s.lr_dict),
-      tick_kimg_base=s.tick_kimg, tick_kimg_dict=parse_res_dict(s.tick_kimg_dict))
+      tick_kimg_base=s.tick_kimg,
+      tick_kimg_dict=parse_res_dict(s.tick_kimg_dict))
 
 
 def lod_changed(prev_lod: float, lod: float) -> bool:

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorboardX
 import tqdm
 
 from input_pipeline import images as image_io
@@ -211,8 +212,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   writer = None
   if is_main:
-    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    writer = SummaryWriter(workdir)
+    writer = tensorboardX.SummaryWriter(workdir)
   key = jax.random.wrap_key_data(jnp.asarray(rng))
   grid_z, grid_labels = grid_inputs(cfg)
   metrics = _Metrics()
@@ -277,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     state['g_ema'] = steps.ema_update(state['g_ema'], state['g'],
                                       jnp.float32(cfg.ema_decay))
     step += 1
-    bar.update(point.batch_size * cfg.d_repeats / 1000)
+    bar.update(min(nimg, total_nimg) / 1000 - bar.n)
     done = nimg >= total_nimg
     if step % cfg.log_every_steps == 0 or done:
       last = log(point)

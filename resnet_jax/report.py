@@ -162,8 +162,8 @@ def render_markdown(rows: Sequence[Row], *, config_json: str = '',
   folds = sorted({r['fold'] for r in rows})
   seeds = sorted({r['seed'] for r in rows})
   lines = [f'# {title}', '',
-           f'{len(rows)} results: {len(folds)} folds x {len(seeds)} seeds x '
-           f'{len(_arms_present(rows))} arms, evaluated on each fold\'s '
+           f'{len(rows)} results: {len(folds)} fold(s) x {len(seeds)} '
+           f'seed(s) x {len(_arms_present(rows))} arms, evaluated on each fold\'s '
            'held-out test images.', '']
 
   lines += ['## Metrics per arm', '',
@@ -291,7 +291,7 @@ def plot_roc(predictions: Mapping[str, Sequence[tuple[np.ndarray,
     for y, p in cells:
       if len(np.unique(y)) == 2:
         fpr, tpr, _ = skm.roc_curve(y, p)
-        ax.plot(fpr, tpr, color=color, alpha=0.15, lw=0.7)
+        ax.plot(fpr, tpr, color=color, alpha=0.25, lw=0.7)
     if not cells:
       continue
     y = np.concatenate([c[0] for c in cells])

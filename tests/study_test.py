@@ -87,7 +87,7 @@ def _install_fakes(monkeypatch, calls):
 
   def gan_train(config, workdir):
     calls.append(('gan', workdir, config.data.fold, config.data.class_filter,
-                  config.seed, config.data.name))
+                  config.seed, config.model.conditional))
     os.makedirs(workdir, exist_ok=True)
     return {'kimg': 1.0}
 
@@ -95,9 +95,13 @@ def _install_fakes(monkeypatch, calls):
              step=None):
     del label, step
     calls.append(('sample', workdir, output_dir, seed))
-    for i in range(num_images):
-      images.save_png(np.full((8, 8, 1), i, np.uint8),
-                      os.path.join(output_dir, f'{i:05d}.png'))
+    # A conditional model writes output_dir/<class>/, as pggan_jax.sample.
+    dirs = ([os.path.join(output_dir, c) for c in ('normal', 'hemorrhage')]
+            if workdir.endswith('conditional') else [output_dir])
+    for d in dirs:
+      for i in range(num_images):
+        images.save_png(np.full((8, 8, 1), i, np.uint8),
+                        os.path.join(d, f'{i:05d}.png'))
     return {'num_images': num_images}
 
   def resnet_train(config, workdir):
@@ -179,6 +183,29 @@ def test_run_study_with_fakes_plumbing_and_resume(tmp_path, monkeypatch):
   os.remove(os.path.join(workdir, 'fold0', 'seed1', 'done', 'arm_gan.json'))
   study.run_study(config, workdir)
   assert [c[2] for c in calls[n:]] == ['gan']
+
+
+def test_run_study_conditional_gan(tmp_path, monkeypatch):
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = study_cfg.get_config('tiny')
+  config.data.tfds_dir = str(tmp_path / 'tfds')
+  config.jax_cache_dir = str(tmp_path / 'jax_cache')
+  config.gan_mode = 'conditional'
+  config.folds = (1,)
+  config.arms = ('gan',)
+  workdir = str(tmp_path / 'study')
+  study.run_study(config, workdir)
+  gans = [c for c in calls if c[0] == 'gan']
+  # One conditional GAN on all classes of fold 1's training split.
+  assert [c[2:] for c in gans] == [(1, -1, 0, True)]
+  assert not config.gan.model.conditional  # the study config is untouched
+  samples = os.path.join(workdir, 'fold1', 'seed0', 'samples')
+  manifest = json.load(open(os.path.join(samples, 'manifest.json')))
+  assert manifest['gan_mode'] == 'conditional'
+  assert len(os.listdir(os.path.join(samples, 'hemorrhage'))) == 16
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    assert len(f.read().splitlines()) == 2
 
 
 def test_run_study_rejects_bad_config(tmp_path):
