@@ -5,9 +5,9 @@
 
 The model below is torchvision's ResNet-50 layout (v1.5: stride on the 3x3
 conv), written out so that only torch is needed; parameter count with 3
-channels / 1000 classes is 25,557,032 as resnet_jax.models.ResNet50. One step = forward,
-cross-entropy, backward, SGD-momentum update with weight decay, BN in
-training mode. Prints images/s (median over timed steps).
+channels / 1000 classes is 25,557,032 as resnet_jax.models.ResNet50.
+One step = forward, cross-entropy, backward, SGD-momentum update with
+weight decay, BN in training mode. Prints images/s (median over timed steps).
 """
 
 import argparse

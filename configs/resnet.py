@@ -4,7 +4,10 @@
       --config.data.name=head_ct --config.data.dir=/work/shared/data/head_ct \\
       --config.arm=classic
     Narrow ResNet-18 (num_filters 16) at 64x64, fold 0, 30 epochs of the
-    ~136 training images, SGD-Nesterov + warmup/cosine. MEASURED_RESULT
+    ~136 training images (128 steps of 32), SGD-Nesterov + warmup/cosine.
+    Measured on the shared 2-core CPU, fold 0, arm=classic, seed 0: 69 s
+    wall (40 s training); test accuracy 0.85 / AUC 0.955 at threshold 0.5,
+    accuracy 0.90 at the validation-chosen threshold.
   python main.py --config=configs/resnet.py:tiny --workdir=/tmp/resnet_tiny
     Smoke run on 16 + 16 synthetic phantoms at 32x32, _ResNet1, 4 steps;
     seconds on a CPU (the tests use it).
