@@ -277,8 +277,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return out
 
   train_gan = lambda c, d: _metrics(pggan_train.train_and_evaluate(c, d))
-  for fold in folds:
-    for seed in seeds:
+  # Seed-major: every fold of the first seed finishes before the next seed
+  # starts, so a partial run already covers all folds.
+  for seed in seeds:
+    for fold in folds:
       cell = os.path.join(workdir, f'fold{fold}', f'seed{seed}')
       done = os.path.join(cell, 'done')
       tag = f'fold {fold} seed {seed}'
@@ -411,8 +413,10 @@ def _write_outputs(config, workdir, prepared, folds, seeds, arms,
   rows, preds = [], collections.defaultdict(list)
   stage = collections.defaultdict(float)
   first_samples = samples_title = ''
-  for fold in folds:
-    for seed in seeds:
+  # Seed-major: every fold of the first seed finishes before the next seed
+  # starts, so a partial run already covers all folds.
+  for seed in seeds:
+    for fold in folds:
       cell = os.path.join(workdir, f'fold{fold}', f'seed{seed}')
       done = os.path.join(cell, 'done')
       for name in sorted(os.listdir(done)) if os.path.isdir(done) else []:
