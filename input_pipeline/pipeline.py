@@ -32,11 +32,11 @@ def _pick(value, default):
 def _select(prepared: PreparedData, fold: int, role: str,
             class_filter: int) -> np.ndarray:
   idx = prepared.indices(fold, role)
+  if not -1 <= class_filter < len(prepared.class_names):
+    raise UserInputError(
+        f'config.data.class_filter={class_filter} is not -1 or a label in '
+        f'[0, {len(prepared.class_names)})')
   if class_filter >= 0:
-    if class_filter >= len(prepared.class_names):
-      raise UserInputError(
-          f'config.data.class_filter={class_filter} is not -1 or a label in '
-          f'[0, {len(prepared.class_names)})')
     idx = idx[prepared.labels[idx] == class_filter]
   return idx
 

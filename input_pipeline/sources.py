@@ -90,7 +90,12 @@ def _read_csv(path: str, id_col: str, label_col: str) -> list[tuple[str, str]]:
 def _match(labels: list[tuple[str, str]], files: dict, csv_path: str,
            folder: str, what: str) -> list[tuple[str, str, str]]:
   """Joins CSV rows to files by id; every label needs an image and back."""
-  by_key = {_id_key(stem): (stem, path) for stem, path in files.items()}
+  by_key = {}
+  for stem, path in sorted(files.items()):
+    other = by_key.setdefault(_id_key(stem), (stem, path))[1]
+    if other != path:  # e.g. 7.png and 007.png: which one is labelled?
+      raise UserInputError(
+          f'{path}: same id as {other}; rename or remove one of them')
   keys = {_id_key(rid) for rid, _ in labels}
   for rid, _ in labels:
     if _id_key(rid) not in by_key:
@@ -183,9 +188,15 @@ def _scan_image_folder(data) -> Scan:
                    if f.lower().endswith(IMAGE_EXTS))
     if not files:
       raise UserInputError(f'{folder}: class {c!r} has no PNG/JPEG images')
+    stems = {}
     for f in files:
-      items.append(Item(f'{c}/{os.path.splitext(f)[0]}', label,
-                        os.path.join(folder, f)))
+      stem = os.path.splitext(f)[0]
+      if stem in stems:  # a.png and a.jpg would share the id c/a
+        raise UserInputError(
+            f'{os.path.join(folder, f)}: same id as '
+            f'{os.path.join(folder, stems[stem])}; rename or remove one')
+      stems[stem] = f
+      items.append(Item(f'{c}/{stem}', label, os.path.join(folder, f)))
   items = sorted(items, key=lambda it: it.id)
   _check_not_empty(items, class_names, root)
   return Scan('image_folder', items, class_names, 1, {})

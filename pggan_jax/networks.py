@@ -85,7 +85,9 @@ class Generator(nnx.Module):
       e = layers.pixel_norm(jnp.take(self.embed[...], labels, axis=0))
       x = jnp.concatenate([x, e], axis=-1)
     act = lambda y: layers.pixel_norm(layers.leaky_relu(y))
-    x = act(self.dense(x)).reshape(z.shape[0], 4, 4, -1)
+    # Reshape before the pixel norm: it is per pixel (over the nf(2)
+    # channels of each of the 16 positions), as in the official G_paper.
+    x = act(self.dense(x).reshape(z.shape[0], 4, 4, -1))
     x = act(self.conv4(x))
     prev = None
     for conv0, conv1 in self.blocks[:stage]:

@@ -72,6 +72,10 @@ def _check_config(config) -> None:
         minibatch_dict=schedule.parse_res_dict(s.minibatch_dict),
         max_minibatch_per_gpu=schedule.parse_res_dict(s.max_minibatch_per_gpu),
         num_devices=jax.device_count())
+    if p.batch_size < 1:
+      raise UserInputError(
+          f'minibatch at {r}x{r} is 0 after rounding down to a multiple of '
+          f'the {jax.device_count()} devices (config.sched.minibatch_*)')
     sharding.check_batch_size(p.batch_size, 'sched.minibatch_dict')
     g = min(m.mbstd_group_size, p.batch_size)
     if m.mbstd_group_size > 1 and p.batch_size % g:
@@ -128,7 +132,8 @@ class _Metrics:
     host = jax.device_get(self.pending)
     self.pending = []
     out = {}
-    for k in host[0]:
+    # Union of keys: d_step and g_step metrics are separate dicts.
+    for k in dict.fromkeys(k for h in host for k in h):
       v = np.array([h[k] for h in host if k in h], np.float64)
       if not np.all(np.isfinite(v)):
         raise FloatingPointError(

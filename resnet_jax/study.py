@@ -238,24 +238,26 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cache = setup_compilation_cache(config.jax_cache_dir,
                                   config.jax_cache_min_compile_secs)
   logging.info('study in %s; compilation cache %s', workdir, cache or 'off')
+
+  t = time.time()
+  # Bad data or config values stop here, before anything is written.
+  prepared = dataset.prepare(config.data)
+  prep_seconds = time.time() - t
+  folds = _folds(config, int(prepared.manifest['num_folds']))
   os.makedirs(workdir, exist_ok=True)
+  _write_json(os.path.join(workdir, 'splits.json'), prepared.manifest)
   config_path = os.path.join(workdir, 'config.json')
   config_now = json.loads(config.to_json_best_effort())
   if os.path.exists(config_path) and _read_json(config_path) != config_now:
     logging.warning('%s differs from the current config: finished cells '
                     'are kept as they are', config_path)
   _write_json(config_path, config_now)
-
-  t = time.time()
-  prepared = dataset.prepare(config.data, workdir)
-  prep_seconds = time.time() - t
   # The first run's time (later runs read the cached dataset).
   prep_marker = os.path.join(workdir, 'data_prepared.json')
   if not os.path.exists(prep_marker):
     _write_json(prep_marker, {'seconds': prep_seconds})
   prep_seconds = _read_json(prep_marker)['seconds']
   names = list(prepared.class_names)
-  folds = _folds(config, int(prepared.manifest['num_folds']))
   seeds = [config.seed + i for i in range(config.num_seeds)]
   use_gan = any('gan' in a for a in arms)
   gan_units = (len(names) if config.gan_mode == 'per_class' else 1) + 1

@@ -238,7 +238,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if os.path.exists(results_path):
     with open(results_path) as f:
       return json.load(f)
-  os.makedirs(workdir, exist_ok=True)
   data_kwargs = _arm_data_kwargs(config)
   sharding.check_batch_size(config.batch_size)
   sharding.check_batch_size(config.eval_batch_size, 'eval_batch_size')
@@ -247,6 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                          'use a fold in [0, num_folds)')
 
   prepared = dataset.prepare(config.data, workdir)
+  os.makedirs(workdir, exist_ok=True)
   if len(prepared.class_names) != 2:
     raise UserInputError(f'need 2 classes, got {prepared.class_names}')
   res = config.data.resolution

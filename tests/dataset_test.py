@@ -268,6 +268,10 @@ BAD_HEAD_CT = {
     'zero_size': _zero_size,
     'label_without_image': _label_without_image,
     'image_without_label': _image_without_label,
+    # 7.png next to 007.png: the same id twice (one would be dropped).
+    'same_id_twice': lambda r: shutil.copy(
+        os.path.join(r, 'images', '007.png'), os.path.join(r, 'images',
+                                                           '7.png')),
     'unknown_label': lambda r: (_edit_csv(r, '007,0', '007,2'), "'2'")[1],
     'wrong_columns': lambda r: _edit_csv(r, 'id, hemorrhage', 'name,label'),
     'empty_class': lambda r: [_edit_csv(r, f'{i:03d},1', f'{i:03d},0')

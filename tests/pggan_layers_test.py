@@ -114,3 +114,16 @@ def test_feature_maps_follow_official_formula():
   # 128 at 64x64, 128x128, 256x256 -> 256, 128, 64.
   outs = [b[1].kernel.shape[-1] for b in g.blocks]
   assert outs == [512, 512, 512, 256, 128, 64]
+
+
+def test_generator_first_pixel_norm_is_per_pixel():
+  g, _ = _nets()
+  z = jax.random.normal(jax.random.key(0), (2, g.latent_size))
+  x = np.asarray(g.dense(layers.pixel_norm(z))).reshape(2, 4, 4, -1)
+  x = np.maximum(x, 0.2 * x)
+  # Official G_paper: reshape to 4x4, then normalise each pixel's features.
+  x = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + 1e-8)
+  expected = layers.pixel_norm(layers.leaky_relu(g.conv4(jnp.asarray(x))))
+  got, _ = g._features(z, None, 0)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected),
+                             rtol=1e-4, atol=1e-5)
