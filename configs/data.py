@@ -2,7 +2,7 @@
 
   python main.py --config=configs/data.py --workdir=/tmp/data
   python main.py --config=configs/data.py --config.data.name=head_ct \\
-      --config.data.dir=/work/shared/data/head_ct --workdir=/tmp/data_head_ct
+      --config.data.dir=../shared/data/head_ct --workdir=/tmp/data_head_ct
 
 Writes W/data_report.md (counts per class, fold and role; sizes and modes
 before preprocessing; duplicate groups), W/examples.png (stored images, one

@@ -1,7 +1,7 @@
 """ResNet classifier on one fold (hemorrhage vs normal).
 
   python main.py --config=configs/resnet.py --workdir=/tmp/resnet \\
-      --config.data.name=head_ct --config.data.dir=/work/shared/data/head_ct \\
+      --config.data.name=head_ct --config.data.dir=../shared/data/head_ct \\
       --config.arm=classic
     Narrow ResNet-18 (num_filters 16) at 64x64, fold 0, 30 epochs of the
     ~136 training images (128 steps of 32), SGD-Nesterov + warmup/cosine.

@@ -164,7 +164,13 @@ def render_markdown(rows: Sequence[Row], *, config_json: str = '',
   lines = [f'# {title}', '',
            f'{len(rows)} results: {len(folds)} fold(s) x {len(seeds)} '
            f'seed(s) x {len(_arms_present(rows))} arms, evaluated on each fold\'s '
-           'held-out test images.', '']
+           'held-out test images.', '',
+           'All arms of a cell share the initialisation, data order and the '
+           'number of training steps (equal compute). In the `gan` arms a '
+           'fraction `data.synthetic_ratio` of every batch is synthetic, so '
+           'they see that fraction fewer real-image exposures than `none` / '
+           '`classic`: the comparison is "replace part of each batch with '
+           'GAN samples at equal cost".', '']
 
   lines += ['## Metrics per arm', '',
             f'Mean ± sd over fold x seed cells; **{pct} CI** is the '

@@ -8,7 +8,10 @@ from PIL import Image
 from input_pipeline import config
 from input_pipeline import phantom
 
-HEAD_CT = '/work/shared/data/head_ct'
+# The real Kaggle Head CT data lives beside the repository (never in it):
+# ../shared/data/head_ct, or wherever $HEAD_CT_DIR points.
+HEAD_CT = os.environ.get('HEAD_CT_DIR') or os.path.normpath(os.path.join(
+    os.path.dirname(__file__), '..', '..', 'shared', 'data', 'head_ct'))
 
 
 def data_config(tfds_dir, **overrides):
