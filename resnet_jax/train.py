@@ -59,6 +59,8 @@ def create_model(config: ml_collections.ConfigDict, num_channels: int,
   return models.MODELS[config.model](
       num_classes=num_classes, num_filters=config.num_filters,
       num_channels=num_channels, dtype=_DTYPES[config.dtype],
+      # 1x1 convs as dots: same parameters and maths, faster on XLA:CPU.
+      pointwise_dot=config.get('pointwise_dot', True),
       rngs=nnx.Rngs(config.seed))
 
 

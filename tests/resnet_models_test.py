@@ -80,3 +80,29 @@ def test_bfloat16_compute_float32_params():
              for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
   y = _jit_forward(model, jnp.ones((2, 16, 16, 1)))
   assert y.dtype == jnp.float32
+
+
+def test_pointwise_dot_matches_convolution():
+  # 1x1 convs as dots (default) == lax.conv_general_dilated: outputs, BN
+  # statistics and gradients, including the strided projection.
+  x = jax.random.normal(jax.random.key(2), (2, 16, 16, 1))
+  results = []
+  for pointwise_dot in (False, True):
+    model = models.ResNet(stage_sizes=(1, 1),
+                          block_cls=models.BottleneckResNetBlock,
+                          num_filters=4, pointwise_dot=pointwise_dot,
+                          rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss(params, rest=rest, graphdef=graphdef):
+      m = nnx.merge(graphdef, params, rest, copy=True)
+      y = m(x)
+      return jnp.sum(y * jnp.arange(1, 3)), (y, nnx.state(m, nnx.BatchStat))
+
+    results.append(jax.jit(jax.value_and_grad(loss, has_aux=True))(params))
+  (_, (y0, s0)), g0 = results[0]
+  (_, (y1, s1)), g1 = results[1]
+  np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(s0) + jax.tree.leaves(g0),
+                  jax.tree.leaves(s1) + jax.tree.leaves(g1)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
