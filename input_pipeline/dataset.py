@@ -12,7 +12,6 @@ and written to `workdir/splits.json`.
 """
 
 import dataclasses
-import json
 import logging
 import os
 
@@ -20,6 +19,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from input_pipeline import builder
+from input_pipeline import files
 from input_pipeline import sources
 from input_pipeline import splits
 from input_pipeline.errors import UserInputError
@@ -97,11 +97,7 @@ def _str(x) -> str:
 
 
 def _write_json(obj, path: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
+  files.write_json(path, obj)
 
 
 def _build(scan: sources.Scan, data, fp: str) -> tfds.core.DatasetBuilder:

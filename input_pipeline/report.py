@@ -14,6 +14,7 @@ import ml_collections
 import numpy as np
 
 from input_pipeline import dataset
+from input_pipeline import files
 from input_pipeline import images
 from input_pipeline import transforms
 from input_pipeline.errors import UserInputError
@@ -99,8 +100,6 @@ def prepare_and_report(config: ml_collections.ConfigDict,
   images.save_grid(grid, os.path.join(workdir, 'examples.png'),
                    ncols=_EXAMPLES_PER_CLASS)
   path = os.path.join(workdir, 'data_report.md')
-  with open(f'{path}.tmp', 'w') as f:
-    f.write(render(prepared, config.data))
-  os.replace(f'{path}.tmp', path)
+  files.write_text(path, render(prepared, config.data))
   print(f'Wrote {path} and {os.path.join(workdir, "examples.png")}')
   return prepared

@@ -19,6 +19,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from input_pipeline import images as images_lib
+from input_pipeline import files
 from resnet_jax import stats
 
 METRICS = ('accuracy', 'sensitivity', 'specificity', 'balanced_accuracy',
@@ -33,14 +34,6 @@ COMPARISONS = (('classic+gan', 'classic'), ('gan', 'none'))
 Row = Mapping[str, Any]
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_results_csv(rows: Sequence[Row], path: str) -> None:
   """One line per row: COLUMNS first, then any extra keys (sorted)."""
   for row in rows:
@@ -49,14 +42,11 @@ def write_results_csv(rows: Sequence[Row], path: str) -> None:
       raise ValueError(f'result row {dict(row)} lacks columns {missing}')
   extra = sorted({k for row in rows for k in row} - set(COLUMNS))
   columns = list(COLUMNS) + extra
-  tmp = f'{path}.tmp'
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(tmp, 'w', newline='') as f:
+  with files.atomic_open(path, newline='') as f:
     writer = csv.DictWriter(f, columns, restval='', lineterminator='\n')
     writer.writeheader()
     for row in rows:
       writer.writerow({k: row.get(k, '') for k in columns})
-  os.replace(tmp, path)
 
 
 def read_results_csv(path: str) -> list[dict[str, Any]]:
@@ -346,9 +336,9 @@ def load_samples(sample_dir: str, class_names: Sequence[str],
     folder = os.path.join(sample_dir, name)
     if not os.path.isdir(folder):
       continue
-    files = sorted(f for f in os.listdir(folder) if f.endswith('.png'))
+    pngs = sorted(f for f in os.listdir(folder) if f.endswith('.png'))
     imgs = []
-    for f in files[:per_class]:
+    for f in pngs[:per_class]:
       a = np.asarray(Image.open(os.path.join(folder, f)), np.float32)
       imgs.append((a[..., None] if a.ndim == 2 else a) / 127.5 - 1.0)
     if imgs:
@@ -399,7 +389,7 @@ def write_report(workdir: str, rows: Sequence[Row], *,
   written['results.csv'] = os.path.join(workdir, 'results.csv')
   write_results_csv(rows, written['results.csv'])
   written['report.md'] = os.path.join(workdir, 'report.md')
-  _atomic_write_text(written['report.md'],
+  files.write_text(written['report.md'],
                      render_markdown(rows, **markdown_kwargs))
   conf = markdown_kwargs.get('confidence', 0.95)
   written['arms.png'] = os.path.join(workdir, 'arms.png')

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import tqdm
 
+from input_pipeline import files
 from input_pipeline.errors import UserInputError
 from resnet_jax import report
 
@@ -49,11 +50,7 @@ CELL_DATA_KEYS = ('fold', 'class_filter', 'synthetic_dir')
 
 def _write_json(path: str, obj: Any) -> None:
   """Atomic: a marker either exists complete or not at all."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(obj, f, indent=1, default=_json_default)
-  os.replace(tmp, path)
+  files.write_json(path, obj, default=_json_default)
 
 
 def _json_default(x):
@@ -466,8 +463,6 @@ def _write_outputs(config, workdir, prepared, folds, seeds, arms,
       data_summary=data_summary(prepared, config.data), timings=timings,
       title=config.report.title, **kwargs)
   path = os.path.join(workdir, 'summary.json')
-  with open(f'{path}.tmp', 'w') as f:
-    f.write(report.summary_json(rows, **kwargs))
-  os.replace(f'{path}.tmp', path)
+  files.write_text(path, report.summary_json(rows, **kwargs))
   written['summary.json'] = path
   return written

@@ -35,6 +35,7 @@ from flax import struct
 import grain
 
 from input_pipeline import dataset
+from input_pipeline import files
 from input_pipeline import pipeline
 from input_pipeline import sharding
 from input_pipeline.errors import UserInputError
@@ -198,13 +199,6 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   return max(1, int(np.ceil(images / config.batch_size)))
 
 
-def _atomic_write(path: str, text: str) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def _to_jsonable(x):
   if isinstance(x, dict):
     return {k: _to_jsonable(v) for k, v in x.items()}
@@ -214,13 +208,11 @@ def _to_jsonable(x):
 
 
 def _write_predictions(path: str, ids, labels, probs) -> None:
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', newline='') as f:
+  with files.atomic_open(path, newline='') as f:
     w = csv.writer(f)
     w.writerow(['id', 'label', 'prob'])
     for i, y, p in zip(ids, labels, probs):
       w.writerow([i, int(y), f'{float(p):.6f}'])
-  os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------- main
@@ -343,7 +335,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if jax.process_index() == 0:
     _write_predictions(os.path.join(workdir, 'test_predictions.csv'),
                        test_ids, test_labels, test_probs)
-    _atomic_write(results_path,
+    files.write_text(results_path,
                   json.dumps(_to_jsonable(results), indent=2) + '\n')
   logging.info('test: %s', results['test'])
   return _to_jsonable(results)
