@@ -29,6 +29,13 @@ def _pick(value, default):
   return default if value is None else value
 
 
+def _check_resolution(prepared: PreparedData, resolution: int) -> None:
+  if not 1 <= resolution <= prepared.storage_size:
+    raise UserInputError(
+        f'resolution {resolution} must be in [1, config.data.storage_size='
+        f'{prepared.storage_size}]')
+
+
 def _select(prepared: PreparedData, fold: int, role: str,
             class_filter: int) -> np.ndarray:
   idx = prepared.indices(fold, role)
@@ -109,10 +116,7 @@ def create_iterator(prepared: PreparedData,
   synthetic_dir = _pick(synthetic_dir, data.synthetic_dir)
   synthetic_ratio = float(_pick(synthetic_ratio, data.synthetic_ratio))
   num_workers = int(_pick(num_workers, data.num_workers))
-  if not 1 <= resolution <= prepared.storage_size:
-    raise UserInputError(
-        f'resolution {resolution} must be in [1, config.data.storage_size='
-        f'{prepared.storage_size}]')
+  _check_resolution(prepared, resolution)
   if batch_size < 1:
     raise UserInputError(f'batch_size={batch_size} must be >= 1')
   if not 0 <= synthetic_ratio < 1:
@@ -174,10 +178,7 @@ def load_arrays(prepared: PreparedData,
   resolution = int(_pick(resolution, data.resolution))
   fold = int(_pick(fold, data.fold))
   class_filter = int(_pick(class_filter, data.class_filter))
-  if not 1 <= resolution <= prepared.storage_size:
-    raise UserInputError(
-        f'resolution {resolution} must be in [1, config.data.storage_size='
-        f'{prepared.storage_size}]')
+  _check_resolution(prepared, resolution)
   idx = _select(prepared, fold, role, class_filter)
   c = prepared.channels
   images = np.zeros((len(idx), resolution, resolution, c), np.float32)
