@@ -13,7 +13,9 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
+from input_pipeline import preprocess
 from input_pipeline import sources
+from input_pipeline import splits
 
 
 @dataclasses.dataclass(eq=False)
@@ -47,6 +49,12 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder):
             'orig_width': tfds.features.Tensor(shape=(), dtype=np.int64),
             'orig_height': tfds.features.Tensor(shape=(), dtype=np.int64),
             'orig_mode': tfds.features.Text(),
+            # Duplicate-detection hashes of a fixed-size rendering of the
+            # original (splits.HASH_RENDER_SIZE), so duplicate groups and
+            # folds do not depend on storage_size (splits.image_hashes).
+            'sha': tfds.features.Text(),
+            'phash': tfds.features.Tensor(shape=(splits.HASH_BYTES,),
+                                          dtype=np.uint8),
         }),
         # Keep records in generation (= id) order.
         disable_shuffling=True,
@@ -61,7 +69,9 @@ class PreparedImages(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self):
     size = self.builder_config.storage_size
     for i, item in enumerate(self._scan.items):
-      image, meta = sources.load(self._scan, item, size)
+      original, meta = sources.decode(self._scan, item)
+      image = preprocess.to_square(original, size)
+      sha, phash = splits.image_hashes(original)
       yield i, {'image': image, 'label': item.label, 'id': item.id,
                 'orig_width': meta['width'], 'orig_height': meta['height'],
-                'orig_mode': meta['mode']}
+                'orig_mode': meta['mode'], 'sha': sha, 'phash': phash}

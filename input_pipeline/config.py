@@ -59,7 +59,9 @@ def get_data_config() -> ml_collections.ConfigDict:
   data.val_fraction = 0.15
   data.split_seed = 0
   # Duplicates (identical pixels, or 256-bit perceptual hash Hamming
-  # distance <= hash_threshold; -1 = exact only). 'group': folds are split by
+  # distance <= hash_threshold; -1 = exact only), both on a fixed 256-px
+  # rendering of each original, so groups and folds do not depend on
+  # storage_size. 'group': folds are split by
   # duplicate group, so a group never straddles train/val/test; 'error':
   # split image by image and fail if a group straddles (names its ids).
   # 24 of 256 bits finds the re-exported slices in head_ct (<= 20 bits) and
@@ -74,6 +76,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   # mixed into training batches: fraction of each batch that is synthetic.
   data.synthetic_dir = ''
   data.synthetic_ratio = 0.0
+  # The classifier refuses a synthetic_dir whose manifest.json does not say
+  # which real images its GAN trained on (leakage cannot be ruled out);
+  # True uses such images anyway, with a warning.
+  data.allow_unverified_synthetic = False
   # grain read workers (0 = in-process).
   data.num_workers = 0
   return data

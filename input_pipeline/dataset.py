@@ -7,11 +7,14 @@
 The source folder is scanned and validated first (labels, files), then the
 TFDS builder (`builder.py`) preprocesses every image once into array_record
 under `data.tfds_dir`, keyed by a fingerprint of the files and parameters.
-Duplicate groups and the k-fold manifest are computed from the stored pixels
-and written to `workdir/splits.json`.
+Duplicate groups come from hashes of a fixed-size rendering of each original
+(`splits.image_hashes`, stored with the record), so they and the k-fold
+manifest depend on the data and the split settings only, never on
+`storage_size`; the manifest is written to `workdir/splits.json`.
 """
 
 import dataclasses
+import hashlib
 import logging
 import os
 
@@ -73,6 +76,33 @@ class PreparedData:
   original: dict
   fingerprint: str
   data_dir: str
+  # Per image: sha256 and packed 256-bit phash of the fixed rendering.
+  shas: list[str] = dataclasses.field(default_factory=list)
+  phashes: np.ndarray | None = None
+  # Settings the manifest was made with (for `with_split_seed`).
+  split_settings: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def split_fingerprint(self) -> str:
+    return self.manifest['split_fingerprint']
+
+  @property
+  def dataset_key(self) -> str:
+    """Names the images and labels (not their storage size or folder)."""
+    return dataset_key(self.name, self.ids, self.labels, self.class_names)
+
+  def with_split_seed(self, split_seed: int) -> 'PreparedData':
+    """The same data with the folds of another `data.split_seed`.
+
+    Repeated k-fold: each repeat draws its own folds; duplicate groups are
+    the same (they depend on the images only).
+    """
+    st = self.split_settings
+    manifest = splits.make_manifest(
+        self.ids, self.labels, self.manifest['duplicate_groups'],
+        st['num_folds'], st['val_fraction'], int(split_seed), st['policy'])
+    manifest['fingerprint'] = self.fingerprint
+    return dataclasses.replace(self, manifest=manifest)
 
   def indices(self, fold: int = 0, role: str = 'train') -> np.ndarray:
     """Source indices of `role` in fold `fold` (-1: every image is train)."""
@@ -150,16 +180,21 @@ def prepare(data, workdir: str | None = None) -> PreparedData:
     raise RuntimeError(f'{b.data_dir}: stored ids are not the source ids in '
                        f'order; delete the folder and rerun')
   images = np.stack([r['image'] for r in recs])
+  shas = [_str(r['sha']) for r in recs]
+  phashes = np.stack([np.asarray(r['phash'], np.uint8) for r in recs])
   labels = np.array([r['label'] for r in recs], np.int32)
   original = {'width': [int(r['orig_width']) for r in recs],
               'height': [int(r['orig_height']) for r in recs],
               'mode': [_str(r['orig_mode']) for r in recs]}
   del recs
-  groups = splits.duplicate_groups(images, expected,
+  groups = splits.duplicate_groups(shas, phashes, expected,
                                    int(data.hash_threshold))
+  settings = {'num_folds': int(data.num_folds),
+              'val_fraction': float(data.val_fraction),
+              'policy': data.duplicates}
   manifest = splits.make_manifest(
-      expected, labels, groups, int(data.num_folds),
-      float(data.val_fraction), int(data.split_seed), data.duplicates)
+      expected, labels, groups, settings['num_folds'],
+      settings['val_fraction'], int(data.split_seed), settings['policy'])
   manifest['fingerprint'] = fp
   if workdir:
     _write_json(manifest, os.path.join(workdir, 'splits.json'))
@@ -168,4 +203,13 @@ def prepare(data, workdir: str | None = None) -> PreparedData:
       name=scan.name, source=Source(ds, in_memory, labels, expected),
       ids=expected, labels=labels, class_names=list(scan.class_names),
       channels=scan.channels, storage_size=size, manifest=manifest,
-      original=original, fingerprint=fp, data_dir=str(b.data_dir))
+      original=original, fingerprint=fp, data_dir=str(b.data_dir),
+      shas=shas, phashes=phashes, split_settings=settings)
+
+
+def dataset_key(name: str, ids, labels, class_names) -> str:
+  """Short sha256 of the source name, ids, labels and class names."""
+  h = hashlib.sha256(f'{name}|{list(class_names)}'.encode())
+  for i, y in zip(ids, np.asarray(labels).tolist()):
+    h.update(f'|{i}:{y}'.encode())
+  return h.hexdigest()[:16]

@@ -27,7 +27,7 @@ NAMES = ('synthetic_head_ct', 'head_ct', 'image_folder', 'dicom')
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
 # Bump when preprocessing or the phantom generator changes: it is part of the
 # cache key, so stale prepared datasets are not reused.
-_VERSION = 2
+_VERSION = 3
 # Window presets (center, width) in Hounsfield units.
 WINDOWS = {'brain': (40, 80), 'subdural': (80, 200), 'bone': (600, 2800)}
 
@@ -297,15 +297,24 @@ def _load_dicom(path: str, window: str) -> tuple[np.ndarray, dict]:
   return np.stack(planes, axis=-1), meta
 
 
-def load(s: Scan, item: Item, storage_size: int) -> tuple[np.ndarray, dict]:
-  """Decodes one item -> (uint8 [S, S, C], {'width','height','mode'})."""
+def decode(s: Scan, item: Item) -> tuple[np.ndarray, dict]:
+  """Decodes one item at its own size -> (uint8 [H, W, C], meta).
+
+  meta: {'width', 'height', 'mode'} of the original, for the data report.
+  """
   if s.name == 'synthetic_head_ct':
     size = s.params['size']
     x = phantom.head_ct_phantom(size, item.label, s.params['seed'],
                                 item.index)
-    meta = {'width': size, 'height': size, 'mode': 'L'}
-    return preprocess.to_square(x, storage_size), meta
+    return x, {'width': size, 'height': size, 'mode': 'L'}
   if s.name == 'dicom':
-    x, meta = _load_dicom(item.path, s.params['window'])
-    return preprocess.to_square(x, storage_size), meta
-  return preprocess.load_square(item.path, storage_size)
+    return _load_dicom(item.path, s.params['window'])
+  img = preprocess.open_image(item.path)
+  meta = {'width': img.width, 'height': img.height, 'mode': img.mode}
+  return preprocess.to_gray(img), meta
+
+
+def load(s: Scan, item: Item, storage_size: int) -> tuple[np.ndarray, dict]:
+  """Decodes one item -> (uint8 [S, S, C], {'width','height','mode'})."""
+  x, meta = decode(s, item)
+  return preprocess.to_square(x, storage_size), meta

@@ -1,24 +1,32 @@
 """Duplicate detection and the stratified k-fold split manifest.
 
-Duplicates: two stored (preprocessed) images are duplicates when their pixels
-are identical (sha256) or their 256-bit perceptual hashes (imagehash.phash,
-hash_size=16) differ in <= `data.hash_threshold` bits. The 256-bit hash is
-used because CT slices all share one coarse layout (a bright ring on
-black): with the usual 64-bit hash, unrelated slices of the real head_ct set
-(even of different classes) and synthetic phantoms land within 4 bits of
-each other, while at 256 bits the closest unrelated pairs are >= 26 bits
-apart and the genuine re-crops / re-exports in head_ct are <= 20. Duplicate
-pairs are merged with union-find into groups.
+Duplicates: two images are duplicates when their renderings at a fixed size
+(`HASH_RENDER_SIZE`, grayscale, aspect kept, padded: `preprocess.to_square`
+of the decoded original) are identical (sha256) or their 256-bit perceptual
+hashes (imagehash.phash, hash_size=16) differ in <= `data.hash_threshold`
+bits. The rendering does not depend on `data.storage_size`, so neither do
+the duplicate groups nor, through them, the folds: hashed on 64-px stored
+pixels the real head_ct set showed 5 of its 8 groups and the grouped folds
+changed with the stored size, which leaked re-exported slices across
+train/test. The 256-bit hash is used because CT slices all share one coarse
+layout (a bright ring on black): with the usual 64-bit hash, unrelated
+slices of the real head_ct set (even of different classes) and synthetic
+phantoms land within 4 bits of each other, while at 256 bits the closest
+unrelated pairs are >= 26 bits apart and the genuine re-crops / re-exports
+in head_ct are <= 20. Duplicate pairs are merged with union-find into groups.
 
 Splits: stratified k-fold over the labels, seeded by `data.split_seed`; each
 training split gives up a stratified validation carve-out of
 `data.val_fraction`. With `data.duplicates='group'` (the default) each
 duplicate group is one unit (StratifiedGroupKFold), so a group can never
 straddle train/val/test. With 'error' the split ignores groups and any group
-that ends up in two roles of a fold is an error naming its ids.
+that ends up in two roles of a fold is an error naming its ids. The manifest
+is a function of the ids, labels, hashes and split settings only; its
+`split_fingerprint` names it (the sampler and classifier compare it).
 """
 
 import hashlib
+import json
 
 import imagehash
 import numpy as np
@@ -29,21 +37,32 @@ from input_pipeline.errors import UserInputError
 
 POLICIES = ('group', 'error')
 HASH_SIZE = 16  # 16 x 16 = 256-bit perceptual hash
+HASH_BYTES = HASH_SIZE * HASH_SIZE // 8
+# Side of the fixed rendering that is hashed (the threshold was tuned here).
+HASH_RENDER_SIZE = 256
 
 
-def _hashes(images) -> tuple[list[str], np.ndarray]:
-  shas, bits = [], []
-  for x in images:
-    shas.append(hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest())
-    gray = x[..., 0] if x.shape[-1] == 1 else x.mean(-1).astype(np.uint8)
-    phash = imagehash.phash(Image.fromarray(gray), hash_size=HASH_SIZE)
-    bits.append(phash.hash.reshape(-1))
-  return shas, np.array(bits, bool)
+def image_hashes(original: np.ndarray) -> tuple[str, np.ndarray]:
+  """(sha256 hex, packed 256-bit phash) of an original uint8 [H, W(, C)].
+
+  Both are taken on the fixed rendering `to_square(original,
+  HASH_RENDER_SIZE)`, averaged over channels (DICOM 'multi' windows).
+  """
+  from input_pipeline import preprocess  # pylint: disable=g-import-not-at-top
+  x = preprocess.to_square(original, HASH_RENDER_SIZE)
+  sha = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+  gray = x[..., 0] if x.shape[-1] == 1 else np.rint(
+      x.mean(-1)).astype(np.uint8)
+  bits = imagehash.phash(Image.fromarray(gray), hash_size=HASH_SIZE).hash
+  return sha, np.packbits(bits.reshape(-1))
 
 
-def duplicate_groups(images, ids: list[str],
+def duplicate_groups(shas: list[str], phashes: np.ndarray, ids: list[str],
                      threshold: int) -> list[list[str]]:
-  """Groups (size >= 2) of exact or near-duplicate images, by id."""
+  """Groups (size >= 2) of exact or near-duplicate images, by id.
+
+  `shas` and `phashes` (packed bits, [N, HASH_BYTES]) from `image_hashes`.
+  """
   n = len(ids)
   parent = list(range(n))
 
@@ -53,7 +72,7 @@ def duplicate_groups(images, ids: list[str],
       i = parent[i]
     return i
 
-  shas, bits = _hashes(images)
+  bits = np.unpackbits(np.asarray(phashes, np.uint8), axis=-1)
   first = {}
   for i, s in enumerate(shas):
     if s in first:
@@ -88,30 +107,51 @@ def _carve_val(train: np.ndarray, labels: np.ndarray, units: np.ndarray,
                ) -> tuple[np.ndarray, np.ndarray]:
   """Stratified, unit-aware validation carve-out from `train` indices.
 
-  Per class, whole units (duplicate groups or single images) are drawn in a
-  seeded random order until round(fraction * class size) images are taken;
-  at least one unit per class while the class keeps one for training.
+  Each class c gets a target of round(fraction * its training images)
+  (at least 1). Per class, whole units (duplicate groups or single images)
+  are drawn in a seeded random order until the class reaches its target. A
+  unit is skipped when taking it would put any class more than one image
+  over its target (duplicate groups can mix classes and be larger than one
+  image), and each class keeps at least one unit for training. So every
+  class ends within one image of its target whenever enough small units
+  exist.
   """
   if fraction <= 0:
     return train, np.zeros(0, np.int64)
+  classes = np.unique(labels[train])
+  target = {c: max(1, round(fraction * int((labels[train] == c).sum())))
+            for c in classes}
+  taken = dict.fromkeys(classes, 0)
   val, taken_units = set(), set()
-  for c in np.unique(labels[train]):
+  for c in classes:
     members = train[labels[train] == c]
     ids = np.unique(units[members])
     rng.shuffle(ids)
-    target = max(1, round(fraction * len(members)))
-    taken = len([i for i in members if i in val])
-    for u in ids[:-1]:  # always leave one unit of the class for training
-      if taken >= target:
+    left = sum(u not in taken_units for u in ids)  # c's units in training
+    for u in ids:
+      if taken[c] >= target[c] or left <= 1:
         break
       if u in taken_units:
         continue
-      taken_units.add(u)
       sel = train[units[train] == u]  # the whole unit, whatever its labels
+      adds = {k: int((labels[sel] == k).sum()) for k in classes}
+      if any(taken[k] + adds[k] > target[k] + 1 for k in classes if adds[k]):
+        continue
+      taken_units.add(u)
       val.update(sel.tolist())
-      taken += int((labels[sel] == c).sum())
+      left -= 1
+      for k in classes:
+        taken[k] += adds[k]
   val = np.array(sorted(val), np.int64)
   return np.setdiff1d(train, val), val
+
+
+def split_fingerprint(manifest: dict) -> str:
+  """Short sha256 of a manifest's folds, groups and settings."""
+  keys = ('num_folds', 'split_seed', 'val_fraction', 'duplicates_policy',
+          'folds', 'duplicate_groups')
+  blob = json.dumps({k: manifest[k] for k in keys}, sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def make_manifest(ids: list[str], labels: np.ndarray,
@@ -154,6 +194,7 @@ def make_manifest(ids: list[str], labels: np.ndarray,
               'val_fraction': val_fraction, 'duplicates_policy': policy,
               'folds': folds, 'duplicate_groups': dup_groups}
   check_straddles(manifest)
+  manifest['split_fingerprint'] = split_fingerprint(manifest)
   return manifest
 
 

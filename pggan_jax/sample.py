@@ -5,14 +5,21 @@
 
 The model is rebuilt from W/config.json (written at train start), G_ema is
 restored from the latest checkpoint (or `step`), and N 8-bit PNGs are
-written at the checkpoint's resolution: directly in O for an unconditional
-model, in O/<class_name>/ for a conditional one (every class, or `label`),
-plus O/manifest.json. Same seed, same images.
+written at the checkpoint's resolution: in O/<class_name>/ for a
+conditional model (every class, or `label`) and for an unconditional one
+trained on one class (`data.class_filter`), directly in O for an
+unconditional model of all classes. O/manifest.json records the run and,
+under 'gan_training', which real images the GAN trained on (W's
+training_data.json): the classifier refuses synthetic images whose GAN saw
+its validation or test images (input_pipeline/provenance.py). Sampling
+another class's GAN into the same O adds to the manifest. Same seed, same
+images.
 """
 
 import json
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +27,9 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from input_pipeline import files as files_lib
 from input_pipeline import images as image_io
+from input_pipeline import provenance
 from input_pipeline.errors import UserInputError
 from pggan_jax import schedule
 from pggan_jax import steps
@@ -87,18 +96,25 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
   alpha = point.alpha if stage == point.stage else 1.0
   class_names = list(cfg.class_names)
   conditional = cfg.model.num_classes > 0
+  record = provenance.read_training_record(workdir)
+  class_filter = int(cfg.data.get('class_filter', -1))
   if conditional:
     labels = ([_resolve_label(label, class_names)]
               if label not in (None, '', -1) else range(len(class_names)))
+    folders = {lab: class_names[lab] for lab in labels}
   else:
     if label not in (None, '', -1):
       raise UserInputError('config.label is set but the model in '
                            f'{workdir} is unconditional')
     labels = [None]
+    # A one-class GAN knows its class: its images go to O/<class>/.
+    folders = {None: (class_names[class_filter] if class_filter >= 0
+                      else '')}
   files = []
   for lab in labels:
-    out = (os.path.join(output_dir, class_names[lab]) if lab is not None
-           else output_dir)
+    out = os.path.join(output_dir, folders[lab])
+    if folders[lab]:  # a class folder is replaced whole, never mixed
+      shutil.rmtree(out, ignore_errors=True)
     key = jax.random.fold_in(jax.random.key(seed), lab or 0)
     z_all = jax.random.normal(key, (num_images, cfg.model.latent_size))
     for start in range(0, num_images, _CHUNK):
@@ -110,16 +126,56 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
         path = os.path.join(out, f'{seed:04d}_{start + i:05d}.png')
         image_io.save_png(img, path)
         files.append(os.path.relpath(path, output_dir))
-  manifest = {
+  run = {
       'workdir': os.path.abspath(workdir), 'checkpoint_step': int(step),
       'kimg': meta['nimg'] / 1000, 'seed': seed,
       'resolution': 4 * 2 ** stage, 'label': label if conditional else None,
-      'conditional': conditional, 'class_names': class_names,
-      'num_images': len(files), 'files': files}
-  os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, 'manifest.json'), 'w') as f:
-    json.dump(manifest, f, indent=2)
+      'conditional': conditional, 'num_images': len(files)}
+  # Key of this GAN's entry: the one class folder written (a one-class GAN,
+  # or a conditional GAN asked for one label), else 'all'.
+  written = [folders[lab] for lab in labels]
+  entry = written[0] if len(written) == 1 and written[0] else 'all'
+  manifest = _merged_manifest(output_dir, entry, class_names,
+                              [folders[lab] for lab in labels if folders[lab]])
+  manifest.update(run)
+  manifest['class_names'] = class_names
+  manifest['runs'][entry] = run
+  manifest['files'] = sorted(set(manifest['files']) | set(files))
+  manifest['num_images'] = len(manifest['files'])
+  if record is not None:
+    manifest['gan_training'][entry] = record
+  else:
+    manifest['gan_training'].pop(entry, None)
+  files_lib.write_json(os.path.join(output_dir, provenance.MANIFEST),
+                       manifest)
   return manifest
+
+
+def _merged_manifest(output_dir: str, entry: str, class_names: list[str],
+                     replaced_folders: list[str]) -> dict:
+  """An existing O/manifest.json to add to, or a fresh one.
+
+  Entries of other one-class GANs of the same classes are kept (one GAN per
+  class sampled into one folder); anything else starts afresh.
+  """
+  fresh = {'runs': {}, 'files': [], 'gan_training': {}}
+  path = os.path.join(output_dir, provenance.MANIFEST)
+  if entry == 'all' or not os.path.isfile(path):
+    return fresh
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError):
+    return fresh
+  if old.get('class_names') != class_names or 'all' in old.get('runs', {}):
+    return fresh
+  keep = lambda f: f.split('/')[0] not in replaced_folders
+  return {'runs': {k: v for k, v in old.get('runs', {}).items()
+                   if k != entry},
+          'files': [f for f in old.get('files', []) if keep(f)],
+          'gan_training': {k: v for k, v in old.get('gan_training',
+                                                    {}).items()
+                           if k != entry}}
 
 
 def sample_from_config(config: ml_collections.ConfigDict,

@@ -1,10 +1,11 @@
 """The study's outputs from its rows: results.csv, report.md and plots.
 
-Pure functions of the per-cell results (one row per fold x seed x arm), the
+Pure functions of the per-cell results (one row per repeat x fold x arm), the
 pooled test predictions and the synthetic samples; nothing here trains or
 reads a checkpoint, so the report of a finished study can be rebuilt (or
-unit-tested) in a second. Plots use matplotlib's Agg canvas directly
-(`matplotlib.figure.Figure`), leaving pyplot's global state alone.
+unit-tested) in a second. The design is repeated k-fold cross-validation: a
+cell is one (repeat, fold) pair, and arms are compared on the same cells
+(see `stats` for the tests). The figures are drawn by `plots`.
 """
 
 import csv
@@ -13,25 +14,36 @@ import math
 import os
 from typing import Any, Iterable, Mapping, Sequence
 
-from matplotlib.figure import Figure
 import numpy as np
-from PIL import Image
-from sklearn import metrics as skm
 
-from input_pipeline import images as images_lib
 from input_pipeline import files
+from resnet_jax import plots
 from resnet_jax import stats
 
 METRICS = ('accuracy', 'sensitivity', 'specificity', 'balanced_accuracy',
            'f1', 'auc')
-KEY_COLUMNS = ('fold', 'seed', 'arm')
+# A cell is (repeat, fold); seed is the cell's training seed.
+KEY_COLUMNS = ('repeat', 'fold', 'seed', 'arm')
 # results.csv starts with exactly these columns; extra ones follow.
 COLUMNS = KEY_COLUMNS + METRICS
+_INT_COLUMNS = ('repeat', 'fold', 'seed')
 ARMS = ('none', 'classic', 'gan', 'classic+gan')
-# (A, B): A - B, over the fold x seed cells both arms ran on.
+# The two pre-specified primary comparisons (A, B): A - B over the cells both
+# arms ran on; Holm-adjusted together on the primary metric.
 COMPARISONS = (('classic+gan', 'classic'), ('gan', 'none'))
+# Synthetic-image quality keys, in the order of the report's table.
+QUALITY_KEYS = ('swd', 'fd', 'kid', 'precision', 'recall', 'c2st_accuracy',
+                'c2st_ci_low', 'c2st_ci_high', 'tstr_accuracy',
+                'trtr_accuracy', 'nn_distance_ratio', 'ms_ssim_synthetic',
+                'ms_ssim_real')
 
 Row = Mapping[str, Any]
+
+# The figures live in `plots`; these names keep `report.<name>` working.
+plot_roc = plots.plot_roc
+plot_arms = plots.plot_arms
+plot_samples = plots.plot_samples
+load_samples = plots.load_samples
 
 
 def write_results_csv(rows: Sequence[Row], path: str) -> None:
@@ -50,13 +62,13 @@ def write_results_csv(rows: Sequence[Row], path: str) -> None:
 
 
 def read_results_csv(path: str) -> list[dict[str, Any]]:
-  """Inverse of `write_results_csv`: ints for fold/seed, floats for metrics."""
+  """Inverse of `write_results_csv`: ints for repeat/fold/seed, else floats."""
   rows = []
   with open(path, newline='') as f:
     for raw in csv.DictReader(f):
       row: dict[str, Any] = {}
       for k, v in raw.items():
-        if k in ('fold', 'seed'):
+        if k in _INT_COLUMNS:
           row[k] = int(v)
         elif k == 'arm':
           row[k] = v
@@ -69,50 +81,96 @@ def read_results_csv(path: str) -> list[dict[str, Any]]:
   return rows
 
 
+def sort_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:
+  """Rows sorted by (repeat, fold, arm order) for stable CSV output."""
+  order = {a: i for i, a in enumerate(ARMS)}
+  return sorted((dict(r) for r in rows),
+                key=lambda r: (r['repeat'], r['fold'],
+                               order.get(r['arm'], len(order)), r['arm'],
+                               r.get('seed', 0)))
+
+
 def _arms_present(rows: Sequence[Row]) -> list[str]:
   seen = {r['arm'] for r in rows}
   return [a for a in ARMS if a in seen] + sorted(seen - set(ARMS))
 
 
 def arm_summaries(rows: Sequence[Row], *, confidence: float = 0.95,
-                  seed: int = 0) -> dict[str, dict[str, dict[str, float]]]:
-  """{arm: {metric: stats.summarize(...)}} over that arm's cells.
+                  test_train_ratio: float | None = None
+                  ) -> dict[str, dict[str, dict[str, float]]]:
+  """{arm: {metric: stats.logit_interval(...)}} over that arm's cells.
 
-  The bootstrap resamples folds (clusters), see `stats.bootstrap_ci`.
+  n, mean, sd and a range-respecting interval (ci_low, ci_high) of the mean,
+  with the corrected variance sd² (1/n + test_train_ratio) when the ratio
+  n_test/n_train is given (else sd²/n, which ignores the dependence).
   """
   out = {}
   for arm in _arms_present(rows):
     sel = [r for r in rows if r['arm'] == arm]
     out[arm] = {
-        m: stats.summarize([float(r[m]) for r in sel],
-                           [r['fold'] for r in sel],
-                           confidence=confidence, seed=seed)
+        m: stats.logit_interval([float(r[m]) for r in sel], confidence,
+                                test_train_ratio=test_train_ratio)
         for m in METRICS}
+  return out
+
+
+def _by_cell(rows: Sequence[Row]) -> dict[tuple[int, int, str], Row]:
+  """{(repeat, fold, arm): row}; a cell may hold one row per arm."""
+  out = {}
+  for r in rows:
+    key = (r['repeat'], r['fold'], r['arm'])
+    if key in out:
+      raise ValueError(f'two result rows for repeat {key[0]} fold {key[1]} '
+                       f'arm {key[2]!r}')
+    out[key] = r
   return out
 
 
 def paired_comparisons(
     rows: Sequence[Row], *, pairs: Sequence[tuple[str, str]] = COMPARISONS,
     confidence: float = 0.95, test_train_ratio: float | None = None,
-    seed: int = 0) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
-  """{(A, B): {metric: stats.paired_comparison(A, B)}} paired on (fold, seed).
+    primary_metric: str = 'auc'
+) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+  """{(A, B): {metric: stats.paired_comparison(A, B)}} on (repeat, fold).
 
-  Pairs whose arms are missing from `rows` are left out.
+  Pairs whose arms are missing from `rows` are left out. The primary metric
+  of each comparison also gets holm_p: Holm's adjustment of corrected_p over
+  the comparisons in `pairs` that are present (the pre-specified family).
   """
-  by_key = {(r['fold'], r['seed'], r['arm']): r for r in rows}
+  by_key = _by_cell(rows)
   out = {}
   for a, b in pairs:
-    cells = sorted({(f, s) for f, s, arm in by_key if arm == a}
-                   & {(f, s) for f, s, arm in by_key if arm == b})
+    cells = sorted({(r, f) for r, f, arm in by_key if arm == a}
+                   & {(r, f) for r, f, arm in by_key if arm == b})
     if not cells:
       continue
     out[(a, b)] = {
         m: stats.paired_comparison(
-            [float(by_key[(f, s, a)][m]) for f, s in cells],
-            [float(by_key[(f, s, b)][m]) for f, s in cells],
-            [f for f, _ in cells], confidence=confidence,
-            test_train_ratio=test_train_ratio, seed=seed)
+            [float(by_key[(r, f, a)][m]) for r, f in cells],
+            [float(by_key[(r, f, b)][m]) for r, f in cells],
+            confidence=confidence, test_train_ratio=test_train_ratio)
         for m in METRICS}
+  adjusted = stats.holm([c[primary_metric]['corrected_p']
+                         for c in out.values()])
+  for c, p in zip(out.values(), adjusted):
+    c[primary_metric]['holm_p'] = p
+  return out
+
+
+def group_means(rows: Sequence[Row], metric: str, by: str = 'fold'
+                ) -> dict[str, dict[int, dict[str, float]]]:
+  """{arm: {value of `by`: {n, mean, sd}}} of `metric`; descriptive only.
+
+  by='fold' averages each fold index over the repeats, by='repeat' each
+  repeat over its folds (one complete k-fold estimate per repeat).
+  """
+  out = {}
+  for arm in _arms_present(rows):
+    sel = [r for r in rows if r['arm'] == arm]
+    out[arm] = {}
+    for g in sorted({r[by] for r in sel}):
+      s = stats.t_interval([float(r[metric]) for r in sel if r[by] == g])
+      out[arm][g] = {'n': s['n'], 'mean': s['mean'], 'sd': s['sd']}
   return out
 
 
@@ -126,8 +184,30 @@ def _p(x: float) -> str:
   return '<0.001' if x < 0.001 else f'{x:.3f}'
 
 
-def _interval(lo: float, hi: float) -> str:
-  return f'[{_f(lo)}, {_f(hi)}]'
+def _interval(lo: float, hi: float, clipped_low: bool = False,
+              clipped_high: bool = False) -> str:
+  """[lo, hi]; a bound clipped to the metric's range is marked with *."""
+  return (f'[{_f(lo)}{"*" if clipped_low else ""}, '
+          f'{_f(hi)}{"*" if clipped_high else ""}]')
+
+
+def _ci(c: Mapping[str, Any]) -> str:
+  """The interval of a `stats.paired_comparison` result."""
+  return _interval(c['ci_low'], c['ci_high'], c['clipped_low'],
+                   c['clipped_high'])
+
+
+def _num(x: Any) -> str:
+  """A quality figure: 3 decimals, fewer for large values, n/a if missing."""
+  if isinstance(x, (bool, np.bool_)):
+    return 'yes' if x else 'no'
+  if not isinstance(x, (int, float, np.number)) or not math.isfinite(x):
+    return 'n/a'
+  return f'{x:.3f}' if abs(x) < 100 else f'{x:.1f}'
+
+
+def _quote(text: str) -> list[str]:
+  return ['> ' + line if line else '>' for line in text.strip().splitlines()]
 
 
 def format_duration(seconds: float) -> str:
@@ -139,80 +219,87 @@ def format_duration(seconds: float) -> str:
   return f'{seconds / 3600:.2f} h'
 
 
+_FIGURES = {
+    'arms.png': 'mean and interval of every metric per arm (as the table '
+                'above).',
+    'roc.png': 'ROC per arm, test predictions pooled over cells '
+               '(descriptive; inference uses the per-cell tests).',
+    'samples.png': 'synthetic images per class from one cell.',
+}
+
+
 def render_markdown(rows: Sequence[Row], *, config_json: str = '',
                     data_summary: Mapping[str, Any] | None = None,
                     timings: Mapping[str, float] | None = None,
                     primary_metric: str = 'auc', confidence: float = 0.95,
                     test_train_ratio: float | None = None, seed: int = 0,
-                    title: str = 'PGGAN augmentation study') -> str:
-  """report.md from the result rows (see module docstring)."""
+                    title: str = 'PGGAN augmentation study',
+                    smoke_note: str = '',
+                    gate: Mapping[str, Any] | None = None,
+                    gan_quality: Sequence[Mapping[str, Any]] | None = None,
+                    design: str = '',
+                    sub_configs: Mapping[str, str] | None = None,
+                    provenance: str = '',
+                    figures: Sequence[str] = ()) -> str:
+  """report.md from the result rows (see module docstring).
+
+  Args:
+    rows: one per repeat x fold x arm (KEY_COLUMNS + METRICS).
+    config_json: the study's resolved config.
+    data_summary: `study.data_summary()`: counts, folds, duplicate groups.
+    timings: {stage: seconds}.
+    primary_metric: the metric of the two primary comparisons.
+    confidence: level of every interval.
+    test_train_ratio: n_test/n_train, mean over folds, for the corrected
+      resampled t-test and the corrected intervals.
+    seed: unused (nothing is resampled); kept for existing callers.
+    title: the report's title.
+    smoke_note: if set, a warning quoted right under the title (e.g. a
+      ':tiny' run whose numbers test the machinery, not a finding).
+    gate: {'passed': bool, 'reasons': [str]} of the GAN quality gate; a
+      failure is stated before any table.
+    gan_quality: rows {'repeat', 'fold', 'class', QUALITY_KEYS..., 'passed'}
+      for the 'Synthetic image quality' table.
+    design: one paragraph describing the design, printed under the header.
+    sub_configs: {name: JSON of a sub-run's resolved config}, each shown
+      under its own heading in the Configuration section.
+    provenance: text of a 'How the defaults were chosen' section, verbatim.
+    figures: names of the written figures (keys of _FIGURES) to describe.
+  """
+  del seed
   if primary_metric not in METRICS:
     raise ValueError(f'primary_metric {primary_metric!r} not in {METRICS}')
   pct = f'{confidence:.0%}'
+  repeats = sorted({r['repeat'] for r in rows})
   folds = sorted({r['fold'] for r in rows})
-  seeds = sorted({r['seed'] for r in rows})
-  lines = [f'# {title}', '',
-           f'{len(rows)} results: {len(folds)} fold(s) x {len(seeds)} '
-           f'seed(s) x {len(_arms_present(rows))} arms, evaluated on each fold\'s '
-           'held-out test images.', '',
-           'All arms of a cell share the initialisation, data order and the '
-           'number of training steps (equal compute). In the `gan` arms a '
-           'fraction `data.synthetic_ratio` of every batch is synthetic, so '
-           'they see that fraction fewer real-image exposures than `none` / '
-           '`classic`: the comparison is "replace part of each batch with '
-           'GAN samples at equal cost".', '']
-
-  lines += ['## Metrics per arm', '',
-            f'Mean ± sd over fold x seed cells; **{pct} CI** is the '
-            't-interval of the mean, *boot* the percentile bootstrap that '
-            'resamples whole folds. Folds share training images and the '
-            'seeds of a fold share its test images, so the cells are not '
-            'independent and these intervals are approximate (too narrow '
-            'rather than too wide).', '']
-  table = arm_summaries(rows, confidence=confidence, seed=seed)
-  lines += ['| arm | metric | n | mean ± sd | ' + pct + ' CI | boot CI |',
-            '|---|---|---|---|---|---|']
-  for arm, by_metric in table.items():
-    for m in METRICS:
-      s = by_metric[m]
-      lines.append(
-          f'| {arm} | {m} | {s["n"]} | {_f(s["mean"])} ± {_f(s["sd"])} | '
-          f'{_interval(s["ci_low"], s["ci_high"])} | '
-          f'{_interval(s["boot_low"], s["boot_high"])} |')
-  lines.append('')
-
-  comps = paired_comparisons(rows, confidence=confidence, seed=seed,
-                             test_train_ratio=test_train_ratio)
-  lines += ['## Paired comparisons', '',
-            'Differences A − B over the fold x seed cells both arms ran on '
-            '(same data split, same seed). **Primary: the paired t-test** '
-            '(scipy.stats.ttest_rel) on the primary metric, '
-            f'**{primary_metric}**, for the two pre-specified comparisons; '
-            'each difference averages over a whole test fold, so it is close '
-            'to normal. The Wilcoxon signed-rank test (scipy.stats.wilcoxon) '
-            'is the distribution-free check and the Nadeau-Bengio corrected '
-            't-test (variance × (1/n + n_test/n_train)) allows for the '
-            'overlapping training sets. The other metrics are exploratory '
-            '(no multiplicity correction).', '']
-  if not comps:
-    lines += ['(no pair of arms to compare)', '']
-  for (a, b), by_metric in comps.items():
-    lines += [f'### {a} vs {b}', '',
-              f'| metric | n | mean diff | {pct} CI | boot CI | t-test p | '
-              'Wilcoxon p | corrected p |',
-              '|---|---|---|---|---|---|---|---|']
-    for m in METRICS:
-      c = by_metric[m]
-      name = f'**{m}** (primary)' if m == primary_metric else m
-      lines.append(
-          f'| {name} | {c["n"]} | {_f(c["mean_diff"])} | '
-          f'{_interval(c["ci_low"], c["ci_high"])} | '
-          f'{_interval(c["boot_low"], c["boot_high"])} | {_p(c["t_p"])} | '
-          f'{_p(c["wilcoxon_p"])} | {_p(c["corrected_p"])} |')
+  lines = [f'# {title}', '']
+  if smoke_note:
+    lines += _quote(f'**Warning:** {smoke_note}') + ['']
+  if gate is not None and not gate.get('passed', False):
+    reasons = ('; '.join(str(r) for r in gate.get('reasons', ()))
+               or 'no reason given')
+    lines += _quote(
+        '**The `gan` arms do not test GAN augmentation**: the GANs failed '
+        f'the quality gate ({reasons}). Those arms train on synthetic images '
+        'that did not pass it, so their results say nothing about what '
+        'good synthetic images would add.') + ['']
+  elif gate is not None:
+    lines += ['The GANs passed the synthetic-image quality gate.', '']
+  lines += [f'{len(rows)} results: {len(repeats)} repeat(s) x {len(folds)} '
+            f'fold(s) x {len(_arms_present(rows))} arms, each evaluated on '
+            'its cell\'s held-out test images.', '']
+  if design:
+    lines += [design.strip(), '']
+  lines += _metric_lines(rows, pct, confidence, test_train_ratio)
+  lines += _comparison_lines(rows, pct, confidence, test_train_ratio,
+                             primary_metric)
+  lines += _group_lines(rows, primary_metric)
+  if gan_quality:
+    lines += _quality_lines(gan_quality, gate)
+  if figures:
+    lines += ['## Figures', '']
+    lines += [f'- `{name}`: {_FIGURES.get(name, "")}' for name in figures]
     lines.append('')
-  lines += ['With few cells the Wilcoxon test cannot reach small p-values '
-            '(its smallest two-sided p with n pairs is 2/2^n).', '']
-
   if data_summary:
     lines += ['## Data', '', *_data_lines(data_summary), '']
   if timings:
@@ -220,14 +307,167 @@ def render_markdown(rows: Sequence[Row], *, config_json: str = '',
     for stage, sec in timings.items():
       lines.append(f'| {stage} | {format_duration(sec)} |')
     lines.append('')
+  if provenance:
+    lines += ['## How the defaults were chosen', '', provenance.strip(), '']
+  if config_json or sub_configs:
+    lines += ['## Configuration', '']
   if config_json:
-    lines += ['## Configuration', '', '```json', config_json.rstrip(), '```',
-              '']
+    lines += ['```json', config_json.rstrip(), '```', '']
+  for name, text in (sub_configs or {}).items():
+    lines += [f'### {name}', '', '```json', text.rstrip(), '```', '']
   return '\n'.join(lines)
 
 
+def _variance_text(test_train_ratio: float | None) -> str:
+  if test_train_ratio is None:
+    return ('the plain variance sd²/n, because n_test/n_train was not '
+            'given: it treats the cells as independent, so the intervals '
+            'are too narrow')
+  return ('the corrected variance sd² · (1/n + n_test/n_train) of the '
+          f'resampled t-test, n_test/n_train = {test_train_ratio:.3f} (mean '
+          'over folds)')
+
+
+def _metric_lines(rows, pct, confidence, test_train_ratio) -> list[str]:
+  lines = ['## Metrics per arm', '',
+           'Mean ± sd over the repeat x fold cells. The '
+           f'**{pct} CI** of the mean uses '
+           f'{_variance_text(test_train_ratio)}; it is computed on the logit '
+           'scale and mapped back (logit-transformed Wald interval, mean '
+           f'clipped to [{stats.EPS}, {1 - stats.EPS}]), so it stays within '
+           '[0, 1] and is asymmetric near a bound.', '',
+           f'| arm | metric | n | mean ± sd | {pct} CI |',
+           '|---|---|---|---|---|']
+  table = arm_summaries(rows, confidence=confidence,
+                        test_train_ratio=test_train_ratio)
+  for arm, by_metric in table.items():
+    for m in METRICS:
+      s = by_metric[m]
+      lines.append(
+          f'| {arm} | {m} | {s["n"]} | {_f(s["mean"])} ± {_f(s["sd"])} | '
+          f'{_interval(s["ci_low"], s["ci_high"])} |')
+  return lines + ['']
+
+
+def _comparison_lines(rows, pct, confidence, test_train_ratio,
+                      primary_metric) -> list[str]:
+  comps = paired_comparisons(rows, confidence=confidence,
+                             test_train_ratio=test_train_ratio,
+                             primary_metric=primary_metric)
+  family = ', '.join(f'{a} vs {b}' for a, b in COMPARISONS)
+  lines = [
+      '## Paired comparisons', '',
+      'Differences A − B over the (repeat, fold) cells both arms ran on. '
+      '**Primary test: the corrected resampled t-test** (Nadeau & Bengio '
+      '2003, as formulated by Bouckaert & Frank 2004) on '
+      f'**{primary_metric}**: t = mean(d) / sqrt((1/(k·r) + n_test/n_train) '
+      '· s²) with df = k·r − 1, which allows for the training sets the '
+      'cells share. '
+      + ('n_test/n_train is not given, so it is not computed. '
+         if test_train_ratio is None else
+         f'n_test/n_train = {test_train_ratio:.3f}, the mean over folds. ')
+      + f'The **{pct} CI** is the matching corrected interval of the mean '
+      'difference, clipped to [−1, 1] (a clipped bound is marked *). '
+      f'The two pre-specified primary comparisons ({family}) on '
+      f'{primary_metric} are adjusted for multiplicity with Holm\'s method '
+      '(**Holm p**). All other metrics are exploratory: their p-values are '
+      'uncorrected. *t-test p* (paired t-test, scipy.stats.ttest_rel) and '
+      '*Wilcoxon p* (signed-rank, scipy.stats.wilcoxon) ignore the '
+      'dependence between cells and are anti-conservative; they are shown '
+      'for reference only. With n pairs the smallest two-sided Wilcoxon p '
+      'is 2/2^n.', '']
+  if not comps:
+    return lines + ['(no pair of arms to compare)', '']
+  lines += [f'Primary results (Holm over {len(comps)} comparison(s)):', '']
+  for (a, b), by_metric in comps.items():
+    c = by_metric[primary_metric]
+    lines.append(f'- {a} vs {b}: {primary_metric} difference '
+                 f'{_f(c["mean_diff"])}, {pct} CI {_ci(c)}, corrected p '
+                 f'{_p(c["corrected_p"])}, Holm p {_p(c["holm_p"])}')
+  lines.append('')
+  for (a, b), by_metric in comps.items():
+    lines += [f'### {a} vs {b}', '',
+              f'| metric | n | mean diff | {pct} CI | corrected p | Holm p | '
+              't-test p (indep.) | Wilcoxon p (indep.) |',
+              '|---|---|---|---|---|---|---|---|']
+    for m in METRICS:
+      c = by_metric[m]
+      name = f'**{m}** (primary)' if m == primary_metric else m
+      holm = _p(c['holm_p']) if 'holm_p' in c else '—'
+      lines.append(
+          f'| {name} | {c["n"]} | {_f(c["mean_diff"])} | '
+          f'{_ci(c)} | '
+          f'{_p(c["corrected_p"])} | {holm} | {_p(c["t_p"])} | '
+          f'{_p(c["wilcoxon_p"])} |')
+    lines.append('')
+  return lines
+
+
+def _group_lines(rows, metric) -> list[str]:
+  lines = []
+  for by, head, text in (
+      ('fold', 'Per-fold means (descriptive)',
+       f'Mean ± sd of {metric} over the repeats, per fold index. '
+       'Descriptive only: each repeat draws its own split, so fold i of two '
+       'repeats holds different images; inference uses the per-cell tests '
+       'above.'),
+      ('repeat', 'Per-repeat means (descriptive)',
+       f'Mean ± sd of {metric} over the folds of each repeat (one complete '
+       'k-fold estimate per repeat). Descriptive only.')):
+    table = group_means(rows, metric, by)
+    keys = sorted({g for per in table.values() for g in per})
+    lines += [f'## {head}', '', text, '',
+              '| arm | ' + ' | '.join(f'{by} {g}' for g in keys) + ' |',
+              '|---|' + '---|' * len(keys)]
+    for arm, per in table.items():
+      cells = [f'{_f(per[g]["mean"])} ± {_f(per[g]["sd"])}' if g in per
+               else '' for g in keys]
+      lines.append(f'| {arm} | ' + ' | '.join(cells) + ' |')
+    lines.append('')
+  return lines
+
+
+def _quality_lines(quality: Sequence[Mapping[str, Any]],
+                   gate: Mapping[str, Any] | None) -> list[str]:
+  keys = [k for k in QUALITY_KEYS if any(k in q for q in quality)]
+  has_passed = any('passed' in q for q in quality)
+  head = ['repeat', 'fold', 'class'] + keys + (['passed'] if has_passed
+                                               else [])
+  lines = ['## Synthetic image quality', '',
+           'Per GAN (repeat, fold, class), measured against that cell\'s '
+           'real training images; n/a where not measured.'
+           + ('' if gate is None else
+              ' Quality gate: ' + ('passed.' if gate.get('passed') else
+                                   'FAILED (' + '; '.join(
+                                       str(r) for r in gate.get(
+                                           'reasons', ())) + ').')), '',
+           '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  for q in quality:
+    cells = [str(q.get(k, 'n/a')) for k in ('repeat', 'fold', 'class')]
+    cells += [_num(q.get(k)) for k in keys]
+    if has_passed:
+      cells.append(_num(q.get('passed')))
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  means = []
+  for k in keys:
+    v = [float(q[k]) for q in quality
+         if isinstance(q.get(k), (int, float, np.number))
+         and not isinstance(q.get(k), bool) and math.isfinite(q[k])]
+    means.append(_num(float(np.mean(v))) if v else 'n/a')
+  if has_passed:
+    means.append(f'{sum(bool(q.get("passed")) for q in quality)}/'
+                 f'{len(quality)}')
+  lines.append('| **mean** | | | ' + ' | '.join(means) + ' |')
+  return lines + ['']
+
+
 def _data_lines(summary: Mapping[str, Any]) -> list[str]:
-  """Markdown for study.data_summary(): counts per class, folds, duplicates."""
+  """Markdown for study.data_summary(): counts per class, folds, duplicates.
+
+  Folds come per repeat as 'repeats': [{'split_seed', 'folds'}], or as
+  'folds': [{role: {class: count}}] of the first repeat, whose split seed is
+  'split_seed' (all repeats' seeds may be listed in 'split_seeds').
+  """
   lines = []
   classes = list(summary.get('class_names', []))
   if 'name' in summary:
@@ -244,21 +484,29 @@ def _data_lines(summary: Mapping[str, Any]) -> list[str]:
         f'Near-duplicate groups: {summary["duplicate_groups"]} '
         f'({summary.get("duplicate_images", 0)} images), each kept within '
         'one split.')
-  folds = summary.get('folds', [])
-  if folds:
-    lines += ['', f'{len(folds)} stratified folds (split seed '
-              f'{summary.get("split_seed", "?")}); images per role and '
-              'class:', '',
-              '| fold | ' + ' | '.join(
-                  f'{role} ({"/".join(classes)})'
-                  for role in ('train', 'val', 'test')) + ' |',
-              '|---|---|---|---|']
-    for i, fold in enumerate(folds):
-      cells = []
-      for role in ('train', 'val', 'test'):
-        per = fold.get(role, {})
-        cells.append('/'.join(str(per.get(c, 0)) for c in classes))
-      lines.append(f'| {i} | ' + ' | '.join(cells) + ' |')
+  repeats = summary.get('repeats')
+  if repeats is None and summary.get('folds'):
+    repeats = [{'split_seed': summary.get('split_seed', '?'),
+                'folds': summary['folds']}]
+  if not repeats:
+    return lines
+  if 'repeats' not in summary and len(summary.get('split_seeds') or ()) > 1:
+    lines.append('Split seeds of the repeats: ' + ', '.join(
+        str(x) for x in summary['split_seeds']) + '; the table shows the '
+                 'first repeat.')
+  seeds = ', '.join(str(r.get('split_seed', '?')) for r in repeats)
+  lines += ['', f'{len(repeats)} repeat(s) of {len(repeats[0]["folds"])} '
+            f'stratified folds (split seed(s) {seeds}); images per role and '
+            'class:', '',
+            '| repeat | fold | ' + ' | '.join(
+                f'{role} ({"/".join(classes)})'
+                for role in ('train', 'val', 'test')) + ' |',
+            '|---|---|---|---|---|']
+  for i, rep in enumerate(repeats):
+    for j, fold in enumerate(rep['folds']):
+      cells = ['/'.join(str(fold.get(role, {}).get(c, 0)) for c in classes)
+               for role in ('train', 'val', 'test')]
+      lines.append(f'| {i} | {j} | ' + ' | '.join(cells) + ' |')
   return lines
 
 
@@ -272,107 +520,6 @@ def read_predictions(path: str) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(labels, np.int32), np.asarray(probs, np.float64)
 
 
-def plot_roc(predictions: Mapping[str, Sequence[tuple[np.ndarray,
-                                                       np.ndarray]]],
-             path: str) -> None:
-  """ROC per arm of the pooled test predictions, thin curves per cell.
-
-  predictions: {arm: [(labels, probs) of each cell]}.
-  """
-  fig = Figure(figsize=(5.5, 5))
-  ax = fig.add_subplot()
-  colors = [f'C{i}' for i in range(10)]
-  for i, (arm, cells) in enumerate(predictions.items()):
-    color = colors[i % len(colors)]
-    for y, p in cells:
-      if len(np.unique(y)) == 2:
-        fpr, tpr, _ = skm.roc_curve(y, p)
-        ax.plot(fpr, tpr, color=color, alpha=0.25, lw=0.7)
-    if not cells:
-      continue
-    y = np.concatenate([c[0] for c in cells])
-    p = np.concatenate([c[1] for c in cells])
-    if len(np.unique(y)) < 2:
-      continue
-    fpr, tpr, _ = skm.roc_curve(y, p)
-    auc = skm.roc_auc_score(y, p)
-    ax.plot(fpr, tpr, color=color, lw=2,
-            label=f'{arm} (pooled AUC {auc:.3f}, {len(cells)} cells)')
-  ax.plot([0, 1], [0, 1], 'k:', lw=0.8)
-  ax.set(xlabel='1 - specificity (FPR)', ylabel='sensitivity (TPR)',
-         xlim=(0, 1), ylim=(0, 1.01), title='Test ROC per arm')
-  ax.legend(loc='lower right', fontsize=8)
-  _save(fig, path)
-
-
-def plot_arms(summaries: Mapping[str, Mapping[str, Mapping[str, float]]],
-              path: str, confidence: float = 0.95) -> None:
-  """Grouped bars: metric x arm, mean with t-interval error bars."""
-  arms = list(summaries)
-  fig = Figure(figsize=(9, 4.5))
-  ax = fig.add_subplot()
-  x = np.arange(len(METRICS))
-  width = 0.8 / max(len(arms), 1)
-  for i, arm in enumerate(arms):
-    means = np.array([summaries[arm][m]['mean'] for m in METRICS])
-    lo = np.array([summaries[arm][m]['ci_low'] for m in METRICS])
-    hi = np.array([summaries[arm][m]['ci_high'] for m in METRICS])
-    # Undefined intervals (one cell) draw no error bar.
-    err = np.nan_to_num(np.stack([means - lo, hi - means]), nan=0.0)
-    ax.bar(x + (i - (len(arms) - 1) / 2) * width, np.nan_to_num(means),
-           width, yerr=err, capsize=2, label=arm)
-  ax.set_xticks(x, METRICS, rotation=15)
-  ax.set(ylim=(0, 1.18), ylabel='test value',
-         title=f'Mean over fold x seed cells, {confidence:.0%} t-interval')
-  ax.legend(fontsize=8, ncols=len(arms) or 1, loc='upper center')
-  _save(fig, path)
-
-
-def load_samples(sample_dir: str, class_names: Sequence[str],
-                 per_class: int = 8) -> dict[str, np.ndarray]:
-  """{class: float [n, H, W, C] in [-1, 1]} from DIR/<class>/*.png."""
-  out = {}
-  for name in class_names:
-    folder = os.path.join(sample_dir, name)
-    if not os.path.isdir(folder):
-      continue
-    pngs = sorted(f for f in os.listdir(folder) if f.endswith('.png'))
-    imgs = []
-    for f in pngs[:per_class]:
-      a = np.asarray(Image.open(os.path.join(folder, f)), np.float32)
-      imgs.append((a[..., None] if a.ndim == 2 else a) / 127.5 - 1.0)
-    if imgs:
-      out[name] = np.stack(imgs)
-  return out
-
-
-def plot_samples(samples: Mapping[str, np.ndarray], path: str,
-                 title: str = '') -> None:
-  """One row of synthetic images per class (`load_samples` output)."""
-  names = [n for n in samples if len(samples[n])]
-  fig = Figure(figsize=(8, 1.2 + 1.3 * max(len(names), 1)))
-  for i, name in enumerate(names):
-    ax = fig.add_subplot(len(names), 1, i + 1)
-    imgs = samples[name]
-    grid = images_lib.make_grid(imgs, ncols=len(imgs))
-    if grid.shape[-1] == 1:
-      ax.imshow(grid[..., 0], cmap='gray', vmin=0, vmax=255)
-    else:
-      ax.imshow(grid)
-    ax.set_axis_off()
-    ax.set_title(name, fontsize=9, loc='left')
-  if title:
-    fig.suptitle(title, fontsize=10)
-  _save(fig, path)
-
-
-def _save(fig: Figure, path: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.tmp.png'
-  fig.savefig(tmp, dpi=110, bbox_inches='tight')
-  os.replace(tmp, path)
-
-
 def write_report(workdir: str, rows: Sequence[Row], *,
                  predictions: Mapping[str, Sequence[tuple[np.ndarray,
                                                           np.ndarray]]]
@@ -383,42 +530,92 @@ def write_report(workdir: str, rows: Sequence[Row], *,
   """Writes results.csv, report.md, arms.png, roc.png, samples.png.
 
   roc.png needs `predictions`, samples.png needs `samples`; the others only
-  need rows. Returns {name: path} of what was written.
+  need rows. `markdown_kwargs` go to `render_markdown` (smoke_note, gate,
+  gan_quality, design, sub_configs, provenance, test_train_ratio, ...).
+  Returns {name: path} of what was written.
   """
   written = {}
   written['results.csv'] = os.path.join(workdir, 'results.csv')
   write_results_csv(rows, written['results.csv'])
-  written['report.md'] = os.path.join(workdir, 'report.md')
-  files.write_text(written['report.md'],
-                     render_markdown(rows, **markdown_kwargs))
   conf = markdown_kwargs.get('confidence', 0.95)
   written['arms.png'] = os.path.join(workdir, 'arms.png')
-  plot_arms(arm_summaries(rows, confidence=conf), written['arms.png'], conf)
+  plot_arms(arm_summaries(
+      rows, confidence=conf,
+      test_train_ratio=markdown_kwargs.get('test_train_ratio')),
+            written['arms.png'], conf)
   if predictions:
     written['roc.png'] = os.path.join(workdir, 'roc.png')
     plot_roc(predictions, written['roc.png'])
   if samples:
     written['samples.png'] = os.path.join(workdir, 'samples.png')
     plot_samples(samples, written['samples.png'], samples_title)
+  markdown_kwargs.setdefault(
+      'figures', [n for n in written if n.endswith('.png')])
+  written['report.md'] = os.path.join(workdir, 'report.md')
+  files.write_text(written['report.md'],
+                   render_markdown(rows, **markdown_kwargs))
   return written
 
 
+def _jsonable(x: Any) -> Any:
+  """NaN/inf -> None (null), numpy scalars -> Python, for strict JSON."""
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, (bool, np.bool_)):
+    return bool(x)
+  if isinstance(x, (int, np.integer)):
+    return int(x)
+  if isinstance(x, (float, np.floating)):
+    return float(x) if math.isfinite(x) else None
+  return x
+
+
 def summary_json(rows: Sequence[Row], *, confidence: float = 0.95,
-                 test_train_ratio: float | None = None, seed: int = 0,
-                 **unused) -> str:
-  """Arm summaries and comparisons as JSON (machine-readable report)."""
-  del unused  # accepts render_markdown's keyword arguments
-  comps = paired_comparisons(rows, confidence=confidence, seed=seed,
-                             test_train_ratio=test_train_ratio)
-  return json.dumps({
-      'arms': arm_summaries(rows, confidence=confidence, seed=seed),
+                 test_train_ratio: float | None = None,
+                 primary_metric: str = 'auc',
+                 gate: Mapping[str, Any] | None = None,
+                 gan_quality: Sequence[Mapping[str, Any]] | None = None,
+                 seed: int = 0, **unused) -> str:
+  """The report's numbers as strict JSON (NaN -> null).
+
+  Keys: design (repeats, folds, arms, test_train_ratio, methods), arms
+  (`arm_summaries`), comparisons ({'A vs B': {metric: ...}}, corrected
+  interval and p, holm_p on the primary metric), primary (the two primary
+  comparisons), per_fold and per_repeat (`group_means` of the primary
+  metric, descriptive), and gate / gan_quality when given. Accepts (and
+  ignores) render_markdown's other keyword arguments; `seed` is unused.
+  """
+  del seed, unused
+  comps = paired_comparisons(rows, confidence=confidence,
+                             test_train_ratio=test_train_ratio,
+                             primary_metric=primary_metric)
+  out = {
+      'design': {
+          'repeats': sorted({r['repeat'] for r in rows}),
+          'folds': sorted({r['fold'] for r in rows}),
+          'arms': _arms_present(rows),
+          'cells': len({(r['repeat'], r['fold']) for r in rows}),
+          'test_train_ratio': test_train_ratio,
+          'primary_metric': primary_metric,
+          'confidence': confidence,
+          'test': 'corrected resampled t-test (Bouckaert & Frank 2004), '
+                  'df = k*r - 1; Holm over the primary comparisons',
+          'arm_interval': 'logit-transformed Wald interval of the mean, '
+                          'corrected variance',
+          'difference_interval': 'corrected t-interval, clipped to [-1, 1]',
+      },
+      'arms': arm_summaries(rows, confidence=confidence,
+                            test_train_ratio=test_train_ratio),
       'comparisons': {f'{a} vs {b}': v for (a, b), v in comps.items()},
-  }, indent=1)
-
-
-def sort_rows(rows: Iterable[Row]) -> list[dict[str, Any]]:
-  """Rows sorted by (fold, seed, arm order) for stable CSV output."""
-  order = {a: i for i, a in enumerate(ARMS)}
-  return sorted((dict(r) for r in rows),
-                key=lambda r: (r['fold'], r['seed'],
-                               order.get(r['arm'], len(order)), r['arm']))
+      'primary': {f'{a} vs {b}': v[primary_metric]
+                  for (a, b), v in comps.items()},
+      'per_fold': group_means(rows, primary_metric, 'fold'),
+      'per_repeat': group_means(rows, primary_metric, 'repeat'),
+  }
+  if gate is not None:
+    out['gate'] = dict(gate)
+  if gan_quality is not None:
+    out['gan_quality'] = [dict(q) for q in gan_quality]
+  return json.dumps(_jsonable(out), indent=1, allow_nan=False)

@@ -36,6 +36,7 @@ import grain
 
 from input_pipeline import dataset
 from input_pipeline import files
+from input_pipeline import provenance
 from input_pipeline import pipeline
 from input_pipeline import sharding
 from input_pipeline.errors import UserInputError
@@ -188,14 +189,32 @@ def _arm_data_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
               synthetic_ratio=ratio)
 
 
+SYNTHETIC_MODES = ('add', 'equal_compute')
+
+
 def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
-  """Steps from config.kimg (if > 0) else config.num_epochs."""
+  """Steps from config.kimg (if > 0) else config.num_epochs.
+
+  kimg / epochs count *real* images. In a 'gan' arm a fraction
+  data.synthetic_ratio of each batch is synthetic: with
+  config.synthetic_mode='add' (the design of Frid-Adar et al. 2018 and Han
+  et al. 2019) the run is 1 / (1 - ratio) times longer, so it shows the same
+  real images as the arms without synthetic ones plus the synthetic ones;
+  with 'equal_compute' it keeps the same number of steps and so replaces
+  that fraction of the real exposures.
+  """
   if config.kimg > 0:
     images = config.kimg * 1000
   elif config.num_epochs > 0:
     images = config.num_epochs * num_train
   else:
     raise UserInputError('set config.kimg or config.num_epochs to > 0')
+  mode = config.get('synthetic_mode', 'add')
+  if mode not in SYNTHETIC_MODES:
+    raise UserInputError(f'config.synthetic_mode={mode!r} is not one of '
+                         f'{list(SYNTHETIC_MODES)}')
+  if 'gan' in config.arm and mode == 'add':
+    images /= 1.0 - float(config.data.synthetic_ratio)
   return max(1, int(np.ceil(images / config.batch_size)))
 
 
@@ -240,9 +259,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                          'use a fold in [0, num_folds)')
 
   prepared = dataset.prepare(config.data, workdir)
-  os.makedirs(workdir, exist_ok=True)
   if len(prepared.class_names) != 2:
     raise UserInputError(f'need 2 classes, got {prepared.class_names}')
+  synthetic_check = None
+  if data_kwargs['synthetic_dir']:
+    # Before anything is written: a GAN that saw this fold's val/test
+    # images would leak them into training.
+    synthetic_check = provenance.check_synthetic(
+        data_kwargs['synthetic_dir'], prepared, int(config.data.fold),
+        allow_unverified=bool(config.data.allow_unverified_synthetic))
+  os.makedirs(workdir, exist_ok=True)
   res = config.data.resolution
   num_train = len(prepared.indices(config.data.fold, 'train'))
   total_steps = num_train_steps(config, num_train)
@@ -323,6 +349,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'arm': config.arm, 'fold': int(config.data.fold),
       'seed': int(config.seed), 'model': config.model,
       'steps': total_steps, 'num_train': num_train,
+      'num_test': int(len(test_labels)),
+      'synthetic_mode': (config.get('synthetic_mode', 'add')
+                         if data_kwargs['synthetic_dir'] else None),
+      'synthetic_check': synthetic_check,
       'train_seconds': round(train_time, 1),
       'class_names': list(prepared.class_names),
   }

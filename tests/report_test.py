@@ -1,79 +1,40 @@
-"""Tests for resnet_jax.stats and resnet_jax.report (pure, no training)."""
+"""Tests for resnet_jax.report and resnet_jax.plots (pure, no training)."""
 
 import csv
+import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
 from scipy import stats as sps
 
 from input_pipeline import images
+from resnet_jax import plots
 from resnet_jax import report
 from resnet_jax import stats
 
 
-def test_t_interval_known_numbers():
-  # mean 3, sd sqrt(2.5); t_{0.975,4} = 2.7764451051977987.
-  s = stats.t_interval([1, 2, 3, 4, 5])
-  assert s['n'] == 5
-  assert s['mean'] == pytest.approx(3.0)
-  assert s['sd'] == pytest.approx(math.sqrt(2.5))
-  half = 2.7764451051977987 * math.sqrt(2.5) / math.sqrt(5)
-  assert s['ci_low'] == pytest.approx(3 - half)
-  assert s['ci_high'] == pytest.approx(3 + half)
-
-
-def test_t_interval_drops_nan_and_handles_one_value():
-  s = stats.t_interval([0.5, float('nan')])
-  assert s['n'] == 1 and s['mean'] == 0.5
-  assert math.isnan(s['sd']) and math.isnan(s['ci_low'])
-
-
-def test_paired_comparison_matches_scipy():
-  a = [0.81, 0.79, 0.88, 0.90, 0.76, 0.84, 0.83]
-  b = [0.78, 0.80, 0.82, 0.85, 0.71, 0.80, 0.84]
-  c = stats.paired_comparison(a, b, test_train_ratio=0.25)
-  d = np.subtract(a, b)
-  assert c['n'] == 7
-  assert c['mean_diff'] == pytest.approx(d.mean())
-  assert c['t_p'] == pytest.approx(sps.ttest_rel(a, b).pvalue)
-  assert c['wilcoxon_p'] == pytest.approx(sps.wilcoxon(a, b).pvalue)
-  lo, hi = sps.t.interval(0.95, 6, loc=d.mean(), scale=sps.sem(d))
-  assert (c['ci_low'], c['ci_high']) == pytest.approx((lo, hi))
-  # The corrected test is more conservative than the plain one.
-  assert c['corrected_p'] > c['t_p']
-  t = d.mean() / (d.std(ddof=1) * math.sqrt(1 / 7 + 0.25))
-  assert c['corrected_p'] == pytest.approx(2 * sps.t.sf(abs(t), 6))
-
-
-def test_paired_comparison_identical_arms():
-  c = stats.paired_comparison([0.5, 0.6, 0.7], [0.5, 0.6, 0.7])
-  assert c['mean_diff'] == 0 and c['t_p'] == 1.0 and c['wilcoxon_p'] == 1.0
-
-
-def test_bootstrap_contains_mean_and_clusters():
-  x = np.random.default_rng(0).normal(1.0, 0.1, size=30)
-  lo, hi = stats.bootstrap_ci(x, seed=1)
-  assert lo < x.mean() < hi
-  # Identical groups -> every resample has the same mean.
-  lo, hi = stats.bootstrap_ci([1, 2, 1, 2], groups=[0, 0, 1, 1])
-  assert lo == pytest.approx(1.5) and hi == pytest.approx(1.5)
-  assert all(math.isnan(v) for v in stats.bootstrap_ci([1, 2], [0, 0]))
-
-
-def _rows(num_folds=3, num_seeds=2, seed=0):
+def _rows(num_repeats=2, num_folds=3, seed=0):
   rng = np.random.default_rng(seed)
   rows = []
-  for f in range(num_folds):
-    for s in range(num_seeds):
+  for r in range(num_repeats):
+    for f in range(num_folds):
       for i, arm in enumerate(report.ARMS):
-        row = {'fold': f, 'seed': s, 'arm': arm}
+        row = {'repeat': r, 'fold': f, 'seed': 7 + r, 'arm': arm}
         for m in report.METRICS:
           row[m] = float(np.clip(0.6 + 0.05 * i + rng.normal(0, 0.02), 0, 1))
         row['threshold'] = 0.5
         rows.append(row)
   return rows
+
+
+def _cells(rows, arm, metric='auc'):
+  """metric of `arm`, in (repeat, fold) order."""
+  return [r[metric] for r in sorted(rows, key=lambda r: (r['repeat'],
+                                                          r['fold']))
+          if r['arm'] == arm]
 
 
 def test_results_csv_columns_and_roundtrip(tmp_path):
@@ -83,50 +44,225 @@ def test_results_csv_columns_and_roundtrip(tmp_path):
   with open(path) as f:
     header = f.readline().strip()
   assert header.startswith(
-      'fold,seed,arm,accuracy,sensitivity,specificity,balanced_accuracy,f1,'
-      'auc')
-  assert header.split(',')[9:] == ['threshold']
+      'repeat,fold,seed,arm,accuracy,sensitivity,specificity,'
+      'balanced_accuracy,f1,auc')
+  assert header.split(',')[10:] == ['threshold']
   back = report.read_results_csv(path)
-  assert len(back) == len(rows) == 3 * 2 * 4
-  assert back[5]['fold'] == rows[5]['fold']
-  assert back[5]['auc'] == pytest.approx(rows[5]['auc'])
+  assert len(back) == len(rows) == 2 * 3 * 4
+  for k in ('repeat', 'fold', 'seed'):
+    assert back[13][k] == rows[13][k] and isinstance(back[13][k], int)
+  assert back[13]['auc'] == pytest.approx(rows[13]['auc'])
 
 
-def test_results_csv_rejects_missing_metric(tmp_path):
+def test_results_csv_rejects_missing_columns(tmp_path):
   with pytest.raises(ValueError, match='auc'):
-    report.write_results_csv([{'fold': 0, 'seed': 0, 'arm': 'none'}],
-                             str(tmp_path / 'r.csv'))
+    report.write_results_csv(
+        [{'repeat': 0, 'fold': 0, 'seed': 0, 'arm': 'none'}],
+        str(tmp_path / 'r.csv'))
+  row = _rows()[0]
+  del row['repeat']
+  with pytest.raises(ValueError, match='repeat'):
+    report.write_results_csv([row], str(tmp_path / 'r.csv'))
 
 
-def test_comparisons_pair_on_fold_and_seed():
+def test_sort_rows_by_repeat_fold_arm():
+  rows = report.sort_rows(_rows()[::-1])
+  keys = [(r['repeat'], r['fold'], report.ARMS.index(r['arm'])) for r in rows]
+  assert keys == sorted(keys)
+  assert [r['arm'] for r in rows[:4]] == list(report.ARMS)
+  assert (rows[4]['repeat'], rows[4]['fold']) == (0, 1)
+
+
+def test_comparisons_pair_on_repeat_and_fold():
   rows = _rows()
-  # Shuffle: pairing must use (fold, seed), not row order.
-  rows = rows[::-1]
-  comps = report.paired_comparisons(rows)
+  # Shuffle: pairing must use (repeat, fold), not row order.
+  rows = [rows[i] for i in np.random.default_rng(1).permutation(len(rows))]
+  comps = report.paired_comparisons(rows, test_train_ratio=0.25)
   assert set(comps) == set(report.COMPARISONS)
-  a = [r['auc'] for r in sorted(rows, key=lambda r: (r['fold'], r['seed']))
-       if r['arm'] == 'gan']
-  b = [r['auc'] for r in sorted(rows, key=lambda r: (r['fold'], r['seed']))
-       if r['arm'] == 'none']
-  assert comps[('gan', 'none')]['auc']['t_p'] == pytest.approx(
-      sps.ttest_rel(a, b).pvalue)
+  a, b = _cells(rows, 'gan'), _cells(rows, 'none')
+  c = comps[('gan', 'none')]['auc']
+  assert c['n'] == 6
+  assert c['t_p'] == pytest.approx(sps.ttest_rel(a, b).pvalue)
+  expect = stats.corrected_ttest(np.subtract(a, b), 0.25)
+  assert c['corrected_p'] == pytest.approx(expect['p'])
+  assert c['ci_low'] == pytest.approx(expect['ci_low'])
+
+
+def test_comparisons_reject_two_rows_for_one_cell():
+  rows = _rows()
+  rows.append(dict(rows[0]))
+  with pytest.raises(ValueError, match='repeat 0 fold 0'):
+    report.paired_comparisons(rows)
+
+
+def test_holm_over_the_two_primary_comparisons():
+  rows = _rows()
+  comps = report.paired_comparisons(rows, test_train_ratio=0.25,
+                                    primary_metric='f1')
+  raw = [comps[p]['f1']['corrected_p'] for p in report.COMPARISONS]
+  holm = [comps[p]['f1']['holm_p'] for p in report.COMPARISONS]
+  assert holm == pytest.approx(stats.holm(raw))
+  # Two hypotheses: the smaller p doubles, the larger is at least that.
+  i = int(np.argmin(raw))
+  assert holm[i] == pytest.approx(min(2 * raw[i], 1.0))
+  assert holm[1 - i] == pytest.approx(max(holm[i], raw[1 - i]))
+  # Only the primary metric is in the family.
+  assert all('holm_p' not in comps[p]['auc'] for p in report.COMPARISONS)
+
+
+def test_arm_summaries_use_logit_interval():
+  rows = []
+  for f, auc in enumerate([0.99, 1.0, 0.2]):
+    for arm in ('none', 'gan'):
+      rows.append({'repeat': 0, 'fold': f, 'seed': 0, 'arm': arm,
+                   **{m: auc for m in report.METRICS}})
+  s = report.arm_summaries(rows, test_train_ratio=0.5)['gan']['auc']
+  assert 0 < s['ci_low'] < s['ci_high'] < 1
+  md = report.render_markdown(rows, test_train_ratio=0.5)
+  line = next(l for l in md.splitlines() if l.startswith('| gan | auc |'))
+  lo, hi = map(float, re.findall(r'\[([-\d.]+), ([-\d.]+)\]', line)[0])
+  assert 0 <= lo < hi <= 1
+  assert 'logit' in md
+
+
+def test_group_means_per_fold_over_repeats():
+  rows = _rows()
+  table = report.group_means(rows, 'auc', 'fold')
+  vals = [r['auc'] for r in rows if r['arm'] == 'gan' and r['fold'] == 2]
+  assert len(vals) == 2
+  assert table['gan'][2]['mean'] == pytest.approx(np.mean(vals))
+  assert table['gan'][2]['sd'] == pytest.approx(np.std(vals, ddof=1))
+  per_repeat = report.group_means(rows, 'auc', 'repeat')
+  assert per_repeat['gan'][1]['n'] == 3
+
+
+_GATE = {'passed': False, 'reasons': ['c2st accuracy 0.99 > 0.75',
+                                      'recall 0.01 < 0.1']}
+_QUALITY = [
+    {'repeat': 0, 'fold': 0, 'class': 'hemorrhage', 'swd': 2.5, 'fd': 150.0,
+     'c2st_accuracy': 0.99, 'recall': None, 'passed': False},
+    {'repeat': 0, 'fold': 0, 'class': 'normal', 'swd': 1.5, 'fd': 250.0,
+     'c2st_accuracy': 0.97, 'recall': 0.2, 'passed': True},
+]
+
+
+def _markdown(rows, **kwargs):
+  return report.render_markdown(
+      rows, config_json='{"a": 1}', timings={'total': 75.0},
+      data_summary={'name': 'head_ct', 'class_names': ['n', 'h'],
+                    'counts': {'n': 10, 'h': 10}, 'duplicate_groups': 0,
+                    'repeats': [{'split_seed': 3, 'folds': [
+                        {'train': {'n': 4, 'h': 5}}]}]},
+      test_train_ratio=0.5, **kwargs)
 
 
 def test_markdown_mentions_arms_intervals_and_tests():
   rows = _rows()
-  md = report.render_markdown(
-      rows, config_json='{"a": 1}', timings={'total': 75.0},
-      data_summary={'name': 'synthetic_head_ct', 'class_names': ['n', 'h'],
-                    'counts': {'n': 10, 'h': 10}, 'duplicate_groups': 0,
-                    'folds': [{'train': {'n': 4, 'h': 4}}]},
-      test_train_ratio=0.5)
+  md = _markdown(rows)
   for arm in report.ARMS:
-    assert f'| {arm} | auc |' in md
+    assert f'| {arm} | auc | 6 | ' in md
   assert '### classic+gan vs classic' in md and '### gan vs none' in md
   assert '95% CI' in md and 'Wilcoxon' in md and 'primary' in md
+  assert 'corrected resampled t-test' in md and 'Bouckaert' in md
+  assert 'n_test/n_train = 0.500' in md
+  assert '| corrected p | Holm p | t-test p (indep.) |' in md
+  assert 'Holm' in md and 'exploratory' in md and 'uncorrected' in md
+  assert 'anti-conservative' in md
+  assert '2 repeat(s) x 3 fold(s) x 4 arms' in md
   assert '1.2 min' in md and '{"a": 1}' in md and 'n 10, h 10' in md
+  assert '| 0 | 0 | 4/5 |' in md and 'split seed(s) 3' in md
+  first_repeat_only = report.render_markdown(rows, data_summary={
+      'class_names': ['n', 'h'], 'split_seed': 3, 'split_seeds': [3, 4],
+      'folds': [{'test': {'n': 1, 'h': 2}}]})
+  assert 'Split seeds of the repeats: 3, 4' in first_repeat_only
+  assert '| 0 | 0 | 0/0 | 0/0 | 1/2 |' in first_repeat_only
   mean = np.mean([r['auc'] for r in rows if r['arm'] == 'none'])
   assert f'{mean:.3f} ±' in md
+  c = report.paired_comparisons(rows, test_train_ratio=0.5)
+  c = c[('gan', 'none')]['auc']
+  assert (f'| **auc** (primary) | 6 | {c["mean_diff"]:.3f} | '
+          f'[{c["ci_low"]:.3f}, {c["ci_high"]:.3f}] |') in md
+  assert 'boot' not in md.lower()
+  # Without the optional sections they are absent.
+  for head in ('How the defaults were chosen', 'Synthetic image quality',
+               '## Figures', '> '):
+    assert head not in md
+
+
+def test_markdown_marks_clipped_bounds():
+  rows = []
+  for f, (a, b) in enumerate([(0.95, 0.05), (0.1, 0.6), (0.9, 0.0)]):
+    rows += [{'repeat': 0, 'fold': f, 'seed': 0, 'arm': 'gan',
+              **{m: a for m in report.METRICS}},
+             {'repeat': 0, 'fold': f, 'seed': 0, 'arm': 'none',
+              **{m: b for m in report.METRICS}}]
+  md = report.render_markdown(rows, test_train_ratio=0.25)
+  assert '[-1.000*, 1.000*]' in md
+
+
+def test_markdown_first_lines_warn_about_smoke_run_and_gate():
+  md = _markdown(_rows(), smoke_note='A `:tiny` smoke run: the numbers '
+                 'test the machinery, not a finding.', gate=_GATE)
+  lines = md.splitlines()
+  first_table = next(i for i, l in enumerate(lines) if l.startswith('|'))
+  head = '\n'.join(lines[:first_table])
+  assert lines[0].startswith('# ')
+  assert lines[2].startswith('> ') and ':tiny' in lines[2]
+  assert 'do not test GAN augmentation' in head
+  assert 'c2st accuracy 0.99 > 0.75; recall 0.01 < 0.1' in head
+  assert head.index(':tiny') < head.index('do not test GAN')
+  passed = _markdown(_rows(), gate={'passed': True, 'reasons': []})
+  assert 'do not test GAN augmentation' not in passed
+  assert 'passed the synthetic-image quality gate' in passed
+
+
+def test_markdown_sections_from_the_caller():
+  md = _markdown(
+      _rows(), design='The gan arms add synthetic images on top of the '
+      'same real exposures.', provenance='Learning rate chosen on val.',
+      sub_configs={'GAN (repeat 0 fold 0 class h)': '{"g": 2}',
+                   'classifier (arm classic)': '{"c": 3}'},
+      gan_quality=_QUALITY, gate=_GATE, figures=['arms.png', 'roc.png'])
+  assert 'on top of the same' in md
+  assert 'equal compute' not in md
+  assert md.index('on top of the same') < md.index('## Metrics per arm')
+  assert '## How the defaults were chosen\n\nLearning rate chosen on val.' \
+      in md
+  config = md.index('## Configuration')
+  assert config < md.index('### GAN (repeat 0 fold 0 class h)')
+  assert '```json\n{"c": 3}\n```' in md[config:]
+  assert '## Per-fold means (descriptive)' in md
+  assert '| arm | fold 0 | fold 1 | fold 2 |' in md
+  assert 'pooled over cells (descriptive; inference uses the per-cell ' \
+      'tests)' in md
+  # Quality table: only the keys present, n/a for None, a mean row.
+  assert ('| repeat | fold | class | swd | fd | recall | c2st_accuracy | '
+          'passed |') in md
+  assert '| 0 | 0 | hemorrhage | 2.500 | 150.0 | n/a | 0.990 | no |' in md
+  assert '| **mean** | | | 2.000 | 200.0 | 0.200 | 0.980 | 1/2 |' in md
+
+
+def test_summary_json_is_strict_and_complete():
+  rows = _rows()
+  rows[0]['auc'] = float('nan')  # an undefined AUC must not break JSON
+  text = report.summary_json(rows, test_train_ratio=0.25, gate=_GATE,
+                             primary_metric='auc', config_json='ignored')
+
+  def reject(const):
+    raise ValueError(const)
+
+  data = json.loads(text, parse_constant=reject)
+  assert 'boot' not in text
+  assert data['design']['repeats'] == [0, 1]
+  assert data['design']['test_train_ratio'] == 0.25
+  primary = data['primary']['gan vs none']
+  assert 'holm_p' in primary and 'corrected_p' in primary
+  comps = report.paired_comparisons(rows, test_train_ratio=0.25)
+  assert primary['holm_p'] == pytest.approx(comps[('gan', 'none')]['auc'][
+      'holm_p'])
+  assert data['per_fold']['gan']['1']['n'] == 2
+  assert data['gate'] == _GATE
+  assert data['arms']['none']['auc']['n'] == 5
 
 
 def test_write_report_makes_plots(tmp_path):
@@ -143,12 +279,24 @@ def test_write_report_makes_plots(tmp_path):
   assert samples['normal'].shape == (3, 16, 16, 1)
   assert samples['normal'].min() == -1.0
   written = report.write_report(str(tmp_path), rows, predictions=preds,
-                                samples=samples)
+                                samples=samples, test_train_ratio=0.25,
+                                smoke_note='smoke')
   for name in ('results.csv', 'report.md', 'arms.png', 'roc.png',
                'samples.png'):
     assert os.path.getsize(written[name]) > 0, name
   with open(written['results.csv']) as f:
     assert len(list(csv.reader(f))) == 1 + len(rows)
+  md = open(written['report.md']).read()
+  assert '`roc.png`' in md and '`samples.png`' in md and 'smoke' in md
+
+
+def test_roc_title_says_descriptive(tmp_path, monkeypatch):
+  saved = []
+  monkeypatch.setattr(plots, '_save', lambda fig, path: saved.append(fig))
+  preds = {'none': [(np.array([0, 1, 0, 1]), np.array([.1, .9, .4, .3]))]}
+  plots.plot_roc(preds, str(tmp_path / 'roc.png'))
+  title = saved[0].axes[0].get_title()
+  assert 'pooled' in title and 'descriptive' in title
 
 
 def test_read_predictions(tmp_path):

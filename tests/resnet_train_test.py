@@ -125,3 +125,16 @@ def test_tiny_end_to_end(tmp_path):
   # A finished run returns its stored results without training again.
   again = train.train_and_evaluate(resnet_config.get_config('tiny'), workdir)
   assert again == stored
+
+
+@pytest.mark.parametrize('arm, mode, expected', [
+    ('none', 'add', 4), ('classic', 'add', 4),
+    # 'add': the same 32 real images plus as many synthetic ones (ratio .5).
+    ('gan', 'add', 8), ('classic+gan', 'add', 8),
+    # 'equal_compute': the same steps, half of each batch synthetic.
+    ('gan', 'equal_compute', 4)])
+def test_num_train_steps_gan_arms_add_synthetic(arm, mode, expected):
+  config = _tiny_config()
+  config.arm, config.synthetic_mode = arm, mode
+  assert config.data.synthetic_ratio == 0.5
+  assert train.num_train_steps(config, 21) == expected

@@ -1,0 +1,149 @@
+"""Which real images a GAN saw, and the check that keeps them out of test.
+
+A GAN trained on a fold's test images leaks them into any classifier that
+mixes in its samples. The chain that prevents it across single runs:
+
+1. PGGAN training writes `W/training_data.json` (`write_training_record`):
+   the dataset key, the split fingerprint, fold, class filter and the ids of
+   every real image the GAN trains on.
+2. The sampler copies that record into `O/manifest.json` (per class).
+3. The classifier (`check_synthetic`) reads it and refuses synthetic images
+   whose GAN saw any of its fold's validation or test images, or a
+   near-duplicate of one, naming the count.
+
+Ids are paths relative to the dataset root, the same at every storage size,
+so the check holds between runs at different resolutions.
+"""
+
+import json
+import os
+from typing import Any
+
+from absl import logging
+import numpy as np
+
+from input_pipeline import files
+from input_pipeline.errors import UserInputError
+
+RECORD = 'training_data.json'
+MANIFEST = 'manifest.json'
+
+
+def training_ids(prepared, fold: int, class_filter: int) -> list[str]:
+  """Ids of the real images a GAN with these data settings trains on."""
+  idx = prepared.indices(fold, 'train')
+  if class_filter >= 0:
+    idx = idx[np.asarray(prepared.labels)[idx] == class_filter]
+  return [prepared.ids[i] for i in idx]
+
+
+def training_record(prepared, data) -> dict[str, Any]:
+  """The record of `write_training_record` (see module docstring)."""
+  fold, class_filter = int(data.fold), int(data.class_filter)
+  return {
+      'data_name': prepared.name,
+      'dataset_key': prepared.dataset_key,
+      'split_fingerprint': prepared.split_fingerprint,
+      'split_seed': int(prepared.manifest['split_seed']),
+      'fold': fold,
+      'class_filter': class_filter,
+      'class_name': (prepared.class_names[class_filter]
+                     if class_filter >= 0 else None),
+      'train_ids': training_ids(prepared, fold, class_filter),
+  }
+
+
+def write_training_record(workdir: str, prepared, data) -> dict[str, Any]:
+  record = training_record(prepared, data)
+  files.write_json(os.path.join(workdir, RECORD), record)
+  return record
+
+
+def read_training_record(workdir: str) -> dict[str, Any] | None:
+  path = os.path.join(workdir, RECORD)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _manifests(synthetic_dir: str) -> list[tuple[str, dict]]:
+  """(path, manifest) of synthetic_dir/manifest.json and of each class dir."""
+  out = []
+  candidates = [os.path.join(synthetic_dir, MANIFEST)] + sorted(
+      os.path.join(synthetic_dir, d, MANIFEST)
+      for d in os.listdir(synthetic_dir)
+      if os.path.isdir(os.path.join(synthetic_dir, d)))
+  for path in candidates:
+    if os.path.isfile(path):
+      try:
+        with open(path) as f:
+          out.append((path, json.load(f)))
+      except (OSError, ValueError) as e:
+        raise UserInputError(f'{path}: cannot read ({e})') from None
+  return out
+
+
+def gan_records(synthetic_dir: str) -> list[tuple[str, dict]]:
+  """Every GAN training record named by the manifests in synthetic_dir."""
+  records = []
+  for path, m in _manifests(synthetic_dir):
+    for rec in m.get('gan_training', {}).values():
+      records.append((path, rec))
+  return records
+
+
+def check_synthetic(synthetic_dir: str, prepared, fold: int, *,
+                    allow_unverified: bool = False) -> dict[str, Any]:
+  """Refuses synthetic images whose GAN saw this fold's val/test images.
+
+  Near-duplicates count: a GAN that saw one image of a duplicate group saw
+  them all. Returns a summary {'gans': n, 'dataset_match': bool, ...}.
+  Raises UserInputError naming the count (or the missing manifest unless
+  `allow_unverified`).
+  """
+  if not os.path.isdir(synthetic_dir):
+    raise UserInputError(
+        f'config.data.synthetic_dir={synthetic_dir!r} is not a directory')
+  records = gan_records(synthetic_dir)
+  if not records:
+    msg = (f'config.data.synthetic_dir={synthetic_dir!r}: no manifest.json '
+           'records which real images its GAN trained on, so leakage into '
+           'this fold cannot be ruled out; sample it with configs/sample.py '
+           'from a GAN trained on this fold, or set '
+           'config.data.allow_unverified_synthetic=True')
+    if not allow_unverified:
+      raise UserInputError(msg)
+    logging.warning('%s', msg)
+    return {'gans': 0, 'verified': False}
+  held_out = set()
+  if fold >= 0:
+    for role in ('val', 'test'):
+      held_out.update(prepared.ids[i] for i in prepared.indices(fold, role))
+  else:
+    held_out = set()
+  for group in prepared.manifest.get('duplicate_groups', []):
+    if held_out & set(group):
+      held_out.update(group)
+  key = prepared.dataset_key
+  summary = {'gans': len(records), 'verified': True, 'dataset_match': True}
+  for path, rec in records:
+    if rec.get('dataset_key') != key:
+      # Trained on other data (another folder or subset): ids cannot be
+      # compared. Said loudly, since it can be legitimate (external data).
+      summary['dataset_match'] = False
+      logging.warning(
+          '%s: its GAN trained on another dataset (%s) than this classifier '
+          '(%s); the leakage check by image id does not apply', path,
+          rec.get('dataset_key'), key)
+      continue
+    seen = held_out & set(rec.get('train_ids', []))
+    if seen:
+      raise UserInputError(
+          f'{path}: its GAN trained on {len(seen)} of the validation/test '
+          f'images (or their duplicates) of config.data.fold={fold} '
+          f'(split {prepared.split_fingerprint}; the GAN used split '
+          f'{rec.get("split_fingerprint")} fold {rec.get("fold")}): '
+          f'e.g. {sorted(seen)[:3]}; train the GAN on this fold '
+          f'(--config.data.fold={fold}) with the same split settings')
+  return summary
