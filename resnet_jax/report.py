@@ -434,8 +434,20 @@ def _quality_lines(quality: Sequence[Mapping[str, Any]],
   head = ['repeat', 'fold', 'class'] + keys + (['passed'] if has_passed
                                                else [])
   lines = ['## Synthetic image quality', '',
-           'Per GAN (repeat, fold, class), measured against that cell\'s '
-           'real training images; n/a where not measured.'
+           'Per (repeat, fold) cell and class (\'all\' = both classes '
+           'together), synthetic images measured against that cell\'s '
+           'held-out real test images, which no GAN or classifier of the '
+           'cell trained on; the feature network, TRTR and the nearest-'
+           'neighbour reference use the cell\'s real training images. '
+           'swd: multi-scale sliced Wasserstein distance (x1e3, PGGAN); fd / '
+           'kid: Frechet and kernel distances on features of a ResNet '
+           'trained on the real training images (not Inception: not FID); '
+           'c2st: accuracy of a CNN telling real from synthetic (0.5 = '
+           'indistinguishable); nn ratio: median synthetic-to-train over '
+           'held-out-to-train nearest-neighbour distance (< 1: closer to '
+           'training images than new patients are); ms-ssim: mean pairwise '
+           'MS-SSIM (synthetic far above real: mode collapse). n/a where '
+           'not measured.'
            + ('' if gate is None else
               ' Quality gate: ' + ('passed.' if gate.get('passed') else
                                    'FAILED (' + '; '.join(

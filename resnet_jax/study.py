@@ -1,25 +1,40 @@
-"""The augmentation study: k folds x seeds x arms, then report.md and plots.
+"""The augmentation study: repeated k-fold x arms, then report.md and plots.
 
-For each (fold, seed) *cell*: train a PGGAN per class (or one conditional
-PGGAN) on the fold's training images only, sample M images per class, train
-the ResNet in each arm ('none', 'classic', 'gan', 'classic+gan') and evaluate
-it on the fold's held-out test images. Then aggregate (`report.py`).
+Design (true repeated k-fold): repeat r draws its own folds with split seed
+`data.split_seed + r` and seeds its runs with `config.seed + r`. For each
+(repeat, fold) *cell*: train a PGGAN per class (or one conditional PGGAN) on
+the fold's training images only, sample synthetic images per class in
+proportion to the fold's training prevalence, measure their quality against
+the fold's held-out real images, train the ResNet in each arm ('none',
+'classic', 'gan', 'classic+gan') and evaluate it on the fold's test images.
+Then aggregate (`report.py`): the corrected resampled t-test over the
+repeats x folds cells is the primary test.
 
 Layout of the workdir W:
-  W/splits.json                      the split manifest (input_pipeline)
-  W/fold{f}/seed{s}/manifest.json    train/val/test ids + the GANs' ids
-  W/fold{f}/seed{s}/gan/<class>/     PGGAN workdirs (orbax checkpoints)
-  W/fold{f}/seed{s}/samples/<class>/ synthetic PNGs (+ manifest.json)
-  W/fold{f}/seed{s}/arms/<arm>/      ResNet workdirs (results.json, ...)
-  W/fold{f}/seed{s}/done/*.json      markers, written atomically when a step
-                                     finishes: a rerun skips those steps
+  W/splits.json                       the split manifest of repeat 0
+  W/repeat{r}/fold{f}/manifest.json   train/val/test ids + the GANs' ids
+  W/repeat{r}/fold{f}/gan/<class>/    PGGAN workdirs (orbax checkpoints)
+  W/repeat{r}/fold{f}/samples/<class>/  synthetic PNGs (+ manifest.json)
+  W/repeat{r}/fold{f}/quality/        synthetic-image metrics of the cell
+  W/repeat{r}/fold{f}/arms/<arm>/     ResNet workdirs (results.json, ...)
+  W/repeat{r}/fold{f}/done/*.json     markers, written atomically when a
+                                      step finishes: a rerun skips them
   W/results.csv, W/report.md, W/roc.png, W/arms.png, W/samples.png
+
+Resume is safe: each step's marker (and its working directory) carries the
+hash of everything the step depends on (its resolved sub-config, the data
+and split fingerprints, and the hashes of the steps it uses). A rerun with a
+changed configuration stops with a message naming the step, or, with
+`config.on_config_change='recompute'`, redoes exactly the steps whose hash
+changed (and those that depend on them); finished and changed results are
+never mixed.
 
 Everything runs in one process so jit caches are shared between cells; the
 persistent compilation cache also carries compiled steps across runs.
 """
 
 import collections
+import hashlib
 import json
 import os
 import shutil
@@ -45,7 +60,8 @@ _ARM_OF_DIR = {v: k for k, v in ARM_DIRS.items()}
 # model); all other keys come from the study's shared data block, and the
 # per-cell keys are set by the study.
 CONSUMER_DATA_KEYS = ('resolution', 'augment', 'synthetic_ratio')
-CELL_DATA_KEYS = ('fold', 'class_filter', 'synthetic_dir')
+CELL_DATA_KEYS = ('fold', 'class_filter', 'synthetic_dir', 'split_seed')
+HASH_FILE = '.study_config_hash'
 
 
 def _write_json(path: str, obj: Any) -> None:
@@ -109,7 +125,8 @@ def sub_config(block: ml_collections.ConfigDict,
   return sub
 
 
-def cell_manifest(prepared, fold: int, seed: int) -> dict[str, Any]:
+def cell_manifest(prepared, fold: int, seed: int,
+                  repeat: int = 0) -> dict[str, Any]:
   """Ids of a cell's splits, and the ids the GANs are trained on per class.
 
   The GAN ids are computed exactly as the pipeline selects them: the fold's
@@ -121,7 +138,9 @@ def cell_manifest(prepared, fold: int, seed: int) -> dict[str, Any]:
   labels = np.asarray(prepared.labels)
   train = role_idx['train']
   return {
-      'fold': fold, 'seed': seed,
+      'repeat': repeat, 'fold': fold, 'seed': seed,
+      'split_seed': int(prepared.manifest['split_seed']),
+      'split_fingerprint': prepared.manifest.get('split_fingerprint'),
       'class_names': list(prepared.class_names),
       **{r: ids[i].tolist() for r, i in role_idx.items()},
       'gan_train_ids': {
@@ -134,10 +153,17 @@ def cell_manifest(prepared, fold: int, seed: int) -> dict[str, Any]:
 
 
 def check_leakage(manifest: dict[str, Any],
-                  duplicate_groups: list[list[str]]) -> None:
-  """Raises RuntimeError if test images could reach a GAN or classifier."""
+                  duplicate_groups: list[list[str]],
+                  patients: dict[str, str] | None = None) -> None:
+  """Raises RuntimeError if test images could reach a GAN or classifier.
+
+  patients: {id: patient} of volume sources (the split manifest's
+  'patients'; default: the cell manifest's, if any): no patient may have
+  images in two roles.
+  """
   train, val, test = (set(manifest[r]) for r in ('train', 'val', 'test'))
-  where = f'fold {manifest["fold"]} seed {manifest["seed"]}'
+  where = (f'repeat {manifest.get("repeat", 0)} fold {manifest["fold"]} '
+           f'seed {manifest["seed"]}')
   if train & test or val & test or train & val:
     raise RuntimeError(f'{where}: train/val/test ids overlap')
   for name, gan_ids in manifest['gan_train_ids'].items():
@@ -147,12 +173,22 @@ def check_leakage(manifest: dict[str, Any],
           for i in s}
   for group in duplicate_groups:
     roles = {role[i] for i in group if i in role}
-    if 'test' in roles and len(roles) > 1:
-      raise RuntimeError(f'{where}: duplicate group {group} straddles test')
+    if len(roles) > 1:
+      raise RuntimeError(f'{where}: duplicate group {group} straddles '
+                         f'{sorted(roles)}')
+  patients = manifest.get('patients') if patients is None else patients
+  seen = {}
+  for i, r in role.items():
+    if patients and i in patients:
+      first = seen.setdefault(patients[i], r)
+      if first != r:
+        raise RuntimeError(f'{where}: patient {patients[i]!r} is in both '
+                           f'{first} and {r}')
 
 
-def data_summary(prepared, data: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Counts per class, per fold and role, and duplicate groups."""
+def data_summary(prepared, data: ml_collections.ConfigDict,
+                 split_seeds: list[int] | None = None) -> dict[str, Any]:
+  """Counts per class, per fold and role (repeat 0), and duplicate groups."""
   names = list(prepared.class_names)
   labels = np.asarray(prepared.labels)
 
@@ -166,6 +202,7 @@ def data_summary(prepared, data: ml_collections.ConfigDict) -> dict[str, Any]:
       'name': data.name, 'dir': data.dir, 'class_names': names,
       'counts': counts(np.arange(len(labels))),
       'split_seed': prepared.manifest.get('split_seed', data.split_seed),
+      'split_seeds': split_seeds or [prepared.manifest.get('split_seed')],
       'folds': [{r: counts(prepared.indices(f, r))
                  for r in ('train', 'val', 'test')}
                 for f in range(int(prepared.manifest['num_folds']))],
@@ -183,10 +220,19 @@ def _check_config(config: ml_collections.ConfigDict) -> list[str]:
   if config.gan_mode not in ('per_class', 'conditional'):
     raise UserInputError(f'config.gan_mode={config.gan_mode!r} must be '
                          "'per_class' or 'conditional'")
-  if config.num_seeds < 1:
-    raise UserInputError(f'config.num_seeds={config.num_seeds} must be >= 1')
+  if config.num_repeats < 1:
+    raise UserInputError(
+        f'config.num_repeats={config.num_repeats} must be >= 1')
   if config.num_synthetic_per_class < 1:
     raise UserInputError('config.num_synthetic_per_class must be >= 1')
+  if config.synthetic_class_balance not in ('prevalence', 'equal'):
+    raise UserInputError(
+        f'config.synthetic_class_balance={config.synthetic_class_balance!r}'
+        " must be 'prevalence' or 'equal'")
+  if config.on_config_change not in ('error', 'recompute'):
+    raise UserInputError(
+        f'config.on_config_change={config.on_config_change!r} must be '
+        "'error' or 'recompute'")
   return arms
 
 
@@ -197,6 +243,34 @@ def _folds(config, num_folds: int) -> list[int]:
     raise UserInputError(f'config.folds={folds}: folds must lie in '
                          f'[0, {num_folds}) (config.data.num_folds)')
   return folds
+
+
+def config_hash(*parts: Any) -> str:
+  """Short sha256 of JSON-able parts (ConfigDicts as resolved dicts)."""
+  norm = [p.to_dict() if isinstance(p, ml_collections.ConfigDict) else p
+          for p in parts]
+  blob = json.dumps(norm, sort_keys=True, default=_json_default)
+  return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def synthetic_counts(manifest: dict, total: int,
+                     balance: str) -> dict[str, int]:
+  """Synthetic images per class: `total` split by training prevalence.
+
+  'prevalence' keeps the class prior of the real training split (so mixing
+  synthetic images in does not shift it); 'equal' gives each class the same
+  number. Largest-remainder rounding, at least one image per class.
+  """
+  names = list(manifest['class_names'])
+  n = np.array([len(manifest['gan_train_ids'][c]) for c in names],
+               np.float64)
+  share = (n / n.sum() if balance == 'prevalence'
+           else np.full(len(names), 1.0 / len(names)))
+  exact = share * total
+  counts = np.floor(exact).astype(int)
+  for i in np.argsort(-(exact - counts))[:total - counts.sum()]:
+    counts[i] += 1
+  return {c: max(1, int(k)) for c, k in zip(names, counts)}
 
 
 class _Progress:
@@ -219,6 +293,62 @@ class _Progress:
     self.bar.update(1)
 
 
+class _Steps:
+  """Runs study steps once, keyed by a hash of what they depend on."""
+
+  def __init__(self, progress: _Progress, recompute: bool):
+    self.progress = progress
+    self.recompute = recompute
+
+  def _mismatch(self, what: str, where: str, old: str | None, new: str):
+    if not self.recompute:
+      raise UserInputError(
+          f'{where}: {what} was run with another configuration (hash '
+          f'{old}, now {new}); use a new --workdir, restore the old '
+          'settings, or set --config.on_config_change=recompute to redo the '
+          'steps whose configuration changed')
+    logging.warning('%s: configuration changed (%s -> %s); recomputing %s',
+                    where, old, new, what)
+
+  def _guard_dir(self, path: str, h: str, what: str) -> None:
+    """A step's working dir belongs to one configuration hash."""
+    hash_path = os.path.join(path, HASH_FILE)
+    if os.path.isdir(path) and os.listdir(path):
+      old = (open(hash_path).read().strip() if os.path.isfile(hash_path)
+             else None)
+      if old == h:
+        return  # a partial run of the same step: it resumes
+      self._mismatch(what, path, old, h)
+      shutil.rmtree(path)
+    os.makedirs(path, exist_ok=True)
+    files.write_text(hash_path, h)
+
+  def run(self, marker: str, what: str, h: str, fn, *args,
+          dirs: tuple[str, ...] = ()) -> dict:
+    """fn(*args) unless `marker` holds hash h; the marker keeps the time."""
+    if os.path.exists(marker):
+      old = _read_json(marker)
+      if old.get('config_hash') == h:
+        self.progress.skip(what)
+        return old
+      self._mismatch(what, marker, old.get('config_hash'), h)
+      os.remove(marker)
+    for d in dirs:
+      self._guard_dir(d, h, what)
+    self.progress.start(what)
+    t0 = time.time()
+    out = fn(*args) or {}
+    out['seconds'] = time.time() - t0
+    out['config_hash'] = h
+    _write_json(marker, out)
+    self.progress.done(what, out['seconds'])
+    return out
+
+
+def cell_dir(workdir: str, repeat: int, fold: int) -> str:
+  return os.path.join(workdir, f'repeat{repeat}', f'fold{fold}')
+
+
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) the whole study and writes the report; see module."""
   if not workdir:
@@ -238,55 +368,54 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   t = time.time()
   # Bad data or config values stop here, before anything is written.
-  prepared = dataset.prepare(config.data)
+  prepared0 = dataset.prepare(config.data)
+  repeats = list(range(int(config.num_repeats)))
+  split_seeds = [int(config.data.split_seed) + r for r in repeats]
+  prepared = {r: prepared0 if r == 0 else prepared0.with_split_seed(
+      split_seeds[r]) for r in repeats}
   prep_seconds = time.time() - t
-  folds = _folds(config, int(prepared.manifest['num_folds']))
+  folds = _folds(config, int(prepared0.manifest['num_folds']))
   os.makedirs(workdir, exist_ok=True)
-  _write_json(os.path.join(workdir, 'splits.json'), prepared.manifest)
-  config_path = os.path.join(workdir, 'config.json')
-  config_now = json.loads(config.to_json_best_effort())
-  if os.path.exists(config_path) and _read_json(config_path) != config_now:
-    logging.warning('%s differs from the current config: finished cells '
-                    'are kept as they are', config_path)
-  _write_json(config_path, config_now)
+  _write_json(os.path.join(workdir, 'splits.json'), prepared0.manifest)
+  # The study's own config, for the record; every step checks its own hash.
+  _write_json(os.path.join(workdir, 'config.json'),
+              json.loads(config.to_json_best_effort()))
   # The first run's time (later runs read the cached dataset).
   prep_marker = os.path.join(workdir, 'data_prepared.json')
   if not os.path.exists(prep_marker):
     _write_json(prep_marker, {'seconds': prep_seconds})
   prep_seconds = _read_json(prep_marker)['seconds']
-  names = list(prepared.class_names)
-  seeds = [config.seed + i for i in range(config.num_seeds)]
+  names = list(prepared0.class_names)
   use_gan = any('gan' in a for a in arms)
-  gan_units = (len(names) if config.gan_mode == 'per_class' else 1) + 1
-  progress = _Progress(len(folds) * len(seeds) *
+  use_quality = use_gan and bool(config.quality.enabled)
+  gan_units = ((len(names) if config.gan_mode == 'per_class' else 1) + 1
+               + int(use_quality))
+  progress = _Progress(len(folds) * len(repeats) *
                        (len(arms) + (gan_units if use_gan else 0)))
-  dup_groups = prepared.manifest.get('duplicate_groups', [])
-
-  def step(marker: str, what: str, fn, *args) -> dict:
-    """Runs fn(*args) unless its marker exists; the marker keeps the time."""
-    if os.path.exists(marker):
-      progress.skip(what)
-      return _read_json(marker)
-    progress.start(what)
-    t0 = time.time()
-    out = fn(*args) or {}
-    out['seconds'] = time.time() - t0
-    _write_json(marker, out)
-    progress.done(what, out['seconds'])
-    return out
+  steps = _Steps(progress, config.on_config_change == 'recompute')
+  dup_groups = prepared0.manifest.get('duplicate_groups', [])
+  data_fp = prepared0.fingerprint
 
   train_gan = lambda c, d: _metrics(pggan_train.train_and_evaluate(c, d))
-  # Seed-major: every fold of the first seed finishes before the next seed
-  # starts, so a partial run already covers all folds.
-  for seed in seeds:
+  # Repeat-major: every fold of the first repeat finishes before the next
+  # repeat starts, so a partial run already covers all folds.
+  for repeat in repeats:
+    prep = prepared[repeat]
+    seed = int(config.seed) + repeat
     for fold in folds:
-      cell = os.path.join(workdir, f'fold{fold}', f'seed{seed}')
+      cell = cell_dir(workdir, repeat, fold)
       done = os.path.join(cell, 'done')
-      tag = f'fold {fold} seed {seed}'
-      manifest = cell_manifest(prepared, fold, seed)
+      tag = f'repeat {repeat} fold {fold}'
+      manifest = cell_manifest(prep, fold, seed, repeat)
       check_leakage(manifest, dup_groups)
-      _write_manifest(os.path.join(cell, 'manifest.json'), manifest)
+      _write_manifest(os.path.join(cell, 'manifest.json'), manifest,
+                      steps.recompute)
+      # Every step of the cell depends on the data and this split.
+      base = (data_fp, prep.split_fingerprint, fold, seed)
+      cell_data = dict(data__fold=fold,
+                       data__split_seed=split_seeds[repeat])
       samples_dir = os.path.join(cell, 'samples')
+      samples_hash = ''
 
       if use_gan:
         # {name: (workdir, data.class_filter)}; a conditional GAN sees all.
@@ -295,46 +424,68 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 if config.gan_mode == 'per_class' else
                 {'conditional': (os.path.join(cell, 'gan', 'conditional'),
                                  -1)})
+        gan_hashes = {}
         for name, (gan_dir, label) in gans.items():
           sub = sub_config(config.gan, config.data, seed=seed,
-                           data__fold=fold, data__class_filter=label)
+                           data__class_filter=label, **cell_data)
           if config.gan_mode == 'conditional':
             _set_conditional(sub)
-          step(os.path.join(done, f'gan_{name}.json'), f'{tag} GAN {name}',
-               train_gan, sub, gan_dir)
-        step(os.path.join(done, 'samples.json'), f'{tag} sampling',
-             _sample, sample_lib, config, {n: d for n, (d, _) in gans.items()},
-             names, samples_dir, seed, manifest)
+          gan_hashes[name] = config_hash('gan', base, sub)
+          steps.run(os.path.join(done, f'gan_{name}.json'),
+                    f'{tag} GAN {name}', gan_hashes[name], train_gan, sub,
+                    gan_dir, dirs=(gan_dir,))
+        counts = synthetic_counts(manifest, config.num_synthetic_per_class
+                                  * len(names),
+                                  config.synthetic_class_balance)
+        samples_hash = config_hash('samples', base, gan_hashes, counts,
+                                   config.gan_mode)
+        steps.run(os.path.join(done, 'samples.json'), f'{tag} sampling',
+                  samples_hash, _sample, sample_lib, config,
+                  {n: d for n, (d, _) in gans.items()}, names, counts,
+                  samples_dir, seed, manifest)
+        if use_quality:
+          qcfg = config.quality
+          steps.run(os.path.join(done, 'quality.json'),
+                    f'{tag} synthetic-image quality',
+                    config_hash('quality', samples_hash, qcfg),
+                    _quality, config, prep, fold, samples_dir,
+                    os.path.join(cell, 'quality'), seed,
+                    dirs=(os.path.join(cell, 'quality'),))
 
       for arm in arms:
         sub = sub_config(
             config.classifier, config.data, seed=seed, arm=arm,
-            data__fold=fold, data__class_filter=-1,
-            data__synthetic_dir=samples_dir if 'gan' in arm else '')
+            data__class_filter=-1,
+            data__synthetic_dir=samples_dir if 'gan' in arm else '',
+            **cell_data)
         arm_dir = os.path.join(cell, 'arms', ARM_DIRS[arm])
-        step(os.path.join(done, f'arm_{ARM_DIRS[arm]}.json'),
-             f'{tag} arm {arm}',
-             lambda c, d, a: {'row': _row(
-                 fold, seed, a, resnet_train.train_and_evaluate(c, d))},
-             sub, arm_dir, arm)
+        h = config_hash('arm', base, sub,
+                        samples_hash if 'gan' in arm else '')
+        steps.run(os.path.join(done, f'arm_{ARM_DIRS[arm]}.json'),
+                  f'{tag} arm {arm}', h,
+                  lambda c, d, a, r=repeat, f=fold, s=seed: {'row': _row(
+                      r, f, s, a, resnet_train.train_and_evaluate(c, d))},
+                  sub, arm_dir, arm, dirs=(arm_dir,))
   progress.bar.close()
 
   t = time.time()
-  written = _write_outputs(config, workdir, prepared, folds, seeds, arms,
-                           prep_seconds, wall0)
+  written = _write_outputs(config, workdir, prepared, folds, repeats, arms,
+                           prep_seconds, wall0, split_seeds)
   logging.info('report in %.1f s: %s', time.time() - t, sorted(written))
   return written
 
 
-def _write_manifest(path: str, manifest: dict) -> None:
+def _write_manifest(path: str, manifest: dict, recompute: bool) -> None:
   """Writes a cell manifest once; a rerun must find the same splits."""
   if os.path.exists(path):
     old = _read_json(path)
-    if {k: old.get(k) for k in manifest} != manifest:
+    if {k: old.get(k) for k in manifest} == manifest:
+      return
+    if not recompute:
       raise UserInputError(
           f'{path} holds other splits than config.data gives now (data or '
-          'split options changed?): use a new --workdir')
-    return
+          'split options changed?): use a new --workdir, or set '
+          '--config.on_config_change=recompute')
   _write_json(path, manifest)
 
 
@@ -360,76 +511,181 @@ def _metrics(out: Any) -> dict:
 
 
 def _sample(sample_lib, config, gan_dirs: dict[str, str], names: list[str],
-            samples_dir: str, seed: int, manifest: dict) -> dict:
-  """Writes M images per class to samples_dir/<class>/ (+ manifest.json)."""
+            counts: dict[str, int], samples_dir: str, seed: int,
+            manifest: dict) -> dict:
+  """Writes counts[c] images of class c to samples_dir/<c>/ (+ manifest).
+
+  The sampler writes each class folder and merges the GANs' training
+  records into samples_dir/manifest.json; the classifier checks them.
+  """
   # A crash mid-sampling leaves partial folders: start them afresh.
   shutil.rmtree(samples_dir, ignore_errors=True)
-  m = int(config.num_synthetic_per_class)
-  per_class = {}
-  if config.gan_mode == 'per_class':
-    for label, name in enumerate(names):
-      per_class[name] = sample_lib.sample(
-          gan_dirs[name], m, os.path.join(samples_dir, name),
-          seed=seed * 1000 + label)
-  else:
-    per_class['conditional'] = sample_lib.sample(
-        gan_dirs['conditional'], m, samples_dir, seed=seed * 1000)
-  top = {'fold': manifest['fold'], 'seed': seed, 'class_names': names,
-         'num_per_class': m, 'gan_mode': config.gan_mode,
-         'gan_train_ids': manifest['gan_train_ids'],
-         'per_class': per_class}
-  # Replaces a conditional sampler's own manifest.json (kept in per_class).
-  _write_json(os.path.join(samples_dir, 'manifest.json'), top)
-  return {'num_per_class': m}
+  for label, name in enumerate(names):
+    if config.gan_mode == 'per_class':
+      sample_lib.sample(gan_dirs[name], counts[name], samples_dir,
+                        seed=seed * 1000 + label)
+    else:
+      sample_lib.sample(gan_dirs['conditional'], counts[name], samples_dir,
+                        seed=seed * 1000, label=label)
+  path = os.path.join(samples_dir, 'manifest.json')
+  top = _read_json(path) if os.path.exists(path) else {}
+  top.update({'repeat': manifest['repeat'], 'fold': manifest['fold'],
+              'seed': seed, 'class_names': names, 'per_class': counts,
+              'class_balance': config.synthetic_class_balance,
+              'gan_mode': config.gan_mode,
+              'split_fingerprint': manifest['split_fingerprint'],
+              'gan_train_ids': manifest['gan_train_ids']})
+  _write_json(path, top)
+  return {'per_class': counts}
 
 
-def _row(fold: int, seed: int, arm: str, out: dict) -> dict:
+def _quality(config, prep, fold: int, samples_dir: str, out_dir: str,
+             seed: int) -> dict:
+  """Synthetic-image metrics of a cell against its held-out real images.
+
+  Reference sets: the fold's real training images (feature network, TRTR,
+  nearest neighbours) and its test images (held out from every GAN and
+  classifier of the cell). Per class and for all classes together.
+  """
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline import transforms  # pylint: disable=g-import-not-at-top
+  from resnet_jax import gan_metrics  # pylint: disable=g-import-not-at-top
+  res = int(config.gan.model.resolution)
+  names = list(prep.class_names)
+  real = {}
+  for role in ('train', 'test'):
+    real[role] = pipeline.load_arrays(prep, config.data, role=role,
+                                      resolution=res, fold=fold,
+                                      class_filter=-1)[:2]
+  synth = pipeline.load_synthetic(samples_dir, names,
+                                  list(range(len(names))), res,
+                                  prep.channels)
+  syn_x = np.stack([transforms.to_float(e['image']) for e in synth])
+  syn_y = np.array([int(e['label']) for e in synth], np.int32)
+  results = {}
+  # Per class (each class's GAN against that class's real images), then
+  # all classes together (feature network trained on the labels, TSTR).
+  for c, name in [*enumerate(names), (-1, 'all')]:
+    pick = lambda x, y: (x, y) if c < 0 else (x[y == c], y[y == c])
+    tr, ho, sy = (pick(*real['train']), pick(*real['test']),
+                  pick(syn_x, syn_y))
+    sub_dir = os.path.join(out_dir, name)
+    m = gan_metrics.evaluate(tr[0], tr[1], ho[0], ho[1], sy[0], sy[1],
+                             config=config.quality.metrics, seed=seed,
+                             workdir=sub_dir)
+    m['gate'] = gan_metrics.quality_gate(m, config.quality.metrics)
+    _write_json(os.path.join(sub_dir, 'gan_metrics.json'), m)
+    results[name] = json.loads(json.dumps(m, default=_json_default))
+  return {'metrics': results}
+
+
+def _row(repeat: int, fold: int, seed: int, arm: str, out: dict) -> dict:
   """results.csv row: test metrics, then extras.
 
-  Extras: tuned_* (test at the threshold chosen on val), val_*, threshold.
-  Undefined metrics (None in results.json) become NaN.
+  Extras: tuned_* (test at the threshold chosen on val), val_*, threshold,
+  n_train / n_test and steps. Undefined metrics (None in results.json)
+  become NaN.
   """
   if 'test' not in out:
     raise RuntimeError(f'resnet train_and_evaluate returned no test '
                        f'metrics for fold {fold} arm {arm}: {sorted(out)}')
-  row = {'fold': fold, 'seed': seed, 'arm': arm}
+  row = {'repeat': repeat, 'fold': fold, 'seed': seed, 'arm': arm}
   for split, prefix in (('test', ''), ('test_at_val_threshold', 'tuned_'),
                         ('val', 'val_')):
     for k, v in (out.get(split) or {}).items():
       if isinstance(v, (int, float, np.number)) and k != 'n':
         row[prefix + k] = float(v)
-  if isinstance(out.get('threshold'), (int, float)):
-    row['threshold'] = float(out['threshold'])
+  for k, col in (('threshold', 'threshold'), ('num_train', 'n_train'),
+                 ('num_test', 'n_test'), ('steps', 'steps')):
+    if isinstance(out.get(k), (int, float)):
+      row[col] = float(out[k])
   for m in report.METRICS:
     if row.get(m) is None:
       row[m] = float('nan')
   return row
 
 
-def _write_outputs(config, workdir, prepared, folds, seeds, arms,
-                   prep_seconds, wall0) -> dict[str, str]:
-  """Rows, predictions, samples and timings from the markers -> report."""
+def _gate(quality: list[dict]) -> dict | None:
+  """The study's quality gate: passed only if every cell's GANs pass.
+
+  Each cell is judged per class and for all classes together; the reasons
+  name how many of those judgements failed and the distinct reasons (the
+  per-cell values are in the report's quality table).
+  """
+  if not quality:
+    return None
+  failed = [q for q in quality if not q.get('passed', False)]
+  reasons = collections.Counter(
+      r.split(' ')[0] for q in failed for r in q.get('reasons', []))
+  return {'passed': not failed,
+          'reasons': ([f'{len(failed)} of {len(quality)} (cell, class) '
+                       'judgements fail'] +
+                      [f'{k}: {n} x' for k, n in sorted(reasons.items())]
+                      if failed else [])}
+
+
+def _design(config) -> str:
+  mode = config.classifier.get('synthetic_mode', 'add')
+  ratio = config.classifier.data.synthetic_ratio
+  n_rep, k = int(config.num_repeats), int(config.data.num_folds)
+  gan = ('one unconditional PGGAN per class' if config.gan_mode ==
+         'per_class' else 'one class-conditional PGGAN')
+  how = ('the `gan` arms see the same real images as `none` / `classic` '
+         f'plus synthetic ones (a fraction {ratio} of each batch is '
+         f'synthetic and the run is 1/(1-{ratio}) times longer): '
+         '"add GAN samples", as in Frid-Adar et al. 2018 and Han et al. 2019'
+         if mode == 'add' else
+         'all arms take the same number of steps, so in the `gan` arms a '
+         f'fraction {ratio} of every batch is synthetic *instead* of real: '
+         '"replace part of each batch with GAN samples at equal compute"')
+  balance = ('in proportion to the class prevalence of the real training '
+             'split' if config.synthetic_class_balance == 'prevalence'
+             else 'in equal numbers per class (this shifts the class prior '
+             'of the training batches)')
+  return (f'Repeated stratified {k}-fold cross-validation, {n_rep} '
+          f'repeat(s), each with its own split seed; per (repeat, fold) '
+          f'cell, {gan} trained on that fold\'s training images only, '
+          f'{config.num_synthetic_per_class * 2} synthetic images per cell '
+          f'(for two classes) sampled {balance}, and the four arms trained '
+          'from the same initialisation and real-data order. '
+          f'Design of the synthetic arms: {how}.')
+
+
+def _write_outputs(config, workdir, prepared, folds, repeats, arms,
+                   prep_seconds, wall0, split_seeds) -> dict[str, str]:
+  """Rows, predictions, samples, quality and timings -> report."""
   rows, preds = [], collections.defaultdict(list)
   stage = collections.defaultdict(float)
+  quality = []
   first_samples = samples_title = ''
-  # Seed-major: every fold of the first seed finishes before the next seed
-  # starts, so a partial run already covers all folds.
-  for seed in seeds:
+  ratios = []
+  for repeat in repeats:
     for fold in folds:
-      cell = os.path.join(workdir, f'fold{fold}', f'seed{seed}')
+      cell = cell_dir(workdir, repeat, fold)
       done = os.path.join(cell, 'done')
       for name in sorted(os.listdir(done)) if os.path.isdir(done) else []:
         if not name.endswith('.json'):
           continue
-        sec = float(_read_json(os.path.join(done, name)).get('seconds', 0))
+        marker = _read_json(os.path.join(done, name))
+        sec = float(marker.get('seconds', 0))
         key = ('GAN training' if name.startswith('gan_') else
                'sampling' if name.startswith('samples') else
+               'synthetic-image quality' if name.startswith('quality') else
                'classifier, arm ' + _ARM_OF_DIR.get(name[4:-5], name))
         stage[key] += sec
+        if name == 'quality.json':
+          for cls, m in marker['metrics'].items():
+            quality.append({'repeat': repeat, 'fold': fold, 'class': cls,
+                            **{k: v for k, v in m.items()
+                               if not isinstance(v, (dict, list))},
+                            'passed': m['gate']['passed'],
+                            'reasons': m['gate']['reasons']})
       if not first_samples and os.path.exists(os.path.join(done,
                                                            'samples.json')):
         first_samples = os.path.join(cell, 'samples')
-        samples_title = f'synthetic samples, fold {fold} seed {seed}'
+        samples_title = f'synthetic samples, repeat {repeat} fold {fold}'
+      m = _read_json(os.path.join(cell, 'manifest.json'))
+      ratios.append(len(m['test']) / max(len(m['train']), 1))
       for arm in arms:
         marker = _read_json(
             os.path.join(done, f'arm_{ARM_DIRS[arm]}.json'))
@@ -438,9 +694,7 @@ def _write_outputs(config, workdir, prepared, folds, seeds, arms,
                             'test_predictions.csv')
         if os.path.exists(pred):
           preds[arm].append(report.read_predictions(pred))
-  m0 = _read_json(os.path.join(workdir, f'fold{folds[0]}',
-                               f'seed{seeds[0]}', 'manifest.json'))
-  order = ['GAN training', 'sampling'] + [
+  order = ['GAN training', 'sampling', 'synthetic-image quality'] + [
       f'classifier, arm {a}' for a in ARMS]
   stage = {k: stage[k] for k in sorted(
       stage, key=lambda k: order.index(k) if k in order else len(order))}
@@ -449,20 +703,45 @@ def _write_outputs(config, workdir, prepared, folds, seeds, arms,
              + sum(stage.values()),
              'wall time of this run (before the report)':
                  time.time() - wall0}
-  samples = (report.load_samples(first_samples, prepared.class_names,
+  prepared0 = prepared[repeats[0]]
+  samples = (report.load_samples(first_samples, prepared0.class_names,
                                  config.report.samples_per_class)
              if first_samples else None)
+  r0, f0 = repeats[0], folds[0]
+  sub_configs = {}
+  if any('gan' in a for a in arms):
+    label = 0 if config.gan_mode == 'per_class' else -1
+    gan_sub = sub_config(config.gan, config.data, seed=config.seed,
+                         data__fold=f0, data__class_filter=label,
+                         data__split_seed=split_seeds[r0])
+    if config.gan_mode == 'conditional':
+      _set_conditional(gan_sub)
+    sub_configs[f'GAN (repeat {r0}, fold {f0}, class filter {label})'] = (
+        gan_sub.to_json_best_effort(indent=2))
+  arm = arms[-1]
+  cls_sub = sub_config(
+      config.classifier, config.data, seed=config.seed, arm=arm,
+      data__fold=f0, data__class_filter=-1, data__split_seed=split_seeds[r0],
+      data__synthetic_dir=(os.path.join(cell_dir(workdir, r0, f0), 'samples')
+                           if 'gan' in arm else ''))
+  sub_configs[f'classifier (arm {arm}, repeat {r0}, fold {f0})'] = (
+      cls_sub.to_json_best_effort(indent=2))
   kwargs = dict(primary_metric=config.report.primary_metric,
                 confidence=config.report.confidence,
-                test_train_ratio=len(m0['test']) / max(len(m0['train']), 1),
+                test_train_ratio=float(np.mean(ratios)),
                 seed=config.seed)
+  gate = _gate(quality)
   written = report.write_report(
       workdir, report.sort_rows(rows), predictions=dict(preds),
       samples=samples, samples_title=samples_title,
       config_json=config.to_json_best_effort(indent=2),
-      data_summary=data_summary(prepared, config.data), timings=timings,
-      title=config.report.title, **kwargs)
+      data_summary=data_summary(prepared0, config.data, split_seeds),
+      timings=timings, title=config.report.title,
+      smoke_note=config.report.smoke_note, gate=gate,
+      gan_quality=quality or None, design=_design(config),
+      sub_configs=sub_configs, provenance=config.report.provenance,
+      **kwargs)
   path = os.path.join(workdir, 'summary.json')
-  files.write_text(path, report.summary_json(rows, **kwargs))
+  files.write_text(path, report.summary_json(rows, gate=gate, **kwargs))
   written['summary.json'] = path
   return written

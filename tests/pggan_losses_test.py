@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pggan_jax import augment
+from pggan_jax import diffaug
 from pggan_jax import losses
 
 
@@ -49,3 +51,61 @@ def test_d_loss_hand_computed():
 
 def test_g_loss():
   assert float(losses.g_wgan_loss(jnp.array([1.0, 2.0]))) == -1.5
+
+
+def _small_critic():
+  """A nonlinear critic, so the penalty depends on where it is taken."""
+  w1 = jax.random.normal(jax.random.key(20), (8 * 8, 16)) / 8.0
+  w2 = jax.random.normal(jax.random.key(21), (16,))
+  return lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
+
+
+def test_augmented_penalty_at_p0_equals_plain_penalty():
+  critic = _small_critic()
+  reals = jax.random.uniform(jax.random.key(1), (5, 8, 8, 1), minval=-1.0)
+  fakes = jax.random.uniform(jax.random.key(2), (5, 8, 8, 1), minval=-1.0)
+  aug = lambda x, k: augment.augment(x, 0.0, k, policy='bgc,cutout')
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(
+      np.asarray(losses.gradient_penalty_augmented(critic, reals, fakes, key,
+                                                   aug)),
+      np.asarray(losses.gradient_penalty(critic, reals, fakes, key)))
+  # ... and differs once the augmentation is on.
+  aug1 = lambda x, k: augment.augment(x, 1.0, k, policy='bgc,cutout')
+  assert not np.allclose(
+      losses.gradient_penalty_augmented(critic, reals, fakes, key, aug1),
+      losses.gradient_penalty(critic, reals, fakes, key))
+
+
+@pytest.mark.parametrize('aug', [
+    lambda x, k: augment.augment(x, 0.8, k, policy='bgc,cutout'),
+    lambda x, k: diffaug.diff_augment(x, k, 'color,translation,cutout'),
+], ids=['ada', 'diffaugment'])
+def test_augmented_penalty_uses_one_transform_for_both_ends(aug):
+  # = the plain penalty between T(reals) and T(fakes), the same draw T.
+  critic = _small_critic()
+  reals = jax.random.uniform(jax.random.key(4), (5, 8, 8, 1), minval=-1.0)
+  fakes = jax.random.uniform(jax.random.key(5), (5, 8, 8, 1), minval=-1.0)
+  key = jax.random.key(6)
+  kt = jax.random.fold_in(key, 1)
+  np.testing.assert_allclose(
+      np.asarray(losses.gradient_penalty_augmented(critic, reals, fakes, key,
+                                                   aug)),
+      np.asarray(losses.gradient_penalty(critic, aug(reals, kt),
+                                         aug(fakes, kt), key)),
+      rtol=1e-4, atol=1e-6)
+
+
+def test_augmented_penalty_is_taken_at_the_critics_input():
+  # T(x) = 2x, linear critic w: grad w.r.t. T(x) has norm ||w||; through T
+  # it would be 2 ||w||.
+  w = jax.random.normal(jax.random.key(7), (4, 4, 1))
+  critic = lambda x: jnp.sum(x * w, axis=(1, 2, 3))
+  reals = jnp.zeros((3, 4, 4, 1))
+  fakes = jnp.ones((3, 4, 4, 1))
+  pen = losses.gradient_penalty_augmented(critic, reals, fakes,
+                                          jax.random.key(8),
+                                          lambda x, k: 2.0 * x)
+  np.testing.assert_allclose(np.asarray(pen),
+                             (np.linalg.norm(np.asarray(w)) - 1.0) ** 2,
+                             rtol=1e-5)

@@ -26,8 +26,8 @@ from resnet_jax import report
 from resnet_jax import study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-HEADER = ('fold,seed,arm,accuracy,sensitivity,specificity,balanced_accuracy,'
-          'f1,auc')
+HEADER = ('repeat,fold,seed,arm,accuracy,sensitivity,specificity,'
+          'balanced_accuracy,f1,auc')
 
 
 # ---------------------------------------------------------------- unit tests
@@ -44,11 +44,24 @@ def test_check_leakage_accepts_clean_split():
   study.check_leakage(_manifest(), [['a', 'b'], ['e', 'f']])
 
 
+def test_synthetic_counts_follow_training_prevalence():
+  m = {'class_names': ['normal', 'hemorrhage'],
+       'gan_train_ids': {'normal': ['a'] * 60, 'hemorrhage': ['b'] * 20}}
+  assert study.synthetic_counts(m, 400, 'prevalence') == {
+      'normal': 300, 'hemorrhage': 100}
+  assert study.synthetic_counts(m, 400, 'equal') == {
+      'normal': 200, 'hemorrhage': 200}
+  # Largest remainder: the total is kept.
+  m['gan_train_ids']['hemorrhage'] = ['b'] * 19
+  assert sum(study.synthetic_counts(m, 401, 'prevalence').values()) == 401
+
+
 @pytest.mark.parametrize('manifest,groups,match', [
     (_manifest(gan_train_ids={'x': ['a', 'e']}), [], 'non-train'),
     (_manifest(gan_train_ids={'x': ['a', 'd']}), [], 'non-train'),
     (_manifest(test=['e', 'a']), [], 'overlap'),
     (_manifest(), [['c', 'f']], 'straddles'),
+    (_manifest(), [['c', 'd']], 'straddles'),
 ])
 def test_check_leakage_rejects(manifest, groups, match):
   with pytest.raises(RuntimeError, match=match):
@@ -93,16 +106,33 @@ def _install_fakes(monkeypatch, calls):
 
   def sample(workdir, num_images, output_dir, *, seed=0, label=None,
              step=None):
-    del label, step
-    calls.append(('sample', workdir, output_dir, seed))
-    # A conditional model writes output_dir/<class>/, as pggan_jax.sample.
-    dirs = ([os.path.join(output_dir, c) for c in ('normal', 'hemorrhage')]
-            if workdir.endswith('conditional') else [output_dir])
-    for d in dirs:
-      for i in range(num_images):
-        images.save_png(np.full((8, 8, 1), i, np.uint8),
-                        os.path.join(d, f'{i:05d}.png'))
-    return {'num_images': num_images}
+    del step
+    calls.append(('sample', workdir, output_dir, seed, label))
+    # As pggan_jax.sample: a one-class GAN (gan/<class>) or a conditional
+    # one asked for one label writes output_dir/<class>/ and merges its
+    # training record into output_dir/manifest.json.
+    name = (('normal', 'hemorrhage')[label] if label is not None
+            else os.path.basename(workdir))
+    for i in range(num_images):
+      images.save_png(np.full((8, 8, 1), i, np.uint8),
+                      os.path.join(output_dir, name, f'{i:05d}.png'))
+    path = os.path.join(output_dir, 'manifest.json')
+    m = json.load(open(path)) if os.path.exists(path) else {
+        'gan_training': {}}
+    m['gan_training'][name] = {'workdir': workdir}
+    with open(path, 'w') as f:
+      json.dump(m, f)
+    return m
+
+  def evaluate(*args, config, seed, workdir):
+    del args, config
+    calls.append(('quality', workdir, seed))
+    return {'swd': 1.0, 'c2st_accuracy': 0.99, 'nn_distance_ratio': 1.2}
+
+  def quality_gate(metrics, config):
+    del config
+    return {'passed': metrics['c2st_accuracy'] < 0.95,
+            'reasons': ['c2st_accuracy 0.99 >= 0.95']}
 
   def resnet_train(config, workdir):
     calls.append(('resnet', workdir, config.arm, config.data.fold,
@@ -119,6 +149,8 @@ def _install_fakes(monkeypatch, calls):
 
   fakes = {'pggan_jax.train': {'train_and_evaluate': gan_train},
            'pggan_jax.sample': {'sample': sample},
+           'resnet_jax.gan_metrics': {'evaluate': evaluate,
+                                      'quality_gate': quality_gate},
            'resnet_jax.train': {'train_and_evaluate': resnet_train}}
   for name, attrs in fakes.items():
     module = types.ModuleType(name)
@@ -129,43 +161,64 @@ def _install_fakes(monkeypatch, calls):
                         raising=False)
 
 
-def test_run_study_with_fakes_plumbing_and_resume(tmp_path, monkeypatch):
-  calls = []
-  _install_fakes(monkeypatch, calls)
+def _fake_config(tmp_path):
   config = study_cfg.get_config('tiny')
   config.data.tfds_dir = str(tmp_path / 'tfds')
   config.jax_cache_dir = str(tmp_path / 'jax_cache')
-  config.num_seeds = 2
+  return config
+
+
+def test_run_study_with_fakes_plumbing_and_resume(tmp_path, monkeypatch):
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  config.num_repeats = 2
   workdir = str(tmp_path / 'study')
   study.run_study(config, workdir)
 
   gans = [c for c in calls if c[0] == 'gan']
   arms = [c for c in calls if c[0] == 'resnet']
-  # 2 folds x 2 seeds x 2 classes GANs, 2 x 2 x 4 classifiers.
+  # 2 repeats x 2 folds x 2 classes GANs, 2 x 2 x 4 classifiers.
   assert len(gans) == 8 and len(arms) == 16
   assert {(c[2], c[3], c[4]) for c in gans} == {
       (f, label, s) for f in (0, 1) for label in (0, 1) for s in (0, 1)}
-  for _, _, arm, fold, synthetic_dir, seed in arms:
+  # Quality per cell: per class and for both classes together.
+  assert len([c for c in calls if c[0] == 'quality']) == 4 * 3
+  for _, workdir_, arm, fold, synthetic_dir, seed in arms:
+    repeat = seed - config.seed
     if 'gan' in arm:
-      assert synthetic_dir == os.path.join(workdir, f'fold{fold}',
-                                           f'seed{seed}', 'samples')
+      assert synthetic_dir == os.path.join(workdir, f'repeat{repeat}',
+                                           f'fold{fold}', 'samples')
       assert sorted(os.listdir(synthetic_dir)) == [
           'hemorrhage', 'manifest.json', 'normal']
-      assert len(os.listdir(os.path.join(synthetic_dir, 'normal'))) == (
-          config.num_synthetic_per_class)
     else:
       assert synthetic_dir == ''
 
-  # The GAN ids in the manifest are what class_filter + fold select.
+  # Each repeat has its own split seed, hence its own folds; the GAN ids in
+  # each manifest are what class_filter + fold select in that split.
   prepared = dataset.prepare(config.data, None)
-  m = json.load(open(os.path.join(workdir, 'fold1', 'seed0',
-                                  'manifest.json')))
-  train = prepared.indices(1, 'train')
-  for label, name in enumerate(prepared.class_names):
-    expect = [prepared.ids[i] for i in train if prepared.labels[i] == label]
-    assert m['gan_train_ids'][name] == expect
-  assert set(m['test']) == {prepared.ids[i]
-                            for i in prepared.indices(1, 'test')}
+  tests = []
+  for repeat in (0, 1):
+    p = prepared.with_split_seed(config.data.split_seed + repeat)
+    m = json.load(open(os.path.join(workdir, f'repeat{repeat}', 'fold1',
+                                    'manifest.json')))
+    assert m['split_seed'] == config.data.split_seed + repeat
+    train = p.indices(1, 'train')
+    for label, name in enumerate(p.class_names):
+      expect = [p.ids[i] for i in train if p.labels[i] == label]
+      assert m['gan_train_ids'][name] == expect
+    assert set(m['test']) == {p.ids[i] for i in p.indices(1, 'test')}
+    tests.append(set(m['test']))
+  assert tests[0] != tests[1]
+
+  # Synthetic images per class follow the training prevalence.
+  samples = os.path.join(workdir, 'repeat0', 'fold0', 'samples')
+  sm = json.load(open(os.path.join(samples, 'manifest.json')))
+  total = config.num_synthetic_per_class * 2
+  assert sum(sm['per_class'].values()) == total
+  for name, n in sm['per_class'].items():
+    assert len(os.listdir(os.path.join(samples, name))) == n
+  assert set(sm['gan_training']) == {'normal', 'hemorrhage'}
 
   with open(os.path.join(workdir, 'results.csv')) as f:
     lines = f.read().splitlines()
@@ -173,6 +226,9 @@ def test_run_study_with_fakes_plumbing_and_resume(tmp_path, monkeypatch):
   assert len(lines) == 1 + 2 * 2 * 4
   md = open(os.path.join(workdir, 'report.md')).read()
   assert '### classic+gan vs classic' in md and '### gan vs none' in md
+  # The fake GANs fail the quality gate: the report says so up front.
+  head = md[:md.index('## ')]
+  assert 'quality gate' in head.lower() and 'smoke' in head.lower()
 
   # Rerun: nothing is recomputed, the report is rebuilt.
   n = len(calls)
@@ -180,17 +236,68 @@ def test_run_study_with_fakes_plumbing_and_resume(tmp_path, monkeypatch):
   assert len(calls) == n
 
   # A crash after one arm: only the missing arm runs again.
-  os.remove(os.path.join(workdir, 'fold0', 'seed1', 'done', 'arm_gan.json'))
+  os.remove(os.path.join(workdir, 'repeat1', 'fold0', 'done',
+                         'arm_gan.json'))
   study.run_study(config, workdir)
   assert [c[2] for c in calls[n:]] == ['gan']
+
+
+def test_changed_config_is_refused_or_recomputed(tmp_path, monkeypatch):
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  config.folds = (0,)
+  workdir = str(tmp_path / 'study')
+  study.run_study(config, workdir)
+  n = len(calls)
+
+  # A classifier setting changed: refused, naming the step; nothing runs.
+  config.classifier.learning_rate *= 2
+  with pytest.raises(errors.UserInputError,
+                     match=r'arm none was run with another configuration'):
+    study.run_study(config, workdir)
+  assert len(calls) == n
+  # Asked to recompute: every arm again, GANs and sampling kept.
+  config.on_config_change = 'recompute'
+  study.run_study(config, workdir)
+  assert sorted(c[0] for c in calls[n:]) == ['resnet'] * 4
+  n = len(calls)
+
+  # A GAN setting changed: the GANs, sampling, quality and gan arms rerun;
+  # the arms without synthetic images are kept.
+  config.gan.sched.lod_training_kimg *= 2
+  study.run_study(config, workdir)
+  redone = [c for c in calls[n:]]
+  assert sorted(c[0] for c in redone if c[0] != 'sample') == [
+      'gan', 'gan', 'quality', 'quality', 'quality', 'resnet', 'resnet']
+  assert sorted(c[2] for c in redone if c[0] == 'resnet') == [
+      'classic+gan', 'gan']
+
+
+def test_partial_step_dir_of_another_config_is_refused(tmp_path,
+                                                       monkeypatch):
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  config.folds = (0,)
+  config.arms = ('none',)
+  workdir = str(tmp_path / 'study')
+  # A killed run of another configuration left an arm directory behind.
+  arm_dir = os.path.join(workdir, 'repeat0', 'fold0', 'arms', 'none')
+  os.makedirs(arm_dir)
+  with open(os.path.join(arm_dir, study.HASH_FILE), 'w') as f:
+    f.write('0123456789abcdef')
+  with open(os.path.join(arm_dir, 'checkpoint'), 'w') as f:
+    f.write('partial')
+  with pytest.raises(errors.UserInputError, match='another configuration'):
+    study.run_study(config, workdir)
+  assert not [c for c in calls if c[0] == 'resnet']
 
 
 def test_run_study_conditional_gan(tmp_path, monkeypatch):
   calls = []
   _install_fakes(monkeypatch, calls)
-  config = study_cfg.get_config('tiny')
-  config.data.tfds_dir = str(tmp_path / 'tfds')
-  config.jax_cache_dir = str(tmp_path / 'jax_cache')
+  config = _fake_config(tmp_path)
   config.gan_mode = 'conditional'
   config.folds = (1,)
   config.arms = ('gan',)
@@ -200,10 +307,12 @@ def test_run_study_conditional_gan(tmp_path, monkeypatch):
   # One conditional GAN on all classes of fold 1's training split.
   assert [c[2:] for c in gans] == [(1, -1, 0, True)]
   assert not config.gan.model.conditional  # the study config is untouched
-  samples = os.path.join(workdir, 'fold1', 'seed0', 'samples')
+  samples = os.path.join(workdir, 'repeat0', 'fold1', 'samples')
   manifest = json.load(open(os.path.join(samples, 'manifest.json')))
   assert manifest['gan_mode'] == 'conditional'
-  assert len(os.listdir(os.path.join(samples, 'hemorrhage'))) == 16
+  assert sorted(c[4] for c in calls if c[0] == 'sample') == [0, 1]
+  assert len(os.listdir(os.path.join(samples, 'hemorrhage'))) == (
+      manifest['per_class']['hemorrhage'])
   with open(os.path.join(workdir, 'results.csv')) as f:
     assert len(f.read().splitlines()) == 2
 
@@ -236,19 +345,19 @@ def tiny_study(tmp_path_factory):
 
 
 def _cells(workdir):
-  return [os.path.join(workdir, f'fold{f}', 'seed0') for f in (0, 1)]
+  return [os.path.join(workdir, 'repeat0', f'fold{f}') for f in (0, 1)]
 
 
 def test_tiny_results_csv(tiny_study):
   workdir, _, seconds = tiny_study
   print(f'tiny study took {seconds:.0f} s')
   with open(os.path.join(workdir, 'results.csv')) as f:
-    assert f.readline().strip().split(',')[:9] == HEADER.split(',')
+    assert f.readline().strip().split(',')[:10] == HEADER.split(',')
   with open(os.path.join(workdir, 'results.csv')) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 2 * 1 * 4
-  assert {(r['fold'], r['seed'], r['arm']) for r in rows} == {
-      (str(f), '0', a) for f in (0, 1) for a in report.ARMS}
+  assert {(r['repeat'], r['fold'], r['seed'], r['arm']) for r in rows} == {
+      ('0', str(f), '0', a) for f in (0, 1) for a in report.ARMS}
   for r in rows:
     for m in report.METRICS:
       v = float(r[m])
