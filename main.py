@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from input_pipeline import logs
 from input_pipeline.errors import UserInputError
 
 FLAGS = flags.FLAGS
@@ -30,12 +31,16 @@ _TASKS = {
     'sample': 'pggan_jax.sample:sample_from_config',
     'resnet': 'resnet_jax.train:train_and_evaluate',
     'study': 'resnet_jax.study:run_study',
+    'gan_metrics': 'resnet_jax.gan_metrics:run',
+    'predict': 'resnet_jax.predict:predict_from_config',
+    'compare': 'resnet_jax.compare:compare_from_config',
 }
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logs.quiet_libraries()  # library INFO off unless --verbosity is given
   import jax  # pylint: disable=g-import-not-at-top
 
   if FLAGS.distributed:

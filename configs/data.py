@@ -6,7 +6,8 @@
 
 Writes W/data_report.md (counts per class, fold and role; sizes and modes
 before preprocessing; duplicate groups), W/examples.png (stored images, one
-row per class) and W/splits.json. The first run preprocesses into the TFDS
+row per class, the class on the left and each image's id under it) and
+W/splits.json. The first run preprocesses into the TFDS
 cache (data.tfds_dir, ~5 s for head_ct on 2 CPU cores); later runs reuse it.
 Bad input fails with one `error: ...` line naming the file or key (exit 2).
 Variant `:tiny` (8 + 8 synthetic phantoms at 64 px) runs in seconds; tests

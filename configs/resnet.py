@@ -15,8 +15,11 @@
       --config.data.name=head_ct --config.data.dir=/path/to/head_ct
     ResNet-50 at 224x224, width 64, bfloat16 compute; for GPUs.
 
-Writes W/results.json (val / test metrics at threshold 0.5 and at the
-threshold chosen on val), W/test_predictions.csv (id,label,prob),
+Writes W/config.json (this config, for configs/predict.py and
+configs/compare.py), W/results.json (val / test metrics at threshold 0.5
+and at the threshold chosen on val; for the 'gan' arms the synthetic folder,
+its GANs, the ratio and each class's share), W/test_predictions.csv
+(id,label,prob),
 W/tensorboard/ and W/checkpoints/ (resumed if present; a finished run
 returns its results.json without training).
 """

@@ -14,6 +14,7 @@ Each process reads its own slice of the split (jax.process_index/count).
 import os
 
 from absl import flags
+from absl import logging
 import grain
 import jax
 import ml_collections
@@ -63,28 +64,97 @@ class _Subset:
     return {'image': ex['image'], 'label': ex['label']}
 
 
+def synthetic_files(synthetic_dir: str, class_names: list[str],
+                    labels: list[int]) -> dict[int, list[str]]:
+  """label -> sorted PNG paths in DIR/<class_name>/, for each of `labels`.
+
+  Some classes may have no folder (one GAN per class, sampled for some
+  classes only): they get []. A folder that exists but holds no PNG, or no
+  images for any of `labels`, is an error naming the folder.
+  """
+  if not os.path.isdir(synthetic_dir):
+    raise UserInputError(
+        f'config.data.synthetic_dir: {synthetic_dir} is not a directory')
+  out = {}
+  for label in labels:
+    name = class_names[label]
+    folder = os.path.join(synthetic_dir, name)
+    if not os.path.isdir(folder):
+      out[label] = []
+      continue
+    names = sorted(f for f in os.listdir(folder)
+                   if f.lower().endswith('.png') and not f.startswith('.'))
+    if not names:
+      raise UserInputError(f'config.data.synthetic_dir: {folder} (class '
+                           f'{name!r}) has no PNG images')
+    out[label] = [os.path.join(folder, f) for f in names]
+  if not any(out.values()):
+    wanted = ', '.join(repr(class_names[label]) for label in labels)
+    raise UserInputError(
+        f'config.data.synthetic_dir: {synthetic_dir} has no class folder '
+        f'with PNG images (looked for {wanted}: DIR/<class name>/*.png, as '
+        'configs/sample.py writes for a one-class or conditional GAN)')
+  return out
+
+
 def load_synthetic(synthetic_dir: str, class_names: list[str],
                    labels: list[int], resolution: int,
                    channels: int) -> list[dict]:
-  """Reads DIR/<class_name>/*.png for `labels` -> uint8 examples."""
+  """Reads DIR/<class_name>/*.png for `labels` -> uint8 examples.
+
+  Classes without a folder contribute nothing (see `synthetic_files`).
+  Warns once if images smaller than `resolution` are upsampled.
+  """
   out = []
-  for label in labels:
-    folder = os.path.join(synthetic_dir, class_names[label])
-    if not os.path.isdir(folder):
-      raise UserInputError(
-          f'config.data.synthetic_dir: {folder} (class '
-          f'{class_names[label]!r}) does not exist')
-    files = sorted(f for f in os.listdir(folder)
-                   if f.lower().endswith('.png'))
-    if not files:
-      raise UserInputError(f'config.data.synthetic_dir: {folder} has no PNG '
-                           f'images')
-    for f in files:
-      x, _ = preprocess.load_square(os.path.join(folder, f), resolution)
+  small = []
+  for label, paths in synthetic_files(synthetic_dir, class_names,
+                                      labels).items():
+    for path in paths:
+      x, meta = preprocess.load_square(path, resolution)
+      if max(meta['width'], meta['height']) < resolution:
+        small.append((path, meta['width'], meta['height']))
       if channels > 1:
         x = np.repeat(x, channels, axis=-1)
       out.append({'image': x, 'label': np.int32(label)})
+  if small:
+    path, w, h = small[0]
+    logging.warning(
+        '%d of %d synthetic images in %s are smaller than the training '
+        'resolution %dx%d and are upsampled (e.g. %s is %dx%d): sample a '
+        'GAN trained to >= config.data.resolution, or lower it',
+        len(small), len(out), synthetic_dir, resolution, resolution, path,
+        w, h)
   return out
+
+
+def synthetic_shares(prepared: PreparedData, synthetic_dir: str,
+                     ratio: float, *, fold: int,
+                     class_filter: int = -1) -> dict:
+  """Per class: synthetic images, their share of the synthetic stream, and
+  the expected fraction of that class's training images that are synthetic.
+
+  A fraction `ratio` of the training stream is synthetic, drawn uniformly
+  from the synthetic images; so for class c with real share p_c of the
+  fold's training images and synthetic share q_c, the fraction of class-c
+  training images that are synthetic is r q_c / (r q_c + (1 - r) p_c).
+  """
+  names = prepared.class_names
+  labels = ([class_filter] if class_filter >= 0 else range(len(names)))
+  files = synthetic_files(synthetic_dir, names, list(labels))
+  total = sum(len(v) for v in files.values())
+  real = np.asarray(prepared.labels)[_select(prepared, fold, 'train',
+                                             class_filter)]
+  images, stream, fraction = {}, {}, {}
+  for label, paths in files.items():
+    q = len(paths) / total
+    p = float(np.mean(real == label)) if len(real) else 0.0
+    mass = ratio * q + (1 - ratio) * p
+    images[names[label]] = len(paths)
+    stream[names[label]] = round(q, 4)
+    fraction[names[label]] = round(ratio * q / mass, 4) if mass else 0.0
+  return {'dir': os.path.abspath(synthetic_dir), 'ratio': float(ratio),
+          'images': images, 'share_of_synthetic_stream': stream,
+          'synthetic_fraction_per_class': fraction}
 
 
 def create_iterator(prepared: PreparedData,
@@ -104,9 +174,10 @@ def create_iterator(prepared: PreparedData,
   """A grain iterator of numpy batches; see the module docstring.
 
   train=True shuffles, repeats forever, augments (if augment.enabled), mixes
-  synthetic images (if synthetic_dir and synthetic_ratio > 0) and drops the
-  last partial batch; train=False reads the split once, in id order, with
-  the last batch possibly smaller. `None` keywords come from `data`.
+  synthetic images (if synthetic_dir and synthetic_ratio > 0; DIR/<class>/
+  for some or all classes, see `synthetic_shares` for what each class gets)
+  and drops the last partial batch; train=False reads the split once, in id
+  order, with the last batch possibly smaller. `None` keywords come from `data`.
   `batch_size` is per process.
   """
   resolution = int(_pick(resolution, data.resolution))

@@ -93,6 +93,23 @@ def gan_records(synthetic_dir: str) -> list[tuple[str, dict]]:
   return records
 
 
+def gan_runs(synthetic_dir: str) -> list[dict[str, Any]]:
+  """The GAN behind each class folder of synthetic_dir, from its manifests.
+
+  [{'entry', 'workdir', 'checkpoint_step', 'kimg', 'resolution',
+  'num_images'}], one per sampling run ('entry' is the class folder, or
+  'all'); [] if there is no manifest.
+  """
+  keys = ('workdir', 'checkpoint_step', 'kimg', 'resolution', 'num_images')
+  out = []
+  for _, m in _manifests(synthetic_dir):
+    # Older manifests hold one run at the top level.
+    runs = m.get('runs') or ({'all': m} if 'workdir' in m else {})
+    for entry, run in sorted(runs.items()):
+      out.append({'entry': entry, **{k: run.get(k) for k in keys}})
+  return out
+
+
 def check_synthetic(synthetic_dir: str, prepared, fold: int, *,
                     allow_unverified: bool = False) -> dict[str, Any]:
   """Refuses synthetic images whose GAN saw this fold's val/test images.

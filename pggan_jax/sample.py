@@ -180,13 +180,23 @@ def _merged_manifest(output_dir: str, entry: str, class_names: list[str],
 
 def sample_from_config(config: ml_collections.ConfigDict,
                        workdir: str | None = None) -> dict:
-  """`main.py` entry for configs/sample.py (`workdir` flag unused)."""
-  del workdir
-  if not config.workdir:
-    raise UserInputError('config.workdir is required')
+  """`main.py` entry for configs/sample.py.
+
+  The GAN's training workdir is config.workdir or, when that is empty, the
+  --workdir flag every other job takes.
+  """
+  if (config.workdir and workdir and os.path.abspath(config.workdir)
+      != os.path.abspath(workdir)):
+    raise UserInputError(
+        f'--config.workdir={config.workdir} and --workdir={workdir} differ: '
+        'give the GAN training workdir once')
+  gan_workdir = config.workdir or workdir
+  if not gan_workdir:
+    raise UserInputError('the GAN training workdir is required: '
+                         '--config.workdir=W (or --workdir=W)')
   if not config.output_dir:
     raise UserInputError('config.output_dir is required')
-  manifest = sample(config.workdir, config.num_images, config.output_dir,
+  manifest = sample(gan_workdir, config.num_images, config.output_dir,
                     seed=config.seed, label=config.label or None,
                     step=config.step if config.step >= 0 else None)
   print(f'wrote {manifest["num_images"]} images at '

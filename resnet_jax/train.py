@@ -218,6 +218,24 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   return max(1, int(np.ceil(images / config.batch_size)))
 
 
+def _synthetic_record(config, prepared, data_kwargs) -> dict | None:
+  """What the 'gan' arms mix in: folder, ratio, per-class shares, GANs."""
+  if not data_kwargs['synthetic_dir']:
+    return None
+  record = pipeline.synthetic_shares(
+      prepared, data_kwargs['synthetic_dir'], data_kwargs['synthetic_ratio'],
+      fold=int(config.data.fold), class_filter=int(config.data.class_filter))
+  record['mode'] = config.get('synthetic_mode', 'add')
+  record['gans'] = provenance.gan_runs(data_kwargs['synthetic_dir'])
+  logging.info(
+      'synthetic images from %s at ratio %g: %s per class; share of the '
+      'synthetic stream %s; fraction of each class\'s training images that '
+      'are synthetic %s', record['dir'], record['ratio'], record['images'],
+      record['share_of_synthetic_stream'],
+      record['synthetic_fraction_per_class'])
+  return record
+
+
 def _to_jsonable(x):
   if isinstance(x, dict):
     return {k: _to_jsonable(v) for k, v in x.items()}
@@ -268,7 +286,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     synthetic_check = provenance.check_synthetic(
         data_kwargs['synthetic_dir'], prepared, int(config.data.fold),
         allow_unverified=bool(config.data.allow_unverified_synthetic))
+  synthetic = _synthetic_record(config, prepared, data_kwargs)
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    # The run's own config: read back by predict.py and compare.py.
+    files.write_json(os.path.join(workdir, 'config.json'), config.to_dict(),
+                     default=str)
   res = config.data.resolution
   num_train = len(prepared.indices(config.data.fold, 'train'))
   total_steps = num_train_steps(config, num_train)
@@ -353,6 +376,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       'synthetic_mode': (config.get('synthetic_mode', 'add')
                          if data_kwargs['synthetic_dir'] else None),
       'synthetic_check': synthetic_check,
+      'synthetic': synthetic,
+      'channels': int(prepared.channels),
       'train_seconds': round(train_time, 1),
       'class_names': list(prepared.class_names),
   }

@@ -128,17 +128,53 @@ def test_synthetic_errors(prepared, data, tmp_path):
   with pytest.raises(UserInputError, match='synthetic_dir'):
     pipeline.create_iterator(prepared, data, batch_size=4, synthetic_dir='',
                              synthetic_ratio=0.5)
-  sdir = _write_synthetic(tmp_path / 's', prepared.class_names[:1])
-  with pytest.raises(UserInputError, match='hemorrhage'):
-    pipeline.create_iterator(prepared, data, batch_size=4, synthetic_dir=sdir,
+  with pytest.raises(UserInputError, match='no class folder'):
+    pipeline.create_iterator(prepared, data, batch_size=4,
+                             synthetic_dir=str(tmp_path),
                              synthetic_ratio=0.5)
+  sdir = _write_synthetic(tmp_path / 's', prepared.class_names[:1])
   bad = os.path.join(tmp_path, 's', 'hemorrhage')
   os.makedirs(bad)
+  # A class folder that exists but is empty is an error naming it.
+  with pytest.raises(UserInputError, match='s/hemorrhage .* no PNG'):
+    pipeline.create_iterator(prepared, data, batch_size=4, synthetic_dir=sdir,
+                             synthetic_ratio=0.5)
   with open(os.path.join(bad, 'x.png'), 'wb') as f:
     f.write(b'junk')
   with pytest.raises(UserInputError, match='x.png'):
     pipeline.create_iterator(prepared, data, batch_size=4, synthetic_dir=sdir,
                              synthetic_ratio=0.5)
+
+
+def test_synthetic_for_one_class_only(prepared, data, tmp_path, caplog):
+  # A one-class GAN's images (16x16) for 'hemorrhage' only, at 32x32.
+  sdir = _write_synthetic(tmp_path / 's', ['hemorrhage'], n=4)
+  with caplog.at_level('WARNING'):
+    it = pipeline.create_iterator(prepared, data, resolution=32,
+                                  batch_size=10, synthetic_dir=sdir,
+                                  synthetic_ratio=0.5)
+  upsampled = [r for r in caplog.records if 'upsampled' in r.getMessage()]
+  assert len(upsampled) == 1 and '4 of 4' in upsampled[0].getMessage()
+  for _ in range(4):
+    b = next(it)
+    white = b['image'].min(axis=(1, 2, 3)) == 1
+    assert white.any() and (b['label'][white] == 1).all()
+  shares = pipeline.synthetic_shares(prepared, sdir, 0.5, fold=0)
+  assert shares['images'] == {'normal': 0, 'hemorrhage': 4}
+  assert shares['share_of_synthetic_stream'] == {'normal': 0.0,
+                                                 'hemorrhage': 1.0}
+  # With real share p of hemorrhage in the train split, hemorrhage gets
+  # .5 * 1 / (.5 * 1 + .5 * p) synthetic (2/3 when p = .5), normal none.
+  labels = prepared.labels[prepared.indices(0, 'train')]
+  p = float(np.mean(labels == 1))
+  assert shares['synthetic_fraction_per_class'] == {
+      'normal': 0.0,
+      'hemorrhage': pytest.approx(.5 / (.5 + .5 * p), abs=1e-4)}
+  # No upsampling warning at the images' own size.
+  caplog.clear()
+  with caplog.at_level('WARNING'):
+    pipeline.load_synthetic(sdir, prepared.class_names, [0, 1], 16, 1)
+  assert not [r for r in caplog.records if 'upsampled' in r.getMessage()]
 
 
 def test_workers_give_same_batches(prepared, data):

@@ -1,0 +1,148 @@
+"""The README's per-class recipe, end to end through main.py.
+
+data report -> one PGGAN for class 1 on fold 0 -> sample (--workdir) ->
+classifier on fold 0 with those synthetic images -> predict. Plus the
+sample command's workdir errors.
+"""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import sample as sample_config
+from input_pipeline.errors import UserInputError
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The :tiny classifier's data (configs/resnet.py:tiny), for every job.
+_DATA = ['--config.data.synthetic_per_class=16',
+         '--config.data.synthetic_size=32', '--config.data.storage_size=32',
+         '--config.data.num_folds=2', '--config.data.val_fraction=0.25']
+
+
+def _main(*args, check=True):
+  res = subprocess.run([sys.executable, 'main.py', *args], cwd=_ROOT,
+                       capture_output=True, text=True)
+  if check and res.returncode:
+    raise AssertionError(f'main.py {args} failed:\n{res.stderr[-3000:]}')
+  return res
+
+
+@pytest.fixture(scope='module')
+def recipe(tmp_path_factory):
+  base = tmp_path_factory.mktemp('recipe')
+  tfds = f'--config.data.tfds_dir={base / "tfds"}'
+  w = {k: str(base / k) for k in ('data', 'gan', 'out', 'clf')}
+  out = {}
+  out['data'] = _main('--config=configs/data.py', f'--workdir={w["data"]}',
+                      tfds, *_DATA)
+  # A GAN for 'hemorrhage' (1) on fold 0's training images; 8x8, 0.12 kimg.
+  out['gan'] = _main(
+      '--config=configs/pggan.py:tiny', f'--workdir={w["gan"]}', tfds, *_DATA,
+      '--config.data.fold=0', '--config.data.class_filter=1',
+      '--config.model.resolution=8', '--config.sched.lod_training_kimg=0.04',
+      '--config.sched.lod_transition_kimg=0.04',
+      '--config.sched.tick_kimg=0.05', '--config.total_kimg=0.12')
+  out['sample'] = _main('--config=configs/sample.py', f'--workdir={w["gan"]}',
+                        '--config.num_images=8',
+                        f'--config.output_dir={w["out"]}')
+  out['clf'] = _main('--config=configs/resnet.py:tiny', f'--workdir={w["clf"]}',
+                     tfds, '--config.data.fold=0', '--config.arm=gan',
+                     f'--config.data.synthetic_dir={w["out"]}')
+  return w, out
+
+
+def test_data_report_examples_are_labelled(recipe):
+  w, _ = recipe
+  img = np.asarray(Image.open(os.path.join(w['data'], 'examples.png')))
+  # 32 px stored images shown at 96 px, 8 per row, 2 class rows, each with
+  # a caption strip under it; a class-label column on the left.
+  tile, pad, caption = 96, 4, 14
+  assert img.shape[0] == pad + 2 * (tile + caption + pad)
+  label_w = img.shape[1] - 8 * (tile + pad) - pad
+  assert label_w > 40
+  for row in range(2):
+    y = pad + row * (tile + caption + pad)
+    # White text: the class name left of the row, an id under each image.
+    assert (img[y:y + tile, :label_w] > 200).sum() > 20
+    for k in range(8):
+      x = label_w + k * (tile + pad)
+      strip = img[y + tile:y + tile + caption, x:x + tile]
+      assert (strip > 200).sum() > 10, (row, k)
+
+
+def test_one_class_gan_samples_into_its_class_folder(recipe):
+  w, out = recipe
+  assert sorted(os.listdir(w['out'])) == ['hemorrhage', 'manifest.json']
+  assert len(os.listdir(os.path.join(w['out'], 'hemorrhage'))) == 8
+  with open(os.path.join(w['out'], 'manifest.json')) as f:
+    manifest = json.load(f)
+  assert manifest['runs']['hemorrhage']['workdir'] == w['gan']
+  assert f'to {w["out"]}' in out['sample'].stdout
+
+
+def test_classifier_records_one_class_shares_and_provenance(recipe):
+  w, out = recipe
+  with open(os.path.join(w['clf'], 'results.json')) as f:
+    results = json.load(f)
+  syn = results['synthetic']
+  assert syn['dir'] == w['out'] and syn['ratio'] == 0.5
+  assert syn['images'] == {'normal': 0, 'hemorrhage': 8}
+  assert syn['share_of_synthetic_stream'] == {'normal': 0.0,
+                                              'hemorrhage': 1.0}
+  # Fold 0's train split is balanced (6 + 6): hemorrhage gets
+  # .5 / (.5 + .5 * .5) = 2/3 of its training images synthetic.
+  assert syn['synthetic_fraction_per_class'] == {'normal': 0.0,
+                                                 'hemorrhage': 0.6667}
+  (gan,) = syn['gans']
+  assert gan['entry'] == 'hemorrhage' and gan['workdir'] == w['gan']
+  assert gan['checkpoint_step'] == 120 and gan['resolution'] == 8
+  with open(os.path.join(w['clf'], 'config.json')) as f:
+    config = json.load(f)
+  assert config['arm'] == 'gan'
+  assert config['data']['synthetic_dir'] == w['out']
+  stderr = out['clf'].stderr
+  # 8x8 samples in a 32x32 classifier: warned about, once.
+  assert stderr.count('are upsampled') == 1
+  assert "'hemorrhage': 0.6667" in stderr  # the shares are logged
+  assert 'checkpoint_manager.py' not in stderr  # orbax INFO stays quiet
+
+
+def test_predict_with_the_recipe_classifier(recipe, tmp_path):
+  w, _ = recipe
+  out = tmp_path / 'p.csv'
+  _main('--config=configs/predict.py', f'--config.workdir={w["clf"]}',
+        f'--config.input={w["out"]}', f'--config.output={out}')
+  with open(out) as f:
+    rows = list(csv.DictReader(f))
+  assert len(rows) == 8 and all(r['error'] == '' for r in rows)
+  assert {r['label'] for r in rows} <= {'normal', 'hemorrhage'}
+
+
+def test_sample_takes_the_workdir_flag(tmp_path):
+  # --workdir alone is used as the GAN workdir: the error is about its
+  # contents, not a missing config.workdir.
+  res = _main('--config=configs/sample.py', '--workdir=/nonexistent_gan',
+              f'--config.output_dir={tmp_path}/o', check=False)
+  assert res.returncode == 2
+  last = res.stderr.strip().splitlines()[-1]
+  assert last == ('error: /nonexistent_gan/config.json not found: is '
+                  'config.workdir a PGGAN training workdir?')
+
+
+@pytest.mark.parametrize('config_workdir, flag, message', [
+    ('', None, '--config.workdir=W (or --workdir=W)'),
+    ('/a', '/b', 'differ')])
+def test_sample_workdir_errors(tmp_path, config_workdir, flag, message):
+  from pggan_jax import sample  # pylint: disable=g-import-not-at-top
+  config = sample_config.get_config()
+  config.workdir = config_workdir
+  config.output_dir = str(tmp_path / 'o')
+  with pytest.raises(UserInputError, match=re.escape(message)):
+    sample.sample_from_config(config, flag)
