@@ -144,7 +144,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == 'tiny':
     config.num_repeats = 1
     config.report.smoke_note = (
-        'Smoke run (`configs/study.py:tiny`): synthetic phantoms, tiny '
+        'Smoke run (`configs/study.py:tiny`): tiny '
         'models and schedules. Its numbers test the machinery, not whether '
         'GAN augmentation helps.')
     config.data.num_folds = 2

@@ -30,7 +30,7 @@ def get_augment_config(enabled: bool = False) -> ml_collections.ConfigDict:
 def get_data_config() -> ml_collections.ConfigDict:
   """Defaults: the embedded synthetic head-CT set, 5 stratified folds."""
   data = ml_collections.ConfigDict()
-  # synthetic_head_ct | head_ct | image_folder | dicom
+  # synthetic_head_ct | head_ct | image_folder | dicom | nifti | dicom_series
   data.name = 'synthetic_head_ct'
   # Where the source data lives (required for all but synthetic_head_ct).
   data.dir = ''
@@ -43,6 +43,27 @@ def get_data_config() -> ml_collections.ConfigDict:
   # (brain | subdural | bone) or 'multi' for the three windows as channels.
   data.labels_csv = ''
   data.window = 'brain'
+  # nifti / dicom_series (volumes, input_pipeline/volumes.py): which axial
+  # slices become images: 'all' (every non-empty slice), 'middle:K' (the K
+  # central ones), 'foreground:F' (foreground covers >= fraction F of the
+  # slice), 'lesion:K' (the K largest lesion areas; needs segmentations).
+  data.slices = 'all'
+  # nifti: the modality (file stem after the last '_', e.g. 'flair' for
+  # BraTS <patient>_flair.nii.gz) or a comma list stacked as channels
+  # ('' = each patient's only image volume).
+  data.modality = ''
+  # Per-slice labels from the segmentation: class 'lesion' iff the slice has
+  # at least this many lesion pixels (at the volume's own resolution).
+  data.min_lesion_pixels = 1
+  # Per-patient labels instead: CSV with columns patient,label ('' = nifti:
+  # segmentations if present, else DIR/labels.csv; dicom_series:
+  # DIR/labels.csv).
+  data.patient_labels_csv = ''
+  # Volume intensities, normalised per volume: 'window' (HU, data.window),
+  # 'percentile' (data.percentiles of the foreground voxels -> 0..255) or
+  # 'auto' (window for DICOM CT series, percentiles otherwise, e.g. MRI).
+  data.intensity = 'auto'
+  data.percentiles = (0.5, 99.5)
   # synthetic_head_ct: images per class, side length, generator seed.
   data.synthetic_per_class = 100
   data.synthetic_size = 256

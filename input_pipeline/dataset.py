@@ -10,7 +10,9 @@ under `data.tfds_dir`, keyed by a fingerprint of the files and parameters.
 Duplicate groups come from hashes of a fixed-size rendering of each original
 (`splits.image_hashes`, stored with the record), so they and the k-fold
 manifest depend on the data and the split settings only, never on
-`storage_size`; the manifest is written to `workdir/splits.json`.
+`storage_size`; the manifest is written to `workdir/splits.json`. Volume
+sources (nifti, dicom_series) give each slice its patient: folds are grouped
+by patient too, and the manifest maps ids to patients (`patients`).
 """
 
 import dataclasses
@@ -98,9 +100,11 @@ class PreparedData:
     the same (they depend on the images only).
     """
     st = self.split_settings
+    patients = self.manifest.get('patients')
     manifest = splits.make_manifest(
         self.ids, self.labels, self.manifest['duplicate_groups'],
-        st['num_folds'], st['val_fraction'], int(split_seed), st['policy'])
+        st['num_folds'], st['val_fraction'], int(split_seed), st['policy'],
+        patients=[patients[i] for i in self.ids] if patients else None)
     manifest['fingerprint'] = self.fingerprint
     return dataclasses.replace(self, manifest=manifest)
 
@@ -192,9 +196,13 @@ def prepare(data, workdir: str | None = None) -> PreparedData:
   settings = {'num_folds': int(data.num_folds),
               'val_fraction': float(data.val_fraction),
               'policy': data.duplicates}
+  # Volume sources: one patient per slice, kept in one role of every fold.
+  patients = ([it.patient for it in scan.items]
+              if any(it.patient for it in scan.items) else None)
   manifest = splits.make_manifest(
       expected, labels, groups, settings['num_folds'],
-      settings['val_fraction'], int(data.split_seed), settings['policy'])
+      settings['val_fraction'], int(data.split_seed), settings['policy'],
+      patients=patients)
   manifest['fingerprint'] = fp
   if workdir:
     _write_json(manifest, os.path.join(workdir, 'splits.json'))

@@ -10,6 +10,9 @@ Supported `data.name`s:
   image_folder       DIR/<class>/*.{png,jpg,jpeg}; labels by sorted folder
                      name, data.positive_class names the positive folder.
   dicom              DIR/**/*.dcm + labels CSV (`id,label`, id = file stem).
+  nifti              DIR/<patient>/*.nii[.gz] volumes (BraTS layout), one
+                     item per chosen axial slice (`volumes.py`).
+  dicom_series       DIR/<patient>/[<series>/]*.dcm series (`volumes.py`).
 """
 
 import csv
@@ -23,7 +26,8 @@ from input_pipeline import phantom
 from input_pipeline import preprocess
 from input_pipeline.errors import UserInputError
 
-NAMES = ('synthetic_head_ct', 'head_ct', 'image_folder', 'dicom')
+NAMES = ('synthetic_head_ct', 'head_ct', 'image_folder', 'dicom', 'nifti',
+         'dicom_series')
 IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
 # Bump when preprocessing or the phantom generator changes: it is part of the
 # cache key, so stale prepared datasets are not reused.
@@ -37,7 +41,9 @@ class Item:
   id: str
   label: int
   path: str = ''  # '' for synthetic items
-  index: int = 0  # synthetic: index within its class
+  index: int = 0  # synthetic: index within its class; volumes: the slice
+  # Volume sources: the patient; the splits keep a patient in one role.
+  patient: str = ''
 
 
 @dataclasses.dataclass
@@ -47,6 +53,8 @@ class Scan:
   class_names: list[str]
   channels: int
   params: dict  # everything the stored pixels depend on (cache key)
+  # Volume sources: Item.path -> volumes.Volume (the files to decode).
+  volumes: dict = dataclasses.field(default_factory=dict)
 
 
 def _id_key(s: str):
@@ -245,10 +253,16 @@ def _scan_synthetic(data) -> Scan:
               list(phantom.CLASS_NAMES), 1, params)
 
 
+def _scan_volumes(data) -> Scan:
+  from input_pipeline import volumes  # pylint: disable=g-import-not-at-top
+  return volumes.scan(data)
+
+
 def scan(data) -> Scan:
   """Validates the source named by config.data (structure and labels)."""
   scanners = {'synthetic_head_ct': _scan_synthetic, 'head_ct': _scan_head_ct,
-              'image_folder': _scan_image_folder, 'dicom': _scan_dicom}
+              'image_folder': _scan_image_folder, 'dicom': _scan_dicom,
+              'nifti': _scan_volumes, 'dicom_series': _scan_volumes}
   if data.name not in scanners:
     raise UserInputError(
         f'config.data.name={data.name!r} is not one of {list(NAMES)}')
@@ -266,6 +280,8 @@ def fingerprint(s: Scan, storage_size: int) -> str:
                      f'{sorted(s.params.items())}|{s.class_names}'.encode())
   for it in s.items:
     h.update(f'{it.id}|{it.label}|{it.path}|{it.index}'.encode())
+    if it.patient:
+      h.update(f'|{it.patient}'.encode())
     if it.path:
       st = os.stat(it.path)
       h.update(f'|{st.st_size}|{st.st_mtime_ns}'.encode())
@@ -309,6 +325,9 @@ def decode(s: Scan, item: Item) -> tuple[np.ndarray, dict]:
     return x, {'width': size, 'height': size, 'mode': 'L'}
   if s.name == 'dicom':
     return _load_dicom(item.path, s.params['window'])
+  if s.name in ('nifti', 'dicom_series'):
+    from input_pipeline import volumes  # pylint: disable=g-import-not-at-top
+    return volumes.decode(s, item)
   img = preprocess.open_image(item.path)
   meta = {'width': img.width, 'height': img.height, 'mode': img.mode}
   return preprocess.to_gray(img), meta

@@ -23,6 +23,13 @@ straddle train/val/test. With 'error' the split ignores groups and any group
 that ends up in two roles of a fold is an error naming its ids. The manifest
 is a function of the ids, labels, hashes and split settings only; its
 `split_fingerprint` names it (the sampler and classifier compare it).
+
+Patients (volume sources: many slices per patient): every image carries its
+patient, and a patient's images are always one unit, whatever the policy;
+with 'group' a unit is the union of patient and duplicate groupings (a
+duplicate pair across two patients joins them). So a patient can never be in
+two roles of a fold; `check_patients` verifies it and the manifest records
+`patients` ({id: patient}).
 """
 
 import hashlib
@@ -103,8 +110,8 @@ def _splitter(policy: str, n_splits: int, seed: int):
 
 
 def _carve_val(train: np.ndarray, labels: np.ndarray, units: np.ndarray,
-               fraction: float, rng: np.random.Generator
-               ) -> tuple[np.ndarray, np.ndarray]:
+               fraction: float, rng: np.random.Generator,
+               closest: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Stratified, unit-aware validation carve-out from `train` indices.
 
   Each class c gets a target of round(fraction * its training images)
@@ -114,7 +121,10 @@ def _carve_val(train: np.ndarray, labels: np.ndarray, units: np.ndarray,
   over its target (duplicate groups can mix classes and be larger than one
   image), and each class keeps at least one unit for training. So every
   class ends within one image of its target whenever enough small units
-  exist.
+  exist. `closest` (patient units, typically far larger than one image):
+  a unit is taken instead when it brings the classes closer to their
+  targets, in total relative distance (so a rare class weighs as much as a
+  common one).
   """
   if fraction <= 0:
     return train, np.zeros(0, np.int64)
@@ -135,7 +145,13 @@ def _carve_val(train: np.ndarray, labels: np.ndarray, units: np.ndarray,
         continue
       sel = train[units[train] == u]  # the whole unit, whatever its labels
       adds = {k: int((labels[sel] == k).sum()) for k in classes}
-      if any(taken[k] + adds[k] > target[k] + 1 for k in classes if adds[k]):
+      if closest:
+        miss = lambda extra: sum(abs(taken[k] + extra.get(k, 0) - target[k])
+                                 / target[k] for k in classes)
+        if miss(adds) >= miss({}):
+          continue
+      elif any(taken[k] + adds[k] > target[k] + 1
+               for k in classes if adds[k]):
         continue
       taken_units.add(u)
       val.update(sel.tolist())
@@ -154,10 +170,32 @@ def split_fingerprint(manifest: dict) -> str:
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _join_patients(units: np.ndarray, patients: list[str]) -> np.ndarray:
+  """Units merged with patient groups (union-find; root = first index)."""
+  parent = list(range(len(units)))
+
+  def find(i):
+    while parent[i] != i:
+      parent[i] = parent[parent[i]]
+      i = parent[i]
+    return i
+
+  for keys in (units.tolist(), list(patients)):
+    first = {}
+    for i, k in enumerate(keys):
+      a, b = find(i), find(first.setdefault(k, i))
+      parent[max(a, b)] = min(a, b)
+  return np.array([find(i) for i in range(len(units))])
+
+
 def make_manifest(ids: list[str], labels: np.ndarray,
                   dup_groups: list[list[str]], num_folds: int,
-                  val_fraction: float, seed: int, policy: str) -> dict:
-  """The split manifest (see `dataset.PreparedData.manifest`)."""
+                  val_fraction: float, seed: int, policy: str,
+                  patients: list[str] | None = None) -> dict:
+  """The split manifest (see `dataset.PreparedData.manifest`).
+
+  patients: each id's patient (volume sources), or None (one image each).
+  """
   if policy not in POLICIES:
     raise UserInputError(
         f'config.data.duplicates={policy!r} is not one of {list(POLICIES)}')
@@ -172,6 +210,10 @@ def make_manifest(ids: list[str], labels: np.ndarray,
     for i in g:
       groups[pos[i]] = pos[g[0]]
   unit_groups = groups if policy == 'group' else np.arange(n)
+  if patients is not None:
+    unit_groups = _join_patients(unit_groups, patients)
+  what = ('independent images' if patients is None else
+          'patients (or groups of patients sharing duplicates)')
   if num_folds < 2:
     raise UserInputError(f'config.data.num_folds={num_folds} must be >= 2')
   # Every class needs at least one unit in each test fold.
@@ -180,20 +222,24 @@ def make_manifest(ids: list[str], labels: np.ndarray,
     if units < num_folds:
       raise UserInputError(
           f'config.data.num_folds={num_folds} is more than the {units} '
-          f'independent images of class {int(c)}')
+          f'{what} of class {int(c)}')
   outer = _splitter(policy, num_folds, seed)
   folds = []
   for k, (train, test) in enumerate(
       outer.split(np.zeros(n), labels, unit_groups)):
     train, val = _carve_val(train, labels, unit_groups, val_fraction,
-                            np.random.default_rng([seed, k]))
+                            np.random.default_rng([seed, k]),
+                            closest=patients is not None)
     folds.append({role: sorted((ids[i] for i in idx), key=pos.get)
                   for role, idx in (('train', train), ('val', val),
                                     ('test', test))})
   manifest = {'num_folds': num_folds, 'split_seed': seed,
               'val_fraction': val_fraction, 'duplicates_policy': policy,
               'folds': folds, 'duplicate_groups': dup_groups}
+  if patients is not None:
+    manifest['patients'] = dict(zip(ids, patients))
   check_straddles(manifest)
+  check_patients(manifest)
   manifest['split_fingerprint'] = split_fingerprint(manifest)
   return manifest
 
@@ -209,3 +255,23 @@ def check_straddles(manifest: dict) -> None:
             f'duplicate images {g} straddle {sorted(roles)} in fold {k}; '
             f"set config.data.duplicates='group' to keep duplicates "
             f'together, or remove them')
+
+
+def check_patients(manifest: dict) -> None:
+  """RuntimeError if a patient's images are in two roles of any fold.
+
+  Cannot happen by construction (patients are split units); this guards
+  the construction. No-op for manifests without `patients`.
+  """
+  patients = manifest.get('patients')
+  if not patients:
+    return
+  for k, fold in enumerate(manifest['folds']):
+    seen = {}
+    for role, members in fold.items():
+      for i in members:
+        other = seen.setdefault(patients[i], role)
+        if other != role:
+          raise RuntimeError(
+              f'patient {patients[i]!r} is in both {other} and {role} of '
+              f'fold {k}')

@@ -407,7 +407,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
       done = os.path.join(cell, 'done')
       tag = f'repeat {repeat} fold {fold}'
       manifest = cell_manifest(prep, fold, seed, repeat)
-      check_leakage(manifest, dup_groups)
+      check_leakage(manifest, dup_groups, prep.manifest.get('patients'))
       _write_manifest(os.path.join(cell, 'manifest.json'), manifest,
                       steps.recompute)
       # Every step of the cell depends on the data and this split.
