@@ -92,6 +92,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A rerun whose configuration differs from a finished step's: 'error'
   # (stop, naming the step) or 'recompute' (redo the changed steps).
   config.on_config_change = 'error'
+  # Many machines, one study: 'i/N' runs only every N-th (repeat, fold)
+  # cell, starting at i (e.g. SLURM: --config.shard=$SLURM_ARRAY_TASK_ID/N);
+  # the last shard to finish writes the report. merge=True trains nothing:
+  # it checks that every step is finished (with this configuration) and
+  # writes results.csv and the report, or names what is missing.
+  config.shard = ''
+  config.merge = False
 
   # The shared data block (see the module docstring).
   config.data = data_config.get_data_config()

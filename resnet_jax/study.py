@@ -233,6 +233,7 @@ def _check_config(config: ml_collections.ConfigDict) -> list[str]:
     raise UserInputError(
         f'config.on_config_change={config.on_config_change!r} must be '
         "'error' or 'recompute'")
+  parse_shard(config.shard)
   return arms
 
 
@@ -296,9 +297,13 @@ class _Progress:
 class _Steps:
   """Runs study steps once, keyed by a hash of what they depend on."""
 
-  def __init__(self, progress: _Progress, recompute: bool):
+  def __init__(self, progress: _Progress, recompute: bool,
+               check_only: bool = False):
     self.progress = progress
     self.recompute = recompute
+    # Merge mode: run nothing, collect the steps that are missing or stale.
+    self.check_only = check_only
+    self.missing = []
 
   def _mismatch(self, what: str, where: str, old: str | None, new: str):
     if not self.recompute:
@@ -331,8 +336,14 @@ class _Steps:
       if old.get('config_hash') == h:
         self.progress.skip(what)
         return old
+      if self.check_only:
+        self.missing.append(f'{what} (finished with another configuration)')
+        return {}
       self._mismatch(what, marker, old.get('config_hash'), h)
       os.remove(marker)
+    if self.check_only:
+      self.missing.append(what)
+      return {}
     for d in dirs:
       self._guard_dir(d, h, what)
     self.progress.start(what)
@@ -343,6 +354,20 @@ class _Steps:
     _write_json(marker, out)
     self.progress.done(what, out['seconds'])
     return out
+
+
+def parse_shard(shard: str) -> tuple[int, int]:
+  """'i/N' -> (i, N); '' -> (0, 1)."""
+  if not shard:
+    return 0, 1
+  try:
+    i, n = (int(x) for x in shard.split('/'))
+  except ValueError:
+    i, n = -1, 0
+  if not 0 <= i < n:
+    raise UserInputError(f'config.shard={shard!r} must be i/N with '
+                         '0 <= i < N, e.g. 0/4')
+  return i, n
 
 
 def cell_dir(workdir: str, repeat: int, fold: int) -> str:
@@ -390,9 +415,15 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   use_quality = use_gan and bool(config.quality.enabled)
   gan_units = ((len(names) if config.gan_mode == 'per_class' else 1) + 1
                + int(use_quality))
-  progress = _Progress(len(folds) * len(repeats) *
+  # Cells (repeat, fold) are independent: shard i of N runs every N-th
+  # cell, so a job array of N tasks runs one study and no GAN twice.
+  shard_i, shard_n = parse_shard(config.shard)
+  cells = [(r, f) for r in repeats for f in folds]
+  mine = set(cells if config.merge else cells[shard_i::shard_n])
+  progress = _Progress(len(mine) *
                        (len(arms) + (gan_units if use_gan else 0)))
-  steps = _Steps(progress, config.on_config_change == 'recompute')
+  steps = _Steps(progress, config.on_config_change == 'recompute',
+                 check_only=bool(config.merge))
   dup_groups = prepared0.manifest.get('duplicate_groups', [])
   data_fp = prepared0.fingerprint
 
@@ -403,6 +434,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     prep = prepared[repeat]
     seed = int(config.seed) + repeat
     for fold in folds:
+      if (repeat, fold) not in mine:
+        continue
       cell = cell_dir(workdir, repeat, fold)
       done = os.path.join(cell, 'done')
       tag = f'repeat {repeat} fold {fold}'
@@ -467,12 +500,47 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                       r, f, s, a, resnet_train.train_and_evaluate(c, d))},
                   sub, arm_dir, arm, dirs=(arm_dir,))
   progress.bar.close()
+  if config.merge and steps.missing:
+    raise UserInputError(
+        f'config.merge=True: {len(steps.missing)} step(s) of the study in '
+        f'{workdir} are not finished (e.g. {", ".join(steps.missing[:3])}); '
+        'run the missing shards (--config.shard=i/N) first')
+  if shard_n > 1 and not config.merge:
+    others = [c for c in cells if c not in mine]
+    unfinished = [c for c in others if not _cell_finished(
+        cell_dir(workdir, *c), arms)]
+    if unfinished:
+      logging.info('shard %d/%d done; %d cell(s) of other shards not '
+                   'finished yet: the last shard to finish (or '
+                   '--config.merge=True) writes the report', shard_i,
+                   shard_n, len(unfinished))
+      print(f'shard {shard_i}/{shard_n} finished its {len(mine)} cell(s); '
+            f'{len(unfinished)} cell(s) of other shards are not finished: '
+            'the report is written by the last shard to finish or by '
+            '--config.merge=True', flush=True)
+      return {}
+    # The last shard to finish: check every step's hash, then report.
+    return run_study(_as_merge(config), workdir)
 
   t = time.time()
   written = _write_outputs(config, workdir, prepared, folds, repeats, arms,
                            prep_seconds, wall0, split_seeds)
   logging.info('report in %.1f s: %s', time.time() - t, sorted(written))
   return written
+
+
+def _cell_finished(cell: str, arms: list[str]) -> bool:
+  done = os.path.join(cell, 'done')
+  return all(os.path.exists(os.path.join(done, f'arm_{ARM_DIRS[a]}.json'))
+             for a in arms)
+
+
+def _as_merge(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  merged = config.copy_and_resolve_references()
+  with merged.unlocked():
+    merged.merge = True
+    merged.shard = ''
+  return merged
 
 
 def _write_manifest(path: str, manifest: dict, recompute: bool) -> None:

@@ -416,3 +416,48 @@ def test_tiny_rerun_is_noop(tiny_study):
   assert {p: os.stat(p).st_mtime_ns for p in watched} == before
   assert proc.stderr.count('skipping finished cell') == 2 * (2 + 1 + 4)
   print(f'rerun took {seconds:.0f} s (first run {first:.0f} s)')
+
+
+def test_shards_then_merge_match_one_process(tmp_path, monkeypatch):
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  config.num_repeats = 2
+  one = str(tmp_path / 'one')
+  study.run_study(config, one)
+
+  sharded = str(tmp_path / 'sharded')
+  config.shard = '0/3'
+  n = len(calls)
+  assert study.run_study(config, sharded) == {}  # others not finished
+  assert not os.path.exists(os.path.join(sharded, 'results.csv'))
+  shard0 = {c[1] for c in calls[n:] if c[0] == 'gan'}
+  merge = config.copy_and_resolve_references()
+  merge.shard, merge.merge = '', True
+  with pytest.raises(errors.UserInputError, match=r'config.merge=True: \d+ '
+                     r'step\(s\) .* not finished'):
+    study.run_study(merge, sharded)
+  config.shard = '2/3'
+  study.run_study(config, sharded)
+  config.shard = '1/3'  # the last shard to finish writes the report
+  n2 = len(calls)
+  study.run_study(config, sharded)
+  assert not shard0 & {c[1] for c in calls[n2:] if c[0] == 'gan'}
+  # 4 cells over 3 shards: every GAN trained exactly once.
+  gan_dirs = [c[1] for c in calls[n:] if c[0] == 'gan']
+  assert len(gan_dirs) == len(set(gan_dirs)) == 4 * 2
+
+  def rows(w):
+    with open(os.path.join(w, 'results.csv')) as f:
+      return [r[:4] for r in csv.reader(f)]
+  assert rows(sharded) == rows(one)
+  study.run_study(merge, sharded)  # merge alone rebuilds the same report
+  assert rows(sharded) == rows(one)
+
+
+def test_bad_shard_is_one_line_error(tmp_path):
+  config = _fake_config(tmp_path)
+  config.shard = '3/3'
+  with pytest.raises(errors.UserInputError, match='config.shard'):
+    study.run_study(config, str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w')  # refused before writing
