@@ -34,6 +34,8 @@ _TASKS = {
     'gan_metrics': 'resnet_jax.gan_metrics:run',
     'predict': 'resnet_jax.predict:predict_from_config',
     'compare': 'resnet_jax.compare:compare_from_config',
+    'vtt': 'resnet_jax.vtt:make_from_config',
+    'vtt_score': 'resnet_jax.vtt:score_from_config',
 }
 
 
