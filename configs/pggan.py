@@ -1,23 +1,29 @@
 r"""PGGAN (WGAN-GP, progressive growing) on head CT slices.
 
   python main.py --config=configs/pggan.py --workdir=runs/pggan
-    Embedded synthetic phantoms (200 images), 4x4 -> 64x64, 27 kimg, small
-    feature maps (fmap 256/64). Measured: 14 min 58 s wall on the 2-core CPU
-    (under `nice -n 5`, while a study run shared the cores), including the
-    compilation of each stage. The last grid of G_ema,
-    runs/pggan/samples/fakes_000027008.png, shows recognisable head phantoms
-    (skull ring, grey parenchyma, dark ventricles).
+    Embedded synthetic phantoms (200 images), 4x4 -> 64x64, 27 kimg, the
+    paper's feature-map ratio at CPU size (fmap 1024/64), mirroring, G_ema
+    half-life a tenth of a phase. Not yet timed end to end with these
+    settings; benchmarks/pggan_loop.py (float32, batch 16, the loaded 2-core
+    CPU) measured 137 / 24 / 8.5 img/s at 16 / 32 / 64 px, so expect about
+    20 min. (With fmap 256/64 the 64 px loop ran at 33 img/s.)
   python main.py --config=configs/pggan.py:tiny --workdir=/tmp/pggan_tiny
-    Smoke run: 32 synthetic images, 4x4 -> 16x16; 77 s measured on the
-    loaded 2-core CPU. Running it again resumes ("Resuming from ...") and
-    returns at once.
+    Smoke run: 32 synthetic images, 4x4 -> 16x16; 30 s measured on the
+    2-core CPU shared with other jobs (44 s for the previous loop, same
+    machine, run just before). Running it again resumes ("Resuming from
+    ...") and returns at once.
   python main.py --config=configs/pggan.py:paper --workdir=W \
       --config.data.name=head_ct --config.data.dir=/path/to/head_ct
     The paper's settings at 256x256: latent 512, fmap 8192/512, 800 kimg per
     stabilise and per fade-in phase, official 1-GPU minibatches; needs GPUs.
   python main.py --config=configs/pggan.py:headct --workdir=W \
       --config.data.dir=/path/to/head_ct
-    Real Kaggle head CT at 128x128 with small feature maps.
+    Real Kaggle head CT at 128x128, fmap 4096/256 (ratio 16), 100 kimg per
+    phase; for a GPU.
+
+Every tick writes a G_ema grid (W/samples) and one line of W/metrics.jsonl:
+kimg, img/s, resolution, alpha, losses and the SWD of G_ema samples against
+training images (config.metrics); TensorBoard gets the same.
 
 One GAN per class: --config.data.class_filter=0 (or 1). One conditional GAN
 for all classes: --config.model.conditional=True.
@@ -69,7 +75,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Latent size; 0 = min(fmap_base, fmap_max) as in the official code.
   config.model.latent_size = 0
   # Feature maps at resolution 2**r: min(fmap_base / 2**(r-1), fmap_max).
-  config.model.fmap_base = 256
+  # The paper's base/max ratio of 16 (8192/512): 1024/64 gives 64, 64, 64,
+  # 64, 32 maps at 4 ... 64 (256/64 gave 64, 64, 32, 16, 8).
+  config.model.fmap_base = 1024
   config.model.fmap_max = 64
   # Minibatch stddev group size (<= 1 disables the layer).
   config.model.mbstd_group_size = 4
@@ -93,20 +101,68 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.gp_lambda = 10.0
   config.gp_target = 1.0
   config.drift = 0.001
-  # Generator EMA decay per G step (paper 0.999; shorter runs need less).
-  config.ema_decay = 0.99
+  # Generator EMA (G_ema, what is sampled) as a half-life in images
+  # (StyleGAN2-ADA's ema_kimg): an image's weight in G_ema halves every
+  # ema_kimg kimg. 0 = ema_phase_fraction of a stabilisation phase
+  # (sched.lod_training_kimg), so G_ema forgets the previous phase at any
+  # schedule length (after a phase, 0.5 ** (1 / fraction) of its weight is
+  # older than the phase: 0.001 at 0.1). Ramp-up: the half-life is at most
+  # ema_rampup x the kimg so far (0 = off), so the random init fades fast.
+  config.ema_kimg = 0.0
+  config.ema_phase_fraction = 0.1
+  config.ema_rampup = 0.05
+  # Random horizontal flips of the reals (official mirror_augment; heads are
+  # nearly left-right symmetric).
+  config.mirror = True
   # DiffAugment policy on reals and fakes ('' = off, paper setting), e.g.
   # 'color,translation,cutout'.
   config.diffaug = ''
-  # Compute dtype (float32 | bfloat16); parameters stay float32.
+  # ADA (Karras et al. 2020, pggan_jax/augment.py) on everything the critic
+  # sees: 'off' | 'fixed' (constant p) | 'ada' (p tuned from r_t). Not
+  # together with diffaug.
+  config.augment = ml_collections.ConfigDict()
+  config.augment.mode = 'off'
+  # Operations: presets/operation names of augment.py ('bgc' = ADA's).
+  config.augment.policy = 'bgc'
+  # Fixed p, or ADA's initial p.
+  config.augment.p = 0.0
+  # ADA: target r_t, kimg for p to cross [0, 1] (ADA 500; for short runs
+  # about a tenth of total_kimg), and G steps between adjustments (ADA 4).
+  config.augment.target = 0.6
+  config.augment.speed_kimg = 500.0
+  config.augment.interval = 4
+  # Compute dtype (float32 | bfloat16); parameters and Adam stay float32.
   config.dtype = 'float32'
+  # Training iterations (d_repeats critic steps + G step + EMA) per device
+  # dispatch, K; dispatches also end at log/tick/checkpoint/schedule
+  # changes. 0 = auto: 16, but 1 on the CPU, where XLA runs convolutions
+  # inside a loop body ~15x slower (jax-ml/jax#12868).
+  config.iters_per_dispatch = 0
+  # Keep the training split on the device ('auto' | 'yes' | 'no'; auto =
+  # when float32 at the final resolution fits in data_device_max_mb and no
+  # grain-only option, classic augmentation or synthetic mixing, is on).
+  config.data_on_device = 'auto'
+  config.data_device_max_mb = 512
+  # Compile the next stage in a background thread while this one trains.
+  config.compile_ahead = True
+  # Persistent XLA compilation cache ('' = leave JAX's setting alone, e.g.
+  # the study's); only compilations slower than the threshold are stored.
+  config.jax_cache_dir = ''
+  config.jax_cache_min_compile_secs = 1.0
   # Checkpoint every checkpoint_kimg (and at the end); keep the last few.
   config.checkpoint_kimg = 5.0
   config.keep_checkpoints = 3
   # Read metrics back to the host every log_every_steps G steps.
-  config.log_every_steps = 20
+  config.log_every_steps = 32
   # Images in each progress grid (fixed latents, from G_ema).
   config.grid_size = 16
+  # Per-tick quality: SWD (pggan_jax/quality.py) of swd_images G_ema
+  # samples (fixed latents) against as many fixed training images at the
+  # current resolution (0 = off), in W/metrics.jsonl and TensorBoard.
+  config.metrics = ml_collections.ConfigDict()
+  config.metrics.swd_images = 256
+  config.metrics.swd_patches_per_image = 64
+  config.metrics.swd_directions = 512
 
   if arg == 'tiny':
     config.data.synthetic_per_class = 16
@@ -119,9 +175,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                           minibatch_base=8, tick_kimg=0.5)
     # 2 fade-ins to 16x16 (2 x 0.5 kimg) + 0.5 kimg at 16x16.
     config.total_kimg = 1.5
-    config.ema_decay = 0.9
     config.checkpoint_kimg = 0.5
-    config.log_every_steps = 10
+    config.log_every_steps = 8
+    config.metrics.swd_images = 32
+    config.metrics.swd_directions = 128
   elif arg == 'paper':
     config.data.storage_size = 256
     config.model.resolution = 256
@@ -137,23 +194,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 6 fade-ins to 256x256 (6 x 1600 kimg) + 2400 kimg at 256x256,
     # the official 12000 kimg total.
     config.total_kimg = 12000.0
-    config.ema_decay = 0.999
+    # StyleGAN2-ADA's half-life (10 kimg at batch 32); the official PGGAN's
+    # 0.999 per G step is 88 kimg at batch 128 down to 5.5 kimg at 8.
+    config.ema_kimg = 10.0
     config.checkpoint_kimg = 200.0
-    config.log_every_steps = 100
+    config.log_every_steps = 128
   elif arg == 'headct':
     config.data.name = 'head_ct'
     config.data.storage_size = 128
     config.model.resolution = 128
-    config.model.fmap_base = 2048
+    # The paper's base/max ratio of 16: 256, 256, 256, 256, 128, 64 maps
+    # at 4 ... 128.
+    config.model.fmap_base = 4096
     config.model.fmap_max = 256
     config.sched = _sched(
         lod_training_kimg=100.0, lod_transition_kimg=100.0, minibatch_base=16,
         minibatch_dict='4:64,8:64,16:64,32:32,64:32,128:16', tick_kimg=10.0)
     # 5 fade-ins to 128x128 (5 x 200 kimg) + 200 kimg at 128x128.
     config.total_kimg = 1200.0
-    config.ema_decay = 0.999
+    # G_ema half-life: ema_phase_fraction (0.1) of a phase, 10 kimg.
     config.checkpoint_kimg = 50.0
-    config.log_every_steps = 100
+    config.log_every_steps = 128
   elif arg:
     raise ValueError(f'unknown pggan config variant {arg!r}')
   return config

@@ -12,9 +12,15 @@ so during a fade-in the resolution is already the new one. Minibatch and
 learning rate are looked up per resolution (official `minibatch_dict`,
 `G_lrate_dict`), the minibatch rounded down to a multiple of the device
 count and capped by `max_minibatch_per_gpu`.
+
+The generator EMA is a half-life in images (`ema_beta`), tied to the
+schedule by `ema_half_life_kimg` (a fraction of a phase by default).
 """
 
+import collections
+from collections.abc import Callable
 import dataclasses
+import functools
 import math
 
 _ResDict = dict[int, float]
@@ -77,11 +83,11 @@ def training_schedule(
       tick_kimg=(tick_kimg_dict or {}).get(resolution, tick_kimg_base))
 
 
-def from_config(config, kimg: float, num_devices: int = 1) -> Point:
-  """`training_schedule` with the fields of `config.sched`."""
+def schedule_fn(config, num_devices: int = 1) -> Callable[[float], Point]:
+  """kimg -> Point with the fields of `config.sched` parsed once."""
   s = config.sched
-  return training_schedule(
-      kimg, final_resolution=config.model.resolution,
+  return functools.partial(
+      training_schedule, final_resolution=config.model.resolution,
       initial_resolution=s.initial_resolution,
       lod_training_kimg=s.lod_training_kimg,
       lod_transition_kimg=s.lod_transition_kimg,
@@ -94,6 +100,43 @@ def from_config(config, kimg: float, num_devices: int = 1) -> Point:
       tick_kimg_dict=parse_res_dict(s.tick_kimg_dict))
 
 
+def from_config(config, kimg: float, num_devices: int = 1) -> Point:
+  """`training_schedule` with the fields of `config.sched`."""
+  return schedule_fn(config, num_devices)(kimg)
+
+
+def ema_half_life_kimg(config) -> float:
+  """G_ema's half-life in kimg: `config.ema_kimg`, or if that is 0,
+  `config.ema_phase_fraction` of a stabilisation phase (lod_training_kimg).
+  """
+  if config.ema_kimg > 0:
+    return float(config.ema_kimg)
+  return float(config.ema_phase_fraction * config.sched.lod_training_kimg)
+
+
+def ema_beta(nimg: float, batch_nimg: int, half_life_kimg: float,
+             rampup: float | None = None) -> float:
+  """EMA decay of one iteration, from a half-life in images (StyleGAN2-ADA).
+
+    h = half_life_kimg * 1000, capped at rampup * nimg when rampup is set
+    beta = 0.5 ** (batch_nimg / h)
+
+  `nimg` is the count of real images shown before the iteration and
+  `batch_nimg` the images the iteration shows (minibatch x d_repeats), so
+  an image's weight in G_ema halves every h images whatever the batch: after
+  N images at a fixed h, the weight of what G_ema held before them is
+  0.5 ** (N / h). The ramp-up shortens the half-life early in training
+  (beta = 0 at nimg = 0: G_ema starts as G), so the random init does not
+  linger. rampup None or 0 disables it.
+  """
+  h = half_life_kimg * 1000.0
+  if rampup:
+    h = min(h, rampup * nimg)
+  if h <= 0:
+    return 0.0
+  return 0.5 ** (batch_nimg / h)
+
+
 def lod_changed(prev_lod: float, lod: float) -> bool:
   """Official `reset_opt_for_new_lod` test: floor or ceil of lod moved.
 
@@ -101,3 +144,41 @@ def lod_changed(prev_lod: float, lod: float) -> bool:
   """
   return (math.floor(prev_lod) != math.floor(lod)
           or math.ceil(prev_lod) != math.ceil(lod))
+
+
+Dispatch = collections.namedtuple(
+    'Dispatch', 'points nimgs log tick ckpt done')
+
+
+def plan_dispatch(at, *, nimg: int, step: int, total_nimg: int,
+                  max_iters: int, d_repeats: int, log_every: int,
+                  tick_start: int, ckpt_start: int,
+                  checkpoint_kimg: float) -> Dispatch:
+  """The iterations of the next dispatch, from `at(kimg) -> Point`.
+
+  Iteration i runs with the schedule at nimg_i (its `points[i]`, shown
+  images before it `nimgs[i]`). The dispatch ends before an iteration whose
+  stage, minibatch, learning rate or lod-reset differ from the first's, and
+  after one that completes a log interval, a tick, a checkpoint interval or
+  the run (flags say which): the host acts only between dispatches.
+  """
+  points, nimgs = [], []
+  first = at(nimg / 1000)
+  p, prev = first, None
+  while True:
+    if prev is not None and (
+        (p.stage, p.batch_size, p.lr_d, p.lr_g)
+        != (first.stage, first.batch_size, first.lr_d, first.lr_g)
+        or lod_changed(prev.lod, p.lod)):
+      return Dispatch(points, nimgs, False, False, False, False)
+    points.append(p)
+    nimgs.append(nimg)
+    nimg += p.batch_size * d_repeats
+    step += 1
+    done = nimg >= total_nimg
+    log = step % log_every == 0 or done
+    tick = nimg >= tick_start + p.tick_kimg * 1000 or done
+    ckpt = nimg >= ckpt_start + checkpoint_kimg * 1000 or done
+    if log or tick or ckpt or len(points) == max_iters:
+      return Dispatch(points, nimgs, log or tick or ckpt, tick, ckpt, done)
+    prev, p = p, at(nimg / 1000)

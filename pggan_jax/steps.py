@@ -1,10 +1,16 @@
 """Pure, jitted PGGAN training steps: `d_step`, `g_step`, `ema_update`.
 
 The train state is a dict of pytrees, `{'g', 'd', 'g_ema'}` (nnx.State of
-the params) plus `{'g_opt', 'd_opt'}` (optax Adam moments). Graph
-definitions, the resolution `stage` and the hyper-parameters are static; the
-fade-in `alpha` and the learning rate are traced, so one compilation serves
-a whole phase. State buffers are donated.
+the params) plus `{'g_opt', 'd_opt'}` (optax Adam moments) and, with ADA,
+`'aug'` (`init_aug_state`). Graph definitions, the resolution `stage` and
+the hyper-parameters are static; the fade-in `alpha` and the learning rate
+are traced, so one compilation serves a whole phase. State buffers are
+donated.
+
+`train_iterations` composes them into whole training iterations (critic
+steps on minibatches drawn on the device, generator step, EMA update), K of
+them per dispatch in a `fori_loop`, with metric means accumulated on the
+device: the loop in train.py calls only this.
 """
 
 import dataclasses
@@ -16,6 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import optax
 
+from pggan_jax import augment
 from pggan_jax import diffaug
 from pggan_jax import layers
 from pggan_jax import losses
@@ -23,7 +30,7 @@ from pggan_jax import losses
 
 @dataclasses.dataclass(frozen=True)
 class Hparams:
-  """Static (hashable) loss and optimizer settings."""
+  """Static (hashable) loss, optimizer and loop settings."""
   latent_size: int
   gp_lambda: float = 10.0
   gp_target: float = 1.0
@@ -32,18 +39,37 @@ class Hparams:
   adam_b2: float = 0.99
   adam_eps: float = 1e-8
   diffaug: str = ''
+  # Critic steps per generator step, and random horizontal flips of reals.
+  d_repeats: int = 1
+  mirror: bool = False
+  # ADA (augment.py): policy ('' = off), whether p adapts, and how.
+  ada_policy: str = ''
+  ada_adjust: bool = False
+  ada_target: float = 0.6
+  ada_speed_kimg: float = 500.0
+  ada_interval: int = 4
 
   @classmethod
   def from_config(cls, config, latent_size: int) -> 'Hparams':
+    aug = config.augment
     return cls(latent_size=latent_size, gp_lambda=config.gp_lambda,
                gp_target=config.gp_target, drift=config.drift,
                adam_b1=config.adam_b1, adam_b2=config.adam_b2,
-               adam_eps=config.adam_eps, diffaug=config.diffaug)
+               adam_eps=config.adam_eps, diffaug=config.diffaug,
+               d_repeats=config.d_repeats, mirror=config.mirror,
+               ada_policy=aug.policy if aug.mode != 'off' else '',
+               ada_adjust=aug.mode == 'ada', ada_target=aug.target,
+               ada_speed_kimg=aug.speed_kimg, ada_interval=aug.interval)
 
   def adam(self) -> optax.GradientTransformation:
     """Adam without the learning rate, which is applied (traced) by hand."""
     return optax.scale_by_adam(b1=self.adam_b1, b2=self.adam_b2,
                                eps=self.adam_eps)
+
+
+def init_aug_state(p: float = 0.0) -> dict:
+  """ADA state: probability p and the r_t accumulator [sum of signs, n]."""
+  return {'p': jnp.float32(p), 'rt_acc': jnp.zeros((2,), jnp.float32)}
 
 
 def fade_reals(reals: jax.Array, alpha: jax.Array) -> jax.Array:
@@ -90,8 +116,22 @@ def _batch_sharded(x: jax.Array) -> jax.Array:
   return jax.lax.with_sharding_constraint(x, P('data'))
 
 
-def _maybe_augment(hp: Hparams, x, key):
-  return diffaug.diff_augment(x, key, hp.diffaug) if hp.diffaug else x
+def _augment_fn(hp: Hparams, p):
+  """x, key -> augmented x (the critic's view), or None without augmentation.
+
+  ADA (`hp.ada_policy`, probability `p` traced) or DiffAugment; both are
+  differentiable in x, so G's gradient flows through them.
+  """
+  if hp.ada_policy:
+    return lambda x, k: augment.augment(x, p, k, policy=hp.ada_policy)
+  if hp.diffaug:
+    return lambda x, k: diffaug.diff_augment(x, k, hp.diffaug)
+  return None
+
+
+def _aug_p(state: dict, hp: Hparams) -> jax.Array:
+  """ADA's p (an argument of the sharded region, not a closure)."""
+  return state['aug']['p'] if hp.ada_policy else jnp.float32(0.0)
 
 
 @functools.partial(jax.jit, donate_argnames=('state',),
@@ -99,30 +139,54 @@ def _maybe_augment(hp: Hparams, x, key):
 def d_step(state: dict, reals: jax.Array, labels: jax.Array, key: jax.Array,
            alpha: jax.Array, lr: jax.Array, *, g_graph, d_graph, stage: int,
            hp: Hparams) -> tuple[dict, dict]:
-  """One critic step with the WGAN-GP loss (see losses.d_wgan_gp_loss)."""
-  def grads_fn(g_params, d_params, reals, labels, key, alpha):
+  """One critic step with the WGAN-GP loss (see losses.d_wgan_gp_loss).
+
+  With augmentation, reals and fakes are augmented independently for the
+  scores, and the penalty is `losses.gradient_penalty_augmented` (one draw
+  T on both ends of each segment, gradient w.r.t. D's own input; the
+  reasons are in its docstring). With ADA, the metrics include 'aug/rt',
+  this batch's r_t (augment.rt_update with the fake scores: the WGAN
+  critic's real/fake threshold).
+
+  Precision: in bfloat16 the critic computes in bf16 but the penalty's
+  interpolation (float32 images and weights u) and the gradient norm (of
+  the float32-cast gradient) are float32; only the backward pass through D
+  is bf16. tests/pggan_steps_test.py checks the bf16 penalty against
+  float32 on a fixed batch.
+  """
+  def grads_fn(g_params, d_params, reals, labels, key, alpha, p):
+    aug = _augment_fn(hp, p)
     kz, kgp, kar, kaf = jax.random.split(key, 4)
     z = _batch_sharded(
         jax.random.normal(kz, (reals.shape[0], hp.latent_size)))
     g = nnx.merge(g_graph, g_params)
     fakes = jax.lax.stop_gradient(g(z, labels, alpha, stage=stage))
-    reals = _maybe_augment(hp, fade_reals(reals, alpha), kar)
-    fakes = _maybe_augment(hp, fakes, kaf)
+    reals = fade_reals(reals, alpha)
 
     def loss_fn(d_params):
       d = nnx.merge(d_graph, d_params)
       critic = lambda x: d(x, labels, alpha, stage=stage)
-      real_scores, fake_scores = critic(reals), critic(fakes)
-      penalty = losses.gradient_penalty(critic, reals, fakes, kgp,
-                                        hp.gp_target)
-      return losses.d_wgan_gp_loss(real_scores, fake_scores, penalty,
-                                   gp_lambda=hp.gp_lambda,
-                                   gp_target=hp.gp_target, drift=hp.drift)
+      if aug is None:
+        real_scores, fake_scores = critic(reals), critic(fakes)
+        penalty = losses.gradient_penalty(critic, reals, fakes, kgp,
+                                          hp.gp_target)
+      else:
+        real_scores = critic(aug(reals, kar))
+        fake_scores = critic(aug(fakes, kaf))
+        penalty = losses.gradient_penalty_augmented(
+            critic, reals, fakes, kgp, aug, hp.gp_target)
+      loss, metrics = losses.d_wgan_gp_loss(
+          real_scores, fake_scores, penalty, gp_lambda=hp.gp_lambda,
+          gp_target=hp.gp_target, drift=hp.drift)
+      if hp.ada_policy:
+        metrics['aug/rt'] = augment.rt_value(augment.rt_update(
+            jnp.zeros((2,), jnp.float32), real_scores, fake_scores))
+      return loss, metrics
 
     return jax.grad(loss_fn, has_aux=True)(d_params)
 
   grads, metrics = _auto_sharding(grads_fn, reals)(
-      state['g'], state['d'], reals, labels, key, alpha)
+      state['g'], state['d'], reals, labels, key, alpha, _aug_p(state, hp))
   d_params, d_opt = _apply_adam(hp, state['d'], grads, state['d_opt'], lr)
   return dict(state, d=d_params, d_opt=d_opt), metrics
 
@@ -133,7 +197,8 @@ def g_step(state: dict, labels: jax.Array, key: jax.Array, alpha: jax.Array,
            lr: jax.Array, *, g_graph, d_graph, stage: int,
            hp: Hparams) -> tuple[dict, dict]:
   """One generator step, L_G = -E[D(G(z))] (labels: the batch's labels)."""
-  def grads_fn(g_params, d_params, labels, key, alpha):
+  def grads_fn(g_params, d_params, labels, key, alpha, p):
+    aug = _augment_fn(hp, p)
     kz, kaug = jax.random.split(key)
     z = _batch_sharded(
         jax.random.normal(kz, (labels.shape[0], hp.latent_size)))
@@ -141,21 +206,140 @@ def g_step(state: dict, labels: jax.Array, key: jax.Array, alpha: jax.Array,
 
     def loss_fn(g_params):
       fakes = nnx.merge(g_graph, g_params)(z, labels, alpha, stage=stage)
-      fakes = _maybe_augment(hp, fakes, kaug)
+      if aug is not None:
+        fakes = aug(fakes, kaug)
       return losses.g_wgan_loss(d(fakes, labels, alpha, stage=stage))
 
     return jax.value_and_grad(loss_fn)(g_params)
 
   loss, grads = _auto_sharding(grads_fn, labels)(
-      state['g'], state['d'], labels, key, alpha)
+      state['g'], state['d'], labels, key, alpha, _aug_p(state, hp))
   g_params, g_opt = _apply_adam(hp, state['g'], grads, state['g_opt'], lr)
   return dict(state, g=g_params, g_opt=g_opt), {'g/loss': loss}
 
 
 @functools.partial(jax.jit, donate_argnames=('ema',))
 def ema_update(ema, params, decay: jax.Array):
-  """ema <- decay * ema + (1 - decay) * params (generator EMA, Gs)."""
+  """ema <- decay * ema + (1 - decay) * params (generator EMA, Gs).
+
+  `decay` is `schedule.ema_beta` of the iteration: a half-life in images.
+  """
   return jax.tree.map(lambda e, p: p + (e - p) * decay, ema, params)
+
+
+def mirror(x: jax.Array, key: jax.Array) -> jax.Array:
+  """Flips each image left-right with probability 1/2 (dataset mirroring)."""
+  flip = jax.random.bernoulli(key, 0.5, (x.shape[0], 1, 1, 1))
+  return jnp.where(flip, x[:, :, ::-1], x)
+
+
+def draw_batch(data: dict, j: jax.Array, key: jax.Array, *, batch_size: int,
+               mirror_images: bool) -> tuple[jax.Array, jax.Array]:
+  """The j-th minibatch of a dispatch: (reals, labels), batch-sharded.
+
+  `data` is either a whole training split kept on the device,
+  {'images': [N, R, R, C], 'labels': [N]} (replicated), from which
+  `batch_size` images are drawn uniformly with replacement with `key`; or
+  the dispatch's streamed batches {'image': [J, B, R, R, C], 'label':
+  [J, B]}, of which the j-th is taken. Mirroring draws from `key` too.
+  """
+  kidx, kflip = jax.random.split(key)
+  if 'images' in data:
+    idx = jax.random.randint(kidx, (batch_size,), 0,
+                             data['images'].shape[0])
+    reals, labels = data['images'][idx], data['labels'][idx]
+    mesh = jax.typeof(data['images']).sharding.mesh
+    if not mesh.empty:
+      with jax.sharding.use_abstract_mesh(mesh):
+        reals = jax.sharding.reshard(reals, P('data'))
+        labels = jax.sharding.reshard(labels, P('data'))
+  else:
+    reals, labels = data['image'][j], data['label'][j]
+  if mirror_images:
+    reals = mirror(reals, kflip)
+  return reals, labels
+
+
+def _ada_update(aug: dict, rt: jax.Array, n: int, step: jax.Array,
+                hp: Hparams) -> dict:
+  """Accumulates a batch's r_t; every ada_interval G steps adjusts p."""
+  acc = aug['rt_acc'] + jnp.stack([rt * n, jnp.float32(n)])
+  if not hp.ada_adjust:
+    return dict(aug, rt_acc=acc)
+  p, emptied = augment.ada_update(aug['p'], acc, target=hp.ada_target,
+                                  speed_kimg=hp.ada_speed_kimg)
+  now = (step + 1) % hp.ada_interval == 0
+  return {'p': jnp.where(now, p, aug['p']),
+          'rt_acc': jnp.where(now, emptied, acc)}
+
+
+@functools.partial(jax.jit, donate_argnames=('state',),
+                   static_argnames=('g_graph', 'd_graph', 'stage', 'hp',
+                                    'batch_size'))
+def train_iterations(state: dict, data: dict, plan: dict, *, g_graph,
+                     d_graph, stage: int, hp: Hparams,
+                     batch_size: int) -> tuple[dict, dict]:
+  """Runs `plan['n']` training iterations in one dispatch.
+
+  One iteration: `hp.d_repeats` x (draw_batch, d_step), then g_step (on the
+  last batch's labels), then ema_update; ADA's r_t accumulates and p is
+  adjusted every `hp.ada_interval` iterations. `plan` (traced, so one
+  compilation per stage and dispatch length K):
+    n            int32, iterations to run, 1 <= n <= K
+    step         int32, G step index of the first iteration
+    alpha        float32 [K], fade-in weight of each iteration
+    ema_beta     float32 [K], EMA decay of each iteration
+    lr_d, lr_g   float32 learning rates
+    key          PRNG key of the model (fold_in(key, step * (R + 1) + r))
+    data_key     PRNG key of minibatches and flips (fold_in(., step*R + r))
+  Returns the new state and the means over the n iterations of the d_step
+  metrics (per critic step) and g_step metrics (per generator step), plus
+  ADA's current p as 'aug/p'.
+  """
+  reps = hp.d_repeats
+  kw = dict(g_graph=g_graph, d_graph=d_graph, stage=stage, hp=hp)
+
+  def one(i, state):
+    step = plan['step'] + i
+    alpha = plan['alpha'][i]
+    d_metrics = []
+    for r in range(reps):
+      reals, labels = draw_batch(
+          data, i * reps + r, jax.random.fold_in(plan['data_key'],
+                                                 step * reps + r),
+          batch_size=batch_size, mirror_images=hp.mirror)
+      k = jax.random.fold_in(plan['key'], step * (reps + 1) + r)
+      state, m = d_step(state, reals, labels, k, alpha, plan['lr_d'], **kw)
+      if hp.ada_policy:
+        state = dict(state, aug=_ada_update(state['aug'], m['aug/rt'],
+                                            batch_size, step, hp))
+      d_metrics.append(m)
+    k = jax.random.fold_in(plan['key'], step * (reps + 1) + reps)
+    state, g_metrics = g_step(state, labels, k, alpha, plan['lr_g'], **kw)
+    state = dict(state, g_ema=ema_update(state['g_ema'], state['g'],
+                                         plan['ema_beta'][i]))
+    d_mean = jax.tree.map(lambda *v: sum(v) / reps, *d_metrics)
+    return state, {**d_mean, **g_metrics}
+
+  def body(i, carry):
+    state, sums = carry
+    state, m = one(i, state)
+    return state, jax.tree.map(jnp.add, sums, m)
+
+  if plan['alpha'].shape[0] == 1:
+    # K = 1: no loop. XLA:CPU runs convolutions inside a loop body many
+    # times slower than outside one (jax-ml/jax#12868; 15x measured here),
+    # so the CPU loop dispatches one fused iteration at a time.
+    state, means = one(0, state)
+  else:
+    # Metric structure from an abstract evaluation of one iteration.
+    shapes = jax.eval_shape(lambda s: one(0, s)[1], state)
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    state, sums = jax.lax.fori_loop(0, plan['n'], body, (state, zeros))
+    means = jax.tree.map(lambda s: s / plan['n'], sums)
+  if hp.ada_policy:
+    means['aug/p'] = state['aug']['p']
+  return state, means
 
 
 @functools.partial(jax.jit, static_argnames=('g_graph', 'stage'))

@@ -1,31 +1,47 @@
 """PGGAN training loop: `train_and_evaluate(config, workdir)`.
 
-Data-parallel on one ('data',) mesh (batches sharded, params replicated);
-steps are the pure jitted functions of `steps.py`. Per G iteration:
-`d_repeats` critic steps (each counts its minibatch towards kimg), one
-generator step, one EMA update. The schedule (`schedule.py`) is re-evaluated
-every iteration; the resolution stage is static (one compilation per stage),
-alpha and learning rate are traced. Adam moments are reset whenever a fade-in
-starts or ends (official `reset_opt_for_new_lod=True`); the last lod is in
+Data-parallel on one ('data',) mesh (batches sharded, params replicated).
+One training iteration is `d_repeats` critic steps (each counts its
+minibatch towards kimg), one generator step and one EMA update, fused in
+`steps.train_iterations`, which runs up to `config.iters_per_dispatch` of
+them per dispatch with metric means kept on the device. The host plans each
+dispatch from the schedule (`schedule.py`) evaluated per iteration, exactly
+as an iteration-at-a-time loop would: alpha and the EMA decay go in as
+per-iteration arrays, and a dispatch ends where the stage, minibatch or
+learning rate changes, where Adam's moments are reset (whenever a fade-in
+starts or ends, official `reset_opt_for_new_lod=True`), and after the
+iterations that end a log interval, a tick, a checkpoint or the run. The
+resolution stage is static (one compilation per stage, the next stage's
+compiled in a background thread while this one trains); the last lod is in
 the checkpoint so a resumed run does not add a reset.
+
+Data: a small training split is loaded once per stage and kept on the
+device, minibatches and mirror flips drawn there (`config.data_on_device`);
+otherwise grain streams the batches of each dispatch. At every tick: a
+G_ema grid and the sliced Wasserstein distance of G_ema samples to a fixed
+set of training images (pggan_jax/quality.py), computed on the host in a
+worker thread while training goes on; checkpoints are saved asynchronously.
 
 workdir/
   config.json      the resolved config (read back by sample.py)
-  checkpoints/     orbax: g, d, g_ema, opt (both Adam states + base RNG),
-                   meta (nimg, step, lod, data iterator's res/batch), data
-                   (grain iterator state)
+  checkpoints/     orbax: g, d, g_ema, opt (both Adam states, base RNG, ADA
+                   state), meta (nimg, step, lod, data_res, data_batch,
+                   data_mode, metrics), data (grain iterator state, or the
+                   word 'device')
   samples/         fakes_<nimg>.png grids from G_ema on fixed latents
+  metrics.jsonl    one JSON object per tick: kimg, img/s, resolution, alpha,
+                   swd, swd/<res>, losses, ...
   events.out...    TensorBoard (process 0)
 """
 
+import collections
+import concurrent.futures
 import json
 import logging
-import math
 import os
 import time
 
 from flax import nnx
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -35,11 +51,14 @@ import tensorboardX
 import tqdm
 
 from input_pipeline import images as image_io
+from input_pipeline import provenance
 from input_pipeline import sharding
 from input_pipeline.errors import UserInputError
 from pggan_jax import networks
+from pggan_jax import quality
 from pggan_jax import schedule
 from pggan_jax import steps
+from pggan_jax import train_data
 
 
 def resolve_config(config, prepared) -> ml_collections.ConfigDict:
@@ -64,6 +83,14 @@ def _check_config(config) -> None:
     raise UserInputError(
         f'config.model.resolution={m.resolution} exceeds '
         f'config.data.storage_size={config.data.storage_size}')
+  if config.iters_per_dispatch < 0:
+    raise UserInputError('config.iters_per_dispatch must be >= 0 (0 = auto)')
+  if config.augment.mode not in ('off', 'ada', 'fixed'):
+    raise UserInputError(f'config.augment.mode={config.augment.mode!r} is '
+                         "not 'off', 'ada' or 'fixed'")
+  if config.augment.mode != 'off' and config.diffaug:
+    raise UserInputError('config.augment (ADA) and config.diffaug are both '
+                         'on; choose one')
   r = s.initial_resolution
   while r <= m.resolution:
     p = schedule.training_schedule(
@@ -85,6 +112,22 @@ def _check_config(config) -> None:
     r *= 2
 
 
+def setup_compilation_cache(cache_dir: str, min_compile_secs: float) -> str:
+  """Persistent XLA cache ('' = leave JAX's setting alone); returns it."""
+  if not cache_dir:
+    return ''
+  cache_dir = os.path.expanduser(cache_dir)
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+  except OSError as e:  # read-only location: run without the cache
+    logging.warning('no compilation cache (%s): %s', cache_dir, e)
+    return ''
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                    float(min_compile_secs))
+  return cache_dir
+
+
 def build_models(cfg):
   """(g_graph, d_graph, g_params, d_params) from a resolved config."""
   g, d = networks.build(cfg, nnx.Rngs(cfg.seed))
@@ -93,54 +136,117 @@ def build_models(cfg):
   return g_graph, d_graph, g_params, d_params
 
 
-def grid_inputs(cfg) -> tuple[jax.Array, jax.Array]:
-  """Fixed grid latents (and labels cycling over classes)."""
-  n = cfg.grid_size
-  z = jax.random.normal(jax.random.key(cfg.seed + 12345),
+def grid_inputs(cfg, n: int | None = None,
+                offset: int = 12345) -> tuple[jax.Array, jax.Array]:
+  """Fixed latents (and labels cycling over classes): the grid's by default."""
+  n = cfg.grid_size if n is None else n
+  z = jax.random.normal(jax.random.key(cfg.seed + offset),
                         (n, cfg.model.latent_size))
   labels = jnp.arange(n, dtype=jnp.int32) % max(cfg.model.num_classes, 1)
   return z, labels
 
 
-def _make_iterator(prepared, cfg, point, seed):
-  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.create_iterator(
-      prepared, cfg.data, role='train', resolution=point.resolution,
-      batch_size=point.batch_size // jax.process_count(),
-      seed=seed + point.stage, train=True)
+def dispatch_length(cfg) -> int:
+  """Iterations per dispatch K: config.iters_per_dispatch, 0 = auto (16; 1
+  on the CPU, where XLA runs convolutions in a loop body far slower, see
+  steps.train_iterations)."""
+  if cfg.iters_per_dispatch:
+    return cfg.iters_per_dispatch
+  return 1 if jax.default_backend() == 'cpu' else 16
 
 
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
+  # Async: save() returns once the arrays are copied off the device; files
+  # are written in the background (wait_until_finished() before exit).
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True, enable_async_checkpointing=True),
       item_names=('g', 'd', 'g_ema', 'opt', 'meta', 'data'))
 
 
 class _Metrics:
-  """Device-side metric dicts, read back (and checked) only on flush."""
+  """Per-dispatch device-side metric means, read back only on flush."""
 
   def __init__(self):
     self.pending = []
 
-  def add(self, m):
-    self.pending.append(m)
+  def add(self, means: dict, n: int) -> None:
+    self.pending.append((means, n))
 
   def flush(self, kimg: float) -> dict:
+    """Means over all pending iterations; raises on a non-finite value."""
     if not self.pending:
       return {}
-    host = jax.device_get(self.pending)
+    host = jax.device_get([m for m, _ in self.pending])
+    weights = np.array([n for _, n in self.pending], np.float64)
     self.pending = []
     out = {}
-    # Union of keys: d_step and g_step metrics are separate dicts.
-    for k in dict.fromkeys(k for h in host for k in h):
-      v = np.array([h[k] for h in host if k in h], np.float64)
+    for k in host[0]:
+      v = np.array([h[k] for h in host], np.float64)
       if not np.all(np.isfinite(v)):
         raise FloatingPointError(
             f'non-finite {k} at kimg {kimg:.3f}; stopping without saving '
             '(the last good checkpoint is kept)')
-      out[k] = float(v.mean())
+      out[k] = float(np.sum(v * weights) / np.sum(weights))
     return out
+
+
+class _Compiler:
+  """Compiled `train_iterations` and `generate` per stage; the next stage's
+  are compiled in a background thread while the current one trains."""
+
+  def __init__(self, static: dict, gen_static: dict, enabled: bool):
+    self.static, self.gen_static = static, gen_static
+    self.pool = (concurrent.futures.ThreadPoolExecutor(1)
+                 if enabled else None)
+    self.cache = {}
+
+  def _compile(self, key, state_spec, data_spec, plan, gen_args):
+    stage, batch = key
+    train = steps.train_iterations.lower(
+        state_spec, data_spec, plan, stage=stage, batch_size=batch,
+        **self.static).compile()
+    gen = steps.generate.lower(state_spec['g_ema'], *gen_args, stage=stage,
+                               **self.gen_static).compile()
+    return train, gen
+
+  def get(self, key, *args):
+    """(train, generate) for key = (stage, batch); compiles if needed."""
+    if key not in self.cache:
+      self.cache[key] = self._compile(key, *args)
+    hit = self.cache[key]
+    return hit.result() if isinstance(hit, concurrent.futures.Future) else hit
+
+  def prefetch(self, key, *args) -> None:
+    if self.pool is not None and key not in self.cache:
+      self.cache[key] = self.pool.submit(self._compile, key, *args)
+
+  def close(self):
+    if self.pool is not None:
+      self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _spec(tree):
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      tree)
+
+
+def _tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
+              is_main: bool) -> dict:
+  """Worker thread: reads G_ema's samples back, saves the grid, SWD."""
+  fakes = np.asarray(fakes)
+  out = {}
+  if is_main:
+    image_io.save_grid(fakes[:grid_size], path)
+    out['grid'] = image_io.make_grid(fakes[:grid_size])
+  if reals is not None and is_main:
+    res = fakes.shape[1]
+    # Patches must fit the image (3x3 at 4x4); SWD levels stop at 16x16.
+    kw = dict(swd_kw, patch_size=min(swd_kw['patch_size'], res - 1 | 1))
+    out.update(quality.sliced_wasserstein(reals, fakes[grid_size:], **kw))
+  return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -150,6 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if not workdir:
     raise UserInputError('--workdir is required for config.task=pggan')
   _check_config(config)
+  cache_dir = setup_compilation_cache(config.jax_cache_dir,
+                                      config.jax_cache_min_compile_secs)
   mesh = sharding.make_mesh()
   prepared = dataset.prepare(config.data, workdir)
   cfg = resolve_config(config, prepared)
@@ -158,20 +266,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if is_main:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       json.dump(cfg.to_dict(), f, indent=2)
+    # Which real images this GAN sees: the sampler copies it into its
+    # manifest, and the classifier refuses synthetic images whose GAN saw
+    # any of its validation or test images (input_pipeline/provenance.py).
+    provenance.write_training_record(workdir, prepared, cfg.data)
 
   g_graph, d_graph, g_params, d_params = build_models(cfg)
   hp = steps.Hparams.from_config(cfg, cfg.model.latent_size)
   adam = hp.adam()
+  replicated = sharding.replicated(mesh)
   state = {'g': g_params, 'd': d_params,
            'g_ema': jax.tree.map(jnp.copy, g_params),
            'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}
+  if hp.ada_policy:
+    state['aug'] = steps.init_aug_state(cfg.augment.p)
   rng = jax.random.key_data(jax.random.key(cfg.seed))
-  state = jax.device_put(state, sharding.replicated(mesh))
+  state = jax.device_put(state, replicated)
+  k_max = dispatch_length(cfg)
+  data = train_data.TrainData(prepared, cfg, mesh, k_max)
   meta = {'nimg': 0, 'step': 0, 'lod': -1.0, 'data_res': 0,
-          'data_batch': 0, 'metrics': {}}
+          'data_batch': 0, 'data_mode': data.mode, 'metrics': {}}
+  logging.info('PGGAN data %s, %d iterations per dispatch, compilation '
+               'cache %s', data.mode, k_max, cache_dir or 'as configured')
 
   mgr = _checkpoint_manager(workdir, cfg.keep_checkpoints)
-  it, it_key = None, None
   total_nimg = int(round(cfg.total_kimg * 1000))
   latest = mgr.latest_step()
   if latest is not None:
@@ -183,53 +301,90 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       mgr.close()
       return meta['metrics']
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    point = schedule.from_config(cfg, meta['nimg'] / 1000,
-                                 jax.device_count())
-    if meta['data_res']:
-      point = schedule.Point(**{**point.__dict__,
-                                'resolution': meta['data_res'],
-                                'stage': int(math.log2(meta['data_res'])) - 2,
-                                'batch_size': meta['data_batch']})
-    it = _make_iterator(prepared, cfg, point, cfg.seed)
-    it_key = (point.resolution, point.batch_size)
-    restored = mgr.restore(latest, args=ocp.args.Composite(
+    items = dict(
         g=ocp.args.StandardRestore(abstract['g']),
         d=ocp.args.StandardRestore(abstract['d']),
         g_ema=ocp.args.StandardRestore(abstract['g_ema']),
         opt=ocp.args.StandardRestore({
             'g_opt': abstract['g_opt'], 'd_opt': abstract['d_opt'],
-            'rng': rng}),
-        data=grain.checkpoint.CheckpointRestore(it)))
+            'rng': rng, **({'aug': abstract['aug']} if hp.ada_policy
+                           else {})}))
+    if meta['data_res']:
+      data.set_stage(meta['data_res'], meta['data_batch'])
+      if data.mode == 'stream' and meta.get('data_mode') == 'stream':
+        items['data'] = data.restore_arg()
+    restored = mgr.restore(latest, args=ocp.args.Composite(**items))
     state = {k: restored[k] for k in ('g', 'd', 'g_ema')}
     state.update(g_opt=restored.opt['g_opt'], d_opt=restored.opt['d_opt'])
+    if hp.ada_policy:
+      state['aug'] = restored.opt['aug']
+    state = jax.device_put(state, replicated)
     rng = np.asarray(restored.opt['rng'])
-    it = restored.data
+    if 'data' in items:
+      data.restored(restored.data)
 
   def save(nimg_now):
+    # A copy, so the next dispatch may donate `state` while orbax writes.
+    snap = jax.tree.map(jnp.copy, state)
     mgr.save(nimg_now, args=ocp.args.Composite(
-        g=ocp.args.StandardSave(state['g']),
-        d=ocp.args.StandardSave(state['d']),
-        g_ema=ocp.args.StandardSave(state['g_ema']),
-        opt=ocp.args.StandardSave({'g_opt': state['g_opt'],
-                                   'd_opt': state['d_opt'], 'rng': rng}),
+        g=ocp.args.StandardSave(snap['g']),
+        d=ocp.args.StandardSave(snap['d']),
+        g_ema=ocp.args.StandardSave(snap['g_ema']),
+        opt=ocp.args.StandardSave({
+            'g_opt': snap['g_opt'], 'd_opt': snap['d_opt'], 'rng': rng,
+            **({'aug': snap['aug']} if hp.ada_policy else {})}),
         meta=ocp.args.JsonSave(meta),
-        data=grain.checkpoint.CheckpointSave(it)))
+        data=data.save_arg()))
 
-  writer = None
-  if is_main:
-    writer = tensorboardX.SummaryWriter(workdir)
+  writer = tensorboardX.SummaryWriter(workdir) if is_main else None
   key = jax.random.wrap_key_data(jnp.asarray(rng))
+  # Model keys fold_in(key, .) as an iteration-at-a-time loop would; the
+  # minibatch draws and flips use their own stream.
+  data_key = jax.random.fold_in(key, 2**31 - 1)
   grid_z, grid_labels = grid_inputs(cfg)
+  num_swd = cfg.metrics.swd_images
+  swd_z, swd_labels = grid_inputs(cfg, num_swd, offset=54321)
+  tick_z = jnp.concatenate([grid_z, swd_z])
+  tick_labels = jnp.concatenate([grid_labels, swd_labels])
+  swd_kw = dict(patches_per_image=cfg.metrics.swd_patches_per_image,
+                patch_size=7, num_directions=cfg.metrics.swd_directions,
+                num_repeats=4, seed=cfg.seed)
   metrics = _Metrics()
+  at = schedule.schedule_fn(cfg, jax.device_count())
+  half_life = schedule.ema_half_life_kimg(cfg)
   nimg, step, prev_lod = meta['nimg'], meta['step'], meta['lod']
-  point = schedule.from_config(cfg, nimg / 1000, jax.device_count())
   tick_start, ckpt_start = nimg, nimg
-  last_log_time, last_log_nimg = time.time(), nimg
+  start_time = time.time()
+  last_log_time, last_log_nimg = start_time, nimg
+  last_tick_time, last_tick_nimg = start_time, nimg
   bar = tqdm.tqdm(total=cfg.total_kimg, initial=nimg / 1000, unit='kimg',
                   disable=not is_main, dynamic_ncols=True,
                   bar_format='{l_bar}{bar}| {n:.2f}/{total:.2f} kimg '
                              '[{elapsed}<{remaining}{postfix}]')
   last = dict(meta['metrics'])
+  compiler = _Compiler(
+      dict(g_graph=g_graph, d_graph=d_graph, hp=hp),
+      dict(g_graph=g_graph), enabled=cfg.compile_ahead)
+  ticks = concurrent.futures.ThreadPoolExecutor(1)
+  pending_ticks = collections.deque()
+  jsonl = os.path.join(workdir, 'metrics.jsonl')
+
+  def plan_arrays(d: schedule.Dispatch) -> dict:
+    pad = lambda v: np.pad(np.asarray(v, np.float32), (0, k_max - len(v)),
+                           mode='edge')
+    bn = d.points[0].batch_size * cfg.d_repeats
+    return {'n': np.int32(len(d.points)), 'step': np.int32(step),
+            'alpha': pad([p.alpha for p in d.points]),
+            'ema_beta': pad([schedule.ema_beta(n, bn, half_life,
+                                               cfg.ema_rampup)
+                             for n in d.nimgs]),
+            'lr_d': np.float32(d.points[0].lr_d),
+            'lr_g': np.float32(d.points[0].lr_g),
+            'key': key, 'data_key': data_key}
+
+  def compile_args(point, plan):
+    return (_spec(state), data.spec(point.resolution, point.batch_size),
+            plan, (tick_z, tick_labels, jnp.float32(0)))
 
   def log(point):
     nonlocal last_log_time, last_log_nimg
@@ -239,67 +394,112 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     last_log_time, last_log_nimg = now, nimg
     m.update({'resolution': point.resolution, 'alpha': point.alpha,
               'img/s': ips, 'kimg': nimg / 1000, 'lr': point.lr_d})
+    if 'swd' in last:
+      m['swd'] = last['swd']
     if writer:
       for k, v in m.items():
-        writer.add_scalar(k, v, nimg)
-    bar.set_postfix_str(f'res {point.resolution} a {point.alpha:.2f} '
-                        f'{ips:.0f} img/s d {m.get("d/loss", 0):.3f}')
+        if k != 'swd':
+          writer.add_scalar(k, v, nimg)
+    _bar_postfix(m)
     return m
 
-  def snapshot(point):
-    fakes = np.asarray(steps.generate(
-        state['g_ema'], grid_z, grid_labels, jnp.float32(point.alpha),
-        g_graph=g_graph, stage=point.stage))
-    if is_main:
-      path = os.path.join(workdir, 'samples', f'fakes_{nimg:09d}.png')
-      image_io.save_grid(fakes, path)
-      writer.add_image('g_ema/grid', image_io.make_grid(fakes), nimg,
-                       dataformats='HWC')
+  def _bar_postfix(m):
+    swd = f' swd {m["swd"]:.1f}' if 'swd' in m else ''
+    p = f' p {m["aug/p"]:.2f}' if 'aug/p' in m else ''
+    bar.set_postfix_str(
+        f'res {m["resolution"]} alpha {m["alpha"]:.2f} '
+        f'D loss {m.get("d/loss", 0):.3f} G loss {m.get("g/loss", 0):.3f} '
+        f'img/s {m["img/s"]:.0f}{swd}{p}')
 
-  while nimg < total_nimg:
-    point = schedule.from_config(cfg, nimg / 1000, jax.device_count())
-    if cfg.reset_opt_for_new_lod and schedule.lod_changed(prev_lod,
-                                                          point.lod):
-      state['g_opt'] = adam.init(state['g'])
-      state['d_opt'] = adam.init(state['d'])
-    prev_lod = point.lod
-    if it_key != (point.resolution, point.batch_size):
-      it = _make_iterator(prepared, cfg, point, cfg.seed)
-      it_key = (point.resolution, point.batch_size)
-    alpha, lr_d, lr_g = (jnp.float32(point.alpha), jnp.float32(point.lr_d),
-                         jnp.float32(point.lr_g))
-    kw = dict(g_graph=g_graph, d_graph=d_graph, stage=point.stage, hp=hp)
-    for r in range(cfg.d_repeats):
-      batch = sharding.shard_batch(next(it), mesh)
-      k = jax.random.fold_in(key, step * (cfg.d_repeats + 1) + r)
-      state, m = steps.d_step(state, batch['image'], batch['label'], k,
-                              alpha, lr_d, **kw)
-      metrics.add(m)
-      nimg += point.batch_size
-    k = jax.random.fold_in(key, step * (cfg.d_repeats + 1) + cfg.d_repeats)
-    state, m = steps.g_step(state, batch['label'], k, alpha, lr_g, **kw)
-    metrics.add(m)
-    state['g_ema'] = steps.ema_update(state['g_ema'], state['g'],
-                                      jnp.float32(cfg.ema_decay))
-    step += 1
-    bar.update(min(nimg, total_nimg) / 1000 - bar.n)
-    done = nimg >= total_nimg
-    if step % cfg.log_every_steps == 0 or done:
-      last = log(point)
-    if nimg >= tick_start + point.tick_kimg * 1000 or done:
-      tick_start = nimg
-      snapshot(point)
-    if nimg >= ckpt_start + cfg.checkpoint_kimg * 1000 or done:
-      ckpt_start = nimg
-      if metrics.pending:  # read back and check finiteness before saving
-        last = log(point)
-      meta = {'nimg': nimg, 'step': step, 'lod': prev_lod,
-              'data_res': it_key[0], 'data_batch': it_key[1],
-              'metrics': last}
-      save(nimg)
-  bar.close()
-  mgr.wait_until_finished()
-  mgr.close()
-  if writer:
-    writer.close()
+  def finish_ticks(wait: bool):
+    """Writes the records of finished tick jobs, in order."""
+    while pending_ticks and (wait or pending_ticks[0][0].done()):
+      fut, rec, tick_nimg = pending_ticks.popleft()
+      out = fut.result()
+      grid = out.pop('grid', None)
+      rec.update(out)
+      if 'swd' in out:
+        last['swd'] = out['swd']
+      if writer:
+        if grid is not None:
+          writer.add_image('g_ema/grid', grid, tick_nimg, dataformats='HWC')
+        for k, v in out.items():
+          writer.add_scalar(k, v, tick_nimg)
+      if is_main:
+        with open(jsonl, 'a') as f:
+          f.write(json.dumps(rec) + '\n')
+
+  def tick(point, generate):
+    nonlocal last_tick_time, last_tick_nimg
+    now = time.time()
+    rec = dict(last, kimg=nimg / 1000, resolution=point.resolution,
+               alpha=point.alpha, time_s=now - start_time,
+               **{'img/s': (nimg - last_tick_nimg)
+                  / max(now - last_tick_time, 1e-9)})
+    rec.pop('swd', None)
+    last_tick_time, last_tick_nimg = now, nimg
+    fakes = generate(state['g_ema'], tick_z, tick_labels,
+                     jnp.float32(point.alpha))
+    reals = (data.swd_reals(point.resolution, num_swd)
+             if num_swd and is_main else None)
+    path = os.path.join(workdir, 'samples', f'fakes_{nimg:09d}.png')
+    pending_ticks.append((ticks.submit(
+        _tick_job, fakes, len(grid_z), reals, swd_kw, path, is_main),
+        rec, nimg))
+
+  try:
+    while nimg < total_nimg:
+      point = at(nimg / 1000)
+      if cfg.reset_opt_for_new_lod and schedule.lod_changed(prev_lod,
+                                                            point.lod):
+        state['g_opt'] = jax.device_put(adam.init(state['g']), replicated)
+        state['d_opt'] = jax.device_put(adam.init(state['d']), replicated)
+      d = schedule.plan_dispatch(
+          at, nimg=nimg, step=step, total_nimg=total_nimg, max_iters=k_max,
+          d_repeats=cfg.d_repeats, log_every=cfg.log_every_steps,
+          tick_start=tick_start, ckpt_start=ckpt_start,
+          checkpoint_kimg=cfg.checkpoint_kimg)
+      prev_lod = d.points[-1].lod
+      data.set_stage(point.resolution, point.batch_size)
+      plan = plan_arrays(d)
+      train_fn, generate = compiler.get(
+          (point.stage, point.batch_size), *compile_args(point, plan))
+      # The next stage starts within one phase; compile it ahead if the
+      # run gets there.
+      nxt = at(min(point.kimg + cfg.sched.lod_training_kimg
+                   + cfg.sched.lod_transition_kimg, cfg.total_kimg - 1e-6))
+      if nxt.stage != point.stage:
+        compiler.prefetch((nxt.stage, nxt.batch_size),
+                          *compile_args(nxt, plan))
+      state, means = train_fn(state, data.dispatch_args(len(d.points)), plan)
+      metrics.add(means, len(d.points))
+      nimg, step = d.nimgs[-1] + point.batch_size * cfg.d_repeats, (
+          step + len(d.points))
+      bar.update(min(nimg, total_nimg) / 1000 - bar.n)
+      finish_ticks(wait=False)
+      if d.log:
+        last = log(d.points[-1])
+      if d.tick:
+        tick_start = nimg
+        tick(d.points[-1], generate)
+        if d.done:  # the final metrics carry the final SWD
+          finish_ticks(wait=True)
+          _bar_postfix(last)
+      if d.ckpt:
+        ckpt_start = nimg
+        meta = {'nimg': nimg, 'step': step, 'lod': prev_lod,
+                'data_res': d.points[-1].resolution,
+                'data_batch': d.points[-1].batch_size,
+                'data_mode': data.mode, 'metrics': dict(last)}
+        save(nimg)
+    finish_ticks(wait=True)
+  finally:
+    ticks.shutdown(wait=True)
+    compiler.close()
+    bar.close()
+    mgr.wait_until_finished()
+    mgr.close()
+    if writer:
+      writer.close()
   return last
+

@@ -13,12 +13,19 @@ import pytest
 
 from configs import pggan
 from pggan_jax import sample
+from pggan_jax import schedule
 from pggan_jax import train
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(total_kimg):
+# (data_on_device, iters_per_dispatch): the device-resident split with the
+# CPU's one iteration per dispatch, and grain streaming with 3 per dispatch
+# (the fori_loop path, with dispatches cut short by ticks and phases).
+_PATHS = {'device': ('yes', 0), 'stream': ('no', 3)}
+
+
+def _config(total_kimg, path='device'):
   cfg = pggan.get_config('tiny')
   cfg.model.resolution = 8
   cfg.sched.lod_training_kimg = 0.04
@@ -27,6 +34,8 @@ def _config(total_kimg):
   cfg.total_kimg = total_kimg
   cfg.checkpoint_kimg = 1.0
   cfg.log_every_steps = 4
+  cfg.data_on_device, cfg.iters_per_dispatch = _PATHS[path]
+  cfg.metrics.swd_images = 16
   return cfg
 
 
@@ -42,20 +51,30 @@ def _restore_all(workdir):
   return step, out
 
 
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory):
-  base = tmp_path_factory.mktemp('pggan')
+def _resume_and_straight(base, path):
   resumed, straight = str(base / 'resumed'), str(base / 'straight')
   # Stop mid fade-in (0.06 kimg), then resume to the end (0.12 kimg).
-  train.train_and_evaluate(_config(0.06), resumed)
+  train.train_and_evaluate(_config(0.06, path), resumed)
   first_step, _ = _restore_all(resumed)
-  train.train_and_evaluate(_config(0.12), resumed)
-  train.train_and_evaluate(_config(0.12), straight)
+  train.train_and_evaluate(_config(0.12, path), resumed)
+  train.train_and_evaluate(_config(0.12, path), straight)
   return first_step, resumed, straight
 
 
-def test_resume_matches_uninterrupted_run(runs):
-  first_step, resumed, straight = runs
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  return _resume_and_straight(tmp_path_factory.mktemp('pggan'), 'device')
+
+
+@pytest.fixture(scope='module')
+def stream_runs(tmp_path_factory):
+  return _resume_and_straight(tmp_path_factory.mktemp('pggan_s'), 'stream')
+
+
+@pytest.mark.parametrize('fixture', ['runs', 'stream_runs'])
+def test_resume_matches_uninterrupted_run(fixture, request):
+  path = 'device' if fixture == 'runs' else 'stream'
+  first_step, resumed, straight = request.getfixturevalue(fixture)
   step_a, a = _restore_all(resumed)
   step_b, b = _restore_all(straight)
   assert 0 < first_step < step_a == step_b
@@ -64,13 +83,21 @@ def test_resume_matches_uninterrupted_run(runs):
     la, lb = jax.tree.leaves(a[k]), jax.tree.leaves(b[k])
     assert len(la) == len(lb) > 0
     for x, y in zip(la, lb):
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6,
-                                 atol=1e-7)
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert os.listdir(os.path.join(straight, 'samples'))
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(straight))
+  assert b['meta']['data_mode'] == path
+  # One metrics.jsonl record per tick (0.05 kimg, and the end), with SWD.
+  recs = [json.loads(line) for line in open(os.path.join(straight,
+                                                         'metrics.jsonl'))]
+  assert [round(r['kimg'], 3) for r in recs] == [0.056, 0.112, 0.12]
+  for r in recs:
+    assert {'kimg', 'img/s', 'resolution', 'alpha', 'swd', 'd/loss',
+            'g/loss'} <= set(r) and r['swd'] > 0
+  assert recs[-1]['swd'] == b['meta']['metrics']['swd']
   # A third call finds the schedule complete and returns at once.
-  assert train.train_and_evaluate(_config(0.12), straight) == b['meta'][
-      'metrics']
+  assert train.train_and_evaluate(_config(0.12, path), straight) == b[
+      'meta']['metrics']
 
 
 def test_sample_cli_writes_decodable_pngs(runs, tmp_path):
@@ -105,3 +132,62 @@ def test_sample_without_checkpoint_is_one_line_error(tmp_path):
   res = subprocess.run(cmd, cwd=_ROOT, capture_output=True, text=True)
   assert res.returncode == 2
   assert res.stderr.strip().splitlines()[-1].startswith('error: no checkpoint')
+
+
+def _events_one_at_a_time(at, cfg, total_nimg):
+  """The loop before dispatches: per iteration (nimg, alpha, reset, tick,
+  ckpt, log)."""
+  nimg = step = tick_start = ckpt_start = 0
+  prev_lod, out = -1.0, []
+  while nimg < total_nimg:
+    p = at(nimg / 1000)
+    reset = schedule.lod_changed(prev_lod, p.lod)
+    prev_lod = p.lod
+    before = nimg
+    nimg += p.batch_size * cfg.d_repeats
+    step += 1
+    done = nimg >= total_nimg
+    tick = nimg >= tick_start + p.tick_kimg * 1000 or done
+    ckpt = nimg >= ckpt_start + cfg.checkpoint_kimg * 1000 or done
+    tick_start = nimg if tick else tick_start
+    ckpt_start = nimg if ckpt else ckpt_start
+    out.append((before, p.alpha, reset, tick, ckpt,
+                step % cfg.log_every_steps == 0 or done))
+  return out
+
+
+@pytest.mark.parametrize('k_max', [1, 5, 64])
+def test_dispatch_plan_matches_the_schedule_one_iteration_at_a_time(k_max):
+  cfg = pggan.get_config('tiny')
+  cfg.sched.minibatch_dict = '4:16,8:8,16:4'
+  cfg.sched.tick_kimg = 0.07
+  cfg.checkpoint_kimg = 0.3
+  cfg.log_every_steps = 7
+  cfg.d_repeats = 2
+  at = schedule.schedule_fn(cfg)
+  total = int(cfg.total_kimg * 1000)
+  ref = _events_one_at_a_time(at, cfg, total)
+  nimg = step = tick_start = ckpt_start = 0
+  prev_lod, got, sizes = -1.0, [], []
+  while nimg < total:
+    d = schedule.plan_dispatch(
+        at, nimg=nimg, step=step, total_nimg=total, max_iters=k_max,
+        d_repeats=2, log_every=7, tick_start=tick_start,
+        ckpt_start=ckpt_start, checkpoint_kimg=cfg.checkpoint_kimg)
+    sizes.append(len(d.points))
+    for i, (p, n) in enumerate(zip(d.points, d.nimgs)):
+      reset = schedule.lod_changed(prev_lod, p.lod)
+      assert i == 0 or not reset      # resets only start a dispatch
+      prev_lod = p.lod
+      last = i == len(d.points) - 1
+      got.append((n, p.alpha, reset, d.tick and last, d.ckpt and last,
+                  d.log and last))
+      assert p.stage == d.points[0].stage
+    nimg = d.nimgs[-1] + d.points[-1].batch_size * 2
+    step += len(d.points)
+    tick_start = nimg if d.tick else tick_start
+    ckpt_start = nimg if d.ckpt else ckpt_start
+  assert [g[:5] for g in got] == [r[:5] for r in ref]
+  # Every log point of the old loop is a dispatch end that reads back.
+  assert all(g[5] for g, r in zip(got, ref) if r[5])
+  assert max(sizes) == min(k_max, 7)

@@ -1,0 +1,168 @@
+r"""Steady-state img/s of the PGGAN training LOOP (not one step), CPU or GPU.
+
+  python benchmarks/pggan_loop.py [--res=4,8,16,32,64] [--fmap_base=1024
+      --fmap_max=64] [--batch=16] [--k=16] [--dispatches=5]
+      [--dtypes=float32,bfloat16] [--num_images=200] [--mirror]
+      [--compare_steps]
+
+Per resolution and dtype: `steps.train_iterations` as train.py runs it, the
+training split resident on the device (`--num_images` random images,
+replicated), minibatches and flips drawn on the device, K iterations (critic
+step + generator step + EMA update) per dispatch, alpha = 0.5 (fade-in path
+included). After one warm-up dispatch, `--dispatches` dispatches are timed
+back to back and the result is read back once: img/s = images shown to D
+per second (batch x d_repeats x iterations). `--batch=4:128,8:128,16:64` sets
+a minibatch per resolution. `--compare_steps` also times the iteration-at-
+a-time dispatch of d_step, g_step and ema_update (the loop before
+train_iterations), on the same machine in the same run. Prints a table; one
+channel. On a CPU use --k=1, as train.py does there: XLA:CPU runs
+convolutions inside a loop body ~15x slower (jax-ml/jax#12868). Needs only
+jax, flax, optax and numpy (runs on the offline GPU host as it is).
+"""
+
+import argparse
+import time
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from pggan_jax import networks
+from pggan_jax import schedule
+from pggan_jax import steps
+
+
+def _models(a, dtype):
+  kw = dict(resolution=max(a.res), channels=1, fmap_base=a.fmap_base,
+            fmap_max=a.fmap_max, dtype=jnp.dtype(dtype))
+  g = networks.Generator(**kw, rngs=nnx.Rngs(0))
+  d = networks.Discriminator(**kw, rngs=nnx.Rngs(1))
+  return g, d
+
+
+def _state(g_params, d_params, hp, mesh):
+  adam = hp.adam()
+  state = {'g': g_params, 'd': d_params,
+           'g_ema': jax.tree.map(jnp.copy, g_params),
+           'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}
+  return jax.device_put(state, NamedSharding(mesh, P()))
+
+
+def _time_loop(state, data, plan, kw, batch, dispatches):
+  t0 = time.time()
+  fn = steps.train_iterations.lower(state, data, plan, batch_size=batch,
+                                    **kw).compile()
+  compile_s = time.time() - t0
+  state, m = fn(state, data, plan)
+  jax.block_until_ready(m)
+  t0 = time.time()
+  for i in range(dispatches):
+    plan = dict(plan, step=np.int32((i + 1) * int(plan['n'])))
+    state, m = fn(state, data, plan)
+  jax.device_get(m)   # one read-back, as a log interval
+  jax.block_until_ready(state)
+  return time.time() - t0, compile_s, state
+
+
+def _time_steps(state, data, kw, batch, iters, mesh):
+  """The previous loop: one dispatch per d_step, g_step and ema_update."""
+  hp = kw['hp']
+  alpha, lr = jnp.float32(0.5), jnp.float32(1e-3)
+  sk = dict(g_graph=kw['g_graph'], d_graph=kw['d_graph'], stage=kw['stage'],
+            hp=hp)
+  images = np.asarray(data['images'])
+  rng = np.random.default_rng(0)
+
+  def one(state, i):
+    idx = rng.integers(0, len(images), batch)
+    batched = NamedSharding(mesh, P('data'))
+    reals = jax.device_put(images[idx], batched)
+    labels = jax.device_put(np.zeros(batch, np.int32), batched)
+    state, m = steps.d_step(state, reals, labels, jax.random.key(i), alpha,
+                            lr, **sk)
+    state, mg = steps.g_step(state, labels, jax.random.key(i), alpha, lr,
+                             **sk)
+    state['g_ema'] = steps.ema_update(state['g_ema'], state['g'],
+                                      jnp.float32(0.99))
+    return state, (m, mg)
+
+  state, _ = one(state, 0)
+  jax.block_until_ready(state)
+  t0 = time.time()
+  ms = []
+  for i in range(iters):
+    state, m = one(state, i + 1)
+    ms.append(m)
+  jax.device_get(ms)
+  jax.block_until_ready(state)
+  return time.time() - t0, state
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--res', default='4,8,16,32,64')
+  p.add_argument('--fmap_base', type=int, default=1024)
+  p.add_argument('--fmap_max', type=int, default=64)
+  p.add_argument('--batch', default='16',
+                 help="one minibatch, or per resolution 'res:batch,...'")
+  p.add_argument('--k', type=int, default=16, help='iterations / dispatch')
+  p.add_argument('--dispatches', type=int, default=5)
+  p.add_argument('--d_repeats', type=int, default=1)
+  p.add_argument('--dtypes', default='float32,bfloat16')
+  p.add_argument('--num_images', type=int, default=200)
+  p.add_argument('--mirror', action='store_true')
+  p.add_argument('--compare_steps', action='store_true')
+  a = p.parse_args()
+  a.res = [int(r) for r in a.res.split(',')]
+  batches = (schedule.parse_res_dict(a.batch) if ':' in a.batch
+             else {r: float(a.batch) for r in a.res})
+  # As input_pipeline.sharding.make_mesh (not imported: this folder's
+  # input_pipeline.py would shadow the package).
+  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  print(f'device={jax.devices()[0].device_kind} x{jax.device_count()} '
+        f'fmap={a.fmap_base}/{a.fmap_max} K={a.k} dispatches={a.dispatches} '
+        f'd_repeats={a.d_repeats} mirror={a.mirror}', flush=True)
+  head = (f'{"res":>5} {"dtype":>9} {"batch":>5} {"loop img/s":>10} '
+          f'{"ms/iter":>8} {"compile s":>9}')
+  print(head + (f' {"steps img/s":>11} {"loop/steps":>10}'
+                if a.compare_steps else ''), flush=True)
+  for dtype in a.dtypes.split(','):
+    g, d = _models(a, dtype)
+    g_graph, g_params = nnx.split(g)
+    d_graph, d_params = nnx.split(d)
+    hp = steps.Hparams(latent_size=g.latent_size, d_repeats=a.d_repeats,
+                       mirror=a.mirror)
+    state = _state(g_params, d_params, hp, mesh)
+    for r in a.res:
+      batch = int(batches[r])
+      stage = int(np.log2(r)) - 2
+      x = np.random.default_rng(r).uniform(
+          -1, 1, (a.num_images, r, r, 1)).astype(np.float32)
+      rep = NamedSharding(mesh, P())
+      data = {'images': jax.device_put(x, rep),
+              'labels': jax.device_put(np.zeros(a.num_images, np.int32),
+                                       rep)}
+      plan = {'n': np.int32(a.k), 'step': np.int32(0),
+              'alpha': np.full(a.k, 0.5, np.float32),
+              'ema_beta': np.full(a.k, 0.99, np.float32),
+              'lr_d': np.float32(1e-3), 'lr_g': np.float32(1e-3),
+              'key': jax.random.key(0), 'data_key': jax.random.key(1)}
+      kw = dict(g_graph=g_graph, d_graph=d_graph, stage=stage, hp=hp)
+      dt, compile_s, state = _time_loop(state, data, plan, kw, batch,
+                                        a.dispatches)
+      iters = a.k * a.dispatches
+      ips = iters * batch * a.d_repeats / dt
+      line = (f'{r:>5} {dtype:>9} {batch:>5} {ips:>10.1f} '
+              f'{dt / iters * 1e3:>8.2f} {compile_s:>9.1f}')
+      if a.compare_steps:
+        dt_s, state = _time_steps(state, data, kw, batch, iters, mesh)
+        ips_s = iters * batch / dt_s
+        line += f' {ips_s:>11.1f} {ips / ips_s:>10.2f}'
+      print(line, flush=True)
+
+
+if __name__ == '__main__':
+  main()
