@@ -110,9 +110,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.gan = pggan_cfg.get_config(variant)
   if variant is None:
-    # 30 GANs (5 folds x 3 seeds x 2 classes) on a CPU: configs/pggan.py's
-    # default architecture (to 64x64) with a 6x shorter schedule, 0.5 kimg
-    # per stabilise and per fade-in phase (4.5 kimg in all).
+    # 30 GANs (5 folds x 3 repeats x 2 classes) on a CPU: a CPU-sized
+    # architecture (fmap 256/64: 64, 64, 32, 16, 8 maps at 4 ... 64; the
+    # paper's ratio, 1024/64, runs 4x slower at 64x64 on this CPU) on a
+    # schedule far too short for PGGAN, 0.5 kimg per stabilise and per
+    # fade-in phase (4.5 kimg in all). These GANs fail the quality gate and
+    # the report says so: on a CPU the 'gan' arms are a smoke test of the
+    # machinery. Use :gpu for GANs that can pass it.
+    config.gan.model.fmap_base = 256
+    config.gan.model.fmap_max = 64
     config.gan.sched.lod_training_kimg = 0.5
     config.gan.sched.lod_transition_kimg = 0.5
     config.gan.sched.tick_kimg = 0.5

@@ -414,7 +414,8 @@ def test_tiny_rerun_is_noop(tiny_study):
   before = {p: os.stat(p).st_mtime_ns for p in watched}
   proc, seconds = _run_tiny(workdir)
   assert {p: os.stat(p).st_mtime_ns for p in watched} == before
-  assert proc.stderr.count('skipping finished cell') == 2 * (2 + 1 + 4)
+  # Per cell: 2 GANs, sampling, quality, 4 arms.
+  assert proc.stderr.count('skipping finished cell') == 2 * (2 + 1 + 1 + 4)
   print(f'rerun took {seconds:.0f} s (first run {first:.0f} s)')
 
 
