@@ -87,7 +87,7 @@ def test_sub_config_copies_shared_data_and_cell_keys():
 
 
 def test_config_variants_build():
-  for variant in (None, 'tiny', 'paper'):
+  for variant in (None, 'tiny', 'gpu', 'paper'):
     config = study_cfg.get_config(variant)
     assert config.task == 'study'
     assert config.data.storage_size >= config.gan.model.resolution
