@@ -5,15 +5,14 @@ dispatch on `config.task`. All logic lives in importable libraries.
 """
 
 import importlib
-import sys
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from input_pipeline import cli
 from input_pipeline import logs
-from input_pipeline.errors import UserInputError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -50,19 +49,16 @@ def main(argv):
   config = FLAGS.config
   task = config.get('task')
   if task not in _TASKS:
-    raise app.UsageError(
-        f'config.task={task!r} is not one of {sorted(_TASKS)}')
+    cli.fail(f'config.task={task!r} is not one of {sorted(_TASKS)}')
   logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
                jax.process_count(), jax.local_devices())
   module_name, fn_name = _TASKS[task].split(':')
   fn = getattr(importlib.import_module(module_name), fn_name)
-  try:
-    fn(config, FLAGS.workdir)
-  except UserInputError as e:
-    # Bad input: one clear line naming the file or config key, non-zero exit.
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
+  # Bad input (a file, a label, a config value) or a diverged run: one
+  # `error:` line naming the file, key or step, and a non-zero exit.
+  cli.run_task(fn, config, FLAGS.workdir)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  # A misspelt --config.key or an unknown :variant is one line too.
+  app.run(main, flags_parser=cli.parse_flags)

@@ -39,8 +39,10 @@ def get_data_config() -> ml_collections.ConfigDict:
   # image_folder: the subfolder name of the positive class ('' = second of
   # the sorted folder names).
   data.positive_class = ''
-  # dicom: labels CSV ('' = DIR/labels.csv), window preset
-  # (brain | subdural | bone) or 'multi' for the three windows as channels.
+  # dicom: labels CSV ('' = DIR/labels.csv; columns id,label, id = the
+  # file's path relative to DIR, with or without .dcm, or a stem that names
+  # one file), window preset (brain | subdural | bone) or 'multi' for the
+  # three windows as channels.
   data.labels_csv = ''
   data.window = 'brain'
   # nifti / dicom_series (volumes, input_pipeline/volumes.py): which axial

@@ -17,9 +17,9 @@ by patient too, and the manifest maps ids to patients (`patients`).
 
 import dataclasses
 import hashlib
-import logging
 import os
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -76,8 +76,10 @@ class PreparedData:
   manifest: dict
   # Per image, before preprocessing: width, height, Pillow mode.
   original: dict
-  fingerprint: str
+  fingerprint: str  # of the source files and settings (the cache key)
   data_dir: str
+  # sha256 of the ids, labels, class names and stored pixels.
+  content_fingerprint: str = ''
   # Per image: sha256 and packed 256-bit phash of the fixed rendering.
   shas: list[str] = dataclasses.field(default_factory=list)
   phashes: np.ndarray | None = None
@@ -184,6 +186,9 @@ def prepare(data, workdir: str | None = None) -> PreparedData:
     raise RuntimeError(f'{b.data_dir}: stored ids are not the source ids in '
                        f'order; delete the folder and rerun')
   images = np.stack([r['image'] for r in recs])
+  content = hashlib.sha256(dataset_key(scan.name, expected, [
+      r['label'] for r in recs], scan.class_names).encode())
+  content.update(np.ascontiguousarray(images).tobytes())
   shas = [_str(r['sha']) for r in recs]
   phashes = np.stack([np.asarray(r['phash'], np.uint8) for r in recs])
   labels = np.array([r['label'] for r in recs], np.int32)
@@ -193,6 +198,7 @@ def prepare(data, workdir: str | None = None) -> PreparedData:
   del recs
   groups = splits.duplicate_groups(shas, phashes, expected,
                                    int(data.hash_threshold))
+  warn_cross_class(groups, expected, labels, scan.class_names)
   settings = {'num_folds': int(data.num_folds),
               'val_fraction': float(data.val_fraction),
               'policy': data.duplicates}
@@ -212,7 +218,28 @@ def prepare(data, workdir: str | None = None) -> PreparedData:
       ids=expected, labels=labels, class_names=list(scan.class_names),
       channels=scan.channels, storage_size=size, manifest=manifest,
       original=original, fingerprint=fp, data_dir=str(b.data_dir),
+      content_fingerprint=content.hexdigest()[:16],
       shas=shas, phashes=phashes, split_settings=settings)
+
+
+def cross_class_groups(groups: list[list[str]], ids: list[str],
+                       labels, class_names: list[str]) -> list[str]:
+  """Duplicate groups whose images carry different labels, described as
+  'a (class) = b (class)'."""
+  label = dict(zip(ids, np.asarray(labels).tolist()))
+  return [' = '.join(f'{i} ({class_names[label[i]]})' for i in g)
+          for g in groups if len({label[i] for i in g}) > 1]
+
+
+def warn_cross_class(groups, ids, labels, class_names) -> None:
+  """One console warning per prepare: the same scan under two labels."""
+  mixed = cross_class_groups(groups, ids, labels, class_names)
+  if mixed:
+    more = f'; and {len(mixed) - 5} more' if len(mixed) > 5 else ''
+    logging.warning(
+        '%d duplicate group(s) hold the same image under different labels '
+        '(check the labels; data_report.md lists every group): %s%s',
+        len(mixed), '; '.join(mixed[:5]), more)
 
 
 def dataset_key(name: str, ids, labels, class_names) -> str:

@@ -1,4 +1,11 @@
-"""Data parallelism: one ('data',) mesh, batches sharded, parameters replicated."""
+"""Data parallelism: one ('data',) mesh, batches sharded, parameters replicated.
+
+Also the JAX runtime set-up every job shares (the persistent compilation
+cache).
+"""
+
+import logging
+import os
 
 import jax
 import numpy as np
@@ -40,3 +47,19 @@ def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
       batch)
+
+
+def setup_compilation_cache(cache_dir: str, min_compile_secs: float) -> str:
+  """Persistent XLA cache ('' = leave JAX's setting alone); returns it."""
+  if not cache_dir:
+    return ''
+  cache_dir = os.path.expanduser(cache_dir)
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+  except OSError as e:  # read-only location: run without the cache
+    logging.warning('no compilation cache (%s): %s', cache_dir, e)
+    return ''
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs',
+                    float(min_compile_secs))
+  return cache_dir

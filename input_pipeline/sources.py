@@ -7,12 +7,19 @@ Supported `data.name`s:
   synthetic_head_ct  procedural phantoms (`phantom.py`), no files.
   head_ct            DIR/labels.csv (`id, hemorrhage`) + DIR/images/NNN.png
                      (or the Kaggle zip layout DIR/head_ct/N.png).
-  image_folder       DIR/<class>/*.{png,jpg,jpeg}; labels by sorted folder
-                     name, data.positive_class names the positive folder.
-  dicom              DIR/**/*.dcm + labels CSV (`id,label`, id = file stem).
+  image_folder       DIR/<class>/**/*.{png,jpg,jpeg,tif,tiff} (any case,
+                     subfolders read recursively); labels by sorted folder
+                     name, data.positive_class names the positive folder;
+                     ids are paths relative to DIR (`yes/Y92.jpg`).
+  dicom              DIR/**/*.dcm (or extensionless files with the DICM
+                     preamble) + labels CSV (`id,label`; id = a path
+                     relative to DIR, e.g. `p029/IM-0001-0001.dcm`, or a
+                     file stem that names one file).
   nifti              DIR/<patient>/*.nii[.gz] volumes (BraTS layout), one
                      item per chosen axial slice (`volumes.py`).
   dicom_series       DIR/<patient>/[<series>/]*.dcm series (`volumes.py`).
+Hidden files and folders and what operating systems leave behind
+(`.DS_Store`, `Thumbs.db`, `__MACOSX/`, ...) are never read.
 """
 
 import csv
@@ -20,6 +27,7 @@ import dataclasses
 import hashlib
 import os
 
+from absl import logging
 import numpy as np
 
 from input_pipeline import phantom
@@ -28,10 +36,17 @@ from input_pipeline.errors import UserInputError
 
 NAMES = ('synthetic_head_ct', 'head_ct', 'image_folder', 'dicom', 'nifti',
          'dicom_series')
-IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.tif', '.tiff')
+DICOM_EXTS = ('.dcm', '.dicom')
+# Left behind by operating systems, archivers and NAS boxes (compared in
+# lower case); hidden names (a leading '.') are skipped as well.
+_JUNK = ('thumbs.db', 'ehthumbs.db', 'desktop.ini', '__macosx', '@eadir',
+         '$recycle.bin', 'system volume information', 'dicomdir')
 # Bump when preprocessing or the phantom generator changes: it is part of the
 # cache key, so stale prepared datasets are not reused.
-_VERSION = 3
+# 4: image_folder ids are relative paths with the extension; EXIF
+# orientation applied; TIFF read.
+_VERSION = 4
 # Window presets (center, width) in Hounsfield units.
 WINDOWS = {'brain': (40, 80), 'subdural': (80, 200), 'bone': (600, 2800)}
 
@@ -65,6 +80,36 @@ def _id_key(s: str):
 
 def _sort_items(items: list[Item]) -> list[Item]:
   return sorted(items, key=lambda it: _id_key(it.id))
+
+
+def ignored(name: str) -> bool:
+  """Hidden files/folders and OS leftovers (`.DS_Store`, `Thumbs.db`, ...)."""
+  return name.startswith('.') or name.lower() in _JUNK
+
+
+def walk_files(folder: str) -> list[str]:
+  """Every file under `folder`, as sorted '/'-separated relative paths.
+
+  Recursive (symlinked folders followed once), skipping `ignored` names.
+  """
+  out, seen = [], set()
+  for dirpath, dirnames, names in os.walk(folder, followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in seen:  # a symlink loop
+      dirnames[:] = []
+      continue
+    seen.add(real)
+    dirnames[:] = sorted(d for d in dirnames if not ignored(d))
+    rel = os.path.relpath(dirpath, folder)
+    for f in names:
+      if not ignored(f) and os.path.isfile(os.path.join(dirpath, f)):
+        out.append(f if rel == '.' else f'{rel}/{f}'.replace(os.sep, '/'))
+  return sorted(out)
+
+
+def _examples(paths: list[str], n: int = 3) -> str:
+  more = f' and {len(paths) - n} more' if len(paths) > n else ''
+  return ', '.join(paths[:n]) + more
 
 
 def _read_csv(path: str, id_col: str, label_col: str) -> list[tuple[str, str]]:
@@ -161,14 +206,16 @@ def _scan_head_ct(data) -> Scan:
   for cand in ('images', 'head_ct', os.path.join('head_ct', 'head_ct')):
     folder = os.path.join(root, cand)
     if os.path.isdir(folder) and any(
-        f.lower().endswith('.png') for f in os.listdir(folder)):
+        f.lower().endswith('.png') and not ignored(f)
+        for f in os.listdir(folder)):
       break
   else:
     raise UserInputError(
         f'config.data.dir={data.dir!r}: no images/ or head_ct/ folder with '
         f'PNG files')
   files = {os.path.splitext(f)[0]: os.path.join(folder, f)
-           for f in os.listdir(folder) if f.lower().endswith('.png')}
+           for f in os.listdir(folder)
+           if f.lower().endswith('.png') and not ignored(f)}
   items = []
   for stem, lab, path in _match(labels, files, csv_path, folder, 'image'):
     if lab not in ('0', '1'):
@@ -183,31 +230,122 @@ def _scan_head_ct(data) -> Scan:
 
 def _scan_image_folder(data) -> Scan:
   root = _check_dir(data)
-  classes = [d for d in os.listdir(root)
-             if os.path.isdir(os.path.join(root, d)) and not d.startswith('.')]
+  entries = sorted(os.listdir(root))
+  classes = [d for d in entries
+             if not ignored(d) and os.path.isdir(os.path.join(root, d))]
   if not classes:
     raise UserInputError(
         f'config.data.dir={data.dir!r}: no class subfolders')
+  loose = [f for f in entries if f.lower().endswith(IMAGE_EXTS)
+           and not ignored(f) and os.path.isfile(os.path.join(root, f))]
+  if loose:
+    logging.warning('%s: %d image(s) outside the class folders are not '
+                    'used: %s', root, len(loose), _examples(loose))
   class_names = _class_order(classes, data.positive_class, root)
-  items = []
+  items, skipped = [], []
   for label, c in enumerate(class_names):
     folder = os.path.join(root, c)
-    files = sorted(f for f in os.listdir(folder)
-                   if f.lower().endswith(IMAGE_EXTS))
-    if not files:
-      raise UserInputError(f'{folder}: class {c!r} has no PNG/JPEG images')
-    stems = {}
-    for f in files:
-      stem = os.path.splitext(f)[0]
-      if stem in stems:  # a.png and a.jpg would share the id c/a
-        raise UserInputError(
-            f'{os.path.join(folder, f)}: same id as '
-            f'{os.path.join(folder, stems[stem])}; rename or remove one')
-      stems[stem] = f
-      items.append(Item(f'{c}/{stem}', label, os.path.join(folder, f)))
+    rels = walk_files(folder)
+    images = [r for r in rels if r.lower().endswith(IMAGE_EXTS)]
+    skipped += [f'{c}/{r}' for r in sorted(set(rels) - set(images))]
+    if not images:
+      raise UserInputError(
+          f'{folder}: class {c!r} has no images '
+          f'({"/".join(e[1:] for e in IMAGE_EXTS)}, any case, any depth)')
+    # The id is the path relative to DIR, extension included: Y92.png and
+    # Y92.jpg are two images, and a report names the file unambiguously.
+    items += [Item(f'{c}/{r}', label, os.path.join(folder, r))
+              for r in images]
+  if skipped:
+    logging.warning('%s: skipped %d file(s) that are not %s images: %s',
+                    root, len(skipped), '/'.join(e[1:] for e in IMAGE_EXTS),
+                    _examples(skipped))
   items = sorted(items, key=lambda it: it.id)
   _check_not_empty(items, class_names, root)
   return Scan('image_folder', items, class_names, 1, {})
+
+
+def is_dicom_file(path: str) -> bool:
+  """The DICOM Part 10 preamble: 'DICM' at bytes 128-131."""
+  try:
+    with open(path, 'rb') as f:
+      f.seek(128)
+      return f.read(4) == b'DICM'
+  except OSError:
+    return False
+
+
+def _strip_dicom_ext(rel: str) -> str:
+  """p1/IM-0001.DCM -> p1/IM-0001; p1/1.2.840.5 (no DICOM extension) kept."""
+  for ext in DICOM_EXTS:
+    if rel.lower().endswith(ext):
+      return rel[:-len(ext)]
+  return rel
+
+
+def _dicom_stem(rel: str) -> str:
+  return _strip_dicom_ext(rel).rsplit('/', 1)[-1]
+
+
+def _dicom_files(root: str, csv_path: str) -> dict[str, str]:
+  """Relative path -> path of every DICOM file under root: a DICOM
+  extension in any case, or none that says so and the DICM preamble."""
+  skip = os.path.abspath(csv_path)
+  files = {}
+  for rel in walk_files(root):
+    path = os.path.join(root, rel)
+    if os.path.abspath(path) == skip:
+      continue
+    if rel.lower().endswith(DICOM_EXTS) or is_dicom_file(path):
+      files[rel] = path
+  return files
+
+
+def _match_dicom(labels: list[tuple[str, str]], files: dict[str, str],
+                 csv_path: str, root: str) -> list[tuple[str, str, str]]:
+  """CSV ids -> (item id, label, path); every file needs exactly one row.
+
+  An id is a path relative to root (with or without the DICOM extension;
+  the item id is then that path) or, as before, a file stem that names a
+  single file (the item id is the stem). A stem shared by several files
+  (IM-0001-0001.dcm in every patient folder) is an error listing them.
+  """
+  no_ext, by_stem = {}, {}
+  for rel in files:
+    no_ext.setdefault(_strip_dicom_ext(rel), []).append(rel)
+    by_stem.setdefault(_id_key(_dicom_stem(rel)), []).append(rel)
+  rows, used = [], {}
+  for rid, lab in labels:
+    key = rid.replace('\\', '/').removeprefix('./')
+    cands = (no_ext.get(key, []) if '/' in key
+             else by_stem.get(_id_key(_strip_dicom_ext(key)), []))
+    if key in files:
+      rel, item_id = key, key
+    elif len(cands) == 1:
+      rel = cands[0]
+      item_id = rel if '/' in key else _dicom_stem(rel)
+    else:
+      if cands:
+        raise UserInputError(
+            f'{csv_path}: id {rid!r} matches {len(cands)} files '
+            f'({_examples(sorted(cands))}); name each file by its path '
+            f'relative to {root}, e.g. {sorted(cands)[0]!r}')
+      hint = ''
+      if os.path.isfile(os.path.join(root, key)):
+        hint = (f' ({os.path.join(root, key)} exists but is not a DICOM '
+                "file: no .dcm extension and no 'DICM' at byte 128)")
+      raise UserInputError(
+          f'{csv_path}: id {rid!r} has no DICOM file in {root}{hint}')
+    if rel in used:
+      raise UserInputError(f'{csv_path}: ids {used[rel]!r} and {rid!r} '
+                           f'both name {files[rel]}')
+    used[rel] = rid
+    rows.append((item_id, lab, files[rel]))
+  for rel in sorted(files):
+    if rel not in used:
+      raise UserInputError(f'{files[rel]}: DICOM file has no label in '
+                           f'{csv_path}')
+  return rows
 
 
 def _scan_dicom(data) -> Scan:
@@ -218,24 +356,19 @@ def _scan_dicom(data) -> Scan:
         f'{[*WINDOWS, "multi"]}')
   csv_path = data.labels_csv or os.path.join(root, 'labels.csv')
   labels = _read_csv(csv_path, 'id', 'label')
-  files = {}
-  for dirpath, _, names in os.walk(root):
-    for f in names:
-      if f.lower().endswith('.dcm'):
-        stem = os.path.splitext(f)[0]
-        if stem in files:
-          raise UserInputError(
-              f'{os.path.join(dirpath, f)}: file stem {stem!r} is not unique')
-        files[stem] = os.path.join(dirpath, f)
-  rows = _match(labels, files, csv_path, root, '.dcm file')
+  files = _dicom_files(root, csv_path)
+  if not files:
+    raise UserInputError(f'config.data.dir={data.dir!r}: no DICOM files '
+                         "(.dcm, or files with the 'DICM' preamble)")
+  rows = _match_dicom(labels, files, csv_path, root)
   class_names = _class_order(list({lab for _, lab, _ in rows}),
                              data.positive_class, csv_path)
   if all(c.lstrip('-').isdigit() for c in class_names) and (
       not data.positive_class):
     class_names = sorted(class_names, key=int)
   index = {c: i for i, c in enumerate(class_names)}
-  items = _sort_items([Item(stem, index[lab], path)
-                       for stem, lab, path in rows])
+  items = _sort_items([Item(item_id, index[lab], path)
+                       for item_id, lab, path in rows])
   _check_not_empty(items, class_names, csv_path)
   channels = 3 if data.window == 'multi' else 1
   return Scan('dicom', items, class_names, channels, {'window': data.window})
@@ -288,18 +421,56 @@ def fingerprint(s: Scan, storage_size: int) -> str:
   return h.hexdigest()[:16]
 
 
+# Compressed transfer syntaxes decode through pydicom's plugins (RLE and
+# Deflate need nothing): JPEG 2000 / HTJ2K through OpenJPEG, the JPEG
+# family (baseline, extended, lossless, JPEG-LS) through libjpeg.
+_J2K_UIDS = {f'1.2.840.10008.1.2.4.{n}' for n in (90, 91, 201, 202, 203)}
+_PIXEL_ELEMENTS = ('PixelData', 'FloatPixelData', 'DoubleFloatPixelData')
+
+
+def _check_dicom_decoder(ds, path: str) -> None:
+  """A compressed transfer syntax needs a pydicom plugin: say which."""
+  meta = getattr(ds, 'file_meta', None)
+  uid = meta.get('TransferSyntaxUID') if meta is not None else None
+  if uid is None or not uid.is_compressed:
+    return
+  from pydicom import pixels  # pylint: disable=g-import-not-at-top
+  try:
+    available = pixels.get_decoder(uid).is_available
+  except NotImplementedError:
+    raise UserInputError(f'{path}: pixel data in {uid.name} ({uid}), which '
+                         'pydicom cannot decode') from None
+  if not available:
+    plugins = 'pylibjpeg ' + ('pylibjpeg-openjpeg' if str(uid) in _J2K_UIDS
+                              else 'pylibjpeg-libjpeg')
+    raise UserInputError(
+        f'{path}: pixel data is compressed ({uid.name}) and no pydicom '
+        f'plugin for it is installed: pip install {plugins}')
+
 
 def _load_dicom(path: str, window: str) -> tuple[np.ndarray, dict]:
   import pydicom  # pylint: disable=g-import-not-at-top
 
   try:
     ds = pydicom.dcmread(path)
-    px = ds.pixel_array.astype(np.float32)
+  except pydicom.errors.InvalidDicomError:
+    raise UserInputError(f"{path}: not a DICOM file (no 'DICM' preamble "
+                         'and no file meta header)') from None
   except Exception as e:  # pydicom raises many types for broken files
-    raise UserInputError(f'{path}: cannot read DICOM ({e})') from None
+    raise UserInputError(
+        f'{path}: cannot read DICOM ({preprocess.one_line(e)})') from None
+  if not any(k in ds for k in _PIXEL_ELEMENTS):
+    raise UserInputError(f'{path}: DICOM file has no pixel data (a report, '
+                         'structured report or presentation state?)')
+  _check_dicom_decoder(ds, path)
+  try:
+    px = ds.pixel_array.astype(np.float32)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserInputError(f'{path}: cannot decode DICOM pixel data '
+                         f'({preprocess.one_line(e)})') from None
   if px.ndim != 2 or px.size == 0:
-    raise UserInputError(f'{path}: expected one 2-D slice, got shape '
-                         f'{px.shape}')
+    raise UserInputError(f'{path}: expected one 2-D grayscale slice, got '
+                         f'shape {px.shape} (multi-frame or colour)')
   hu = px * float(getattr(ds, 'RescaleSlope', 1) or 1) + float(
       getattr(ds, 'RescaleIntercept', 0) or 0)
   names = list(WINDOWS) if window == 'multi' else [window]
@@ -330,7 +501,7 @@ def decode(s: Scan, item: Item) -> tuple[np.ndarray, dict]:
     return volumes.decode(s, item)
   img = preprocess.open_image(item.path)
   meta = {'width': img.width, 'height': img.height, 'mode': img.mode}
-  return preprocess.to_gray(img), meta
+  return preprocess.to_gray(img, item.path), meta
 
 
 def load(s: Scan, item: Item, storage_size: int) -> tuple[np.ndarray, dict]:

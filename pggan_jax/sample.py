@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from input_pipeline import files as files_lib
 from input_pipeline import images as image_io
 from input_pipeline import provenance
+from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
 from pggan_jax import schedule
 from pggan_jax import steps
@@ -89,66 +90,69 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
   if num_images < 1:
     raise UserInputError(f'config.num_images={num_images} must be >= 1')
   cfg, g_graph, g_ema, meta, step = load_generator(workdir, step)
-  point = schedule.from_config(cfg, meta['nimg'] / 1000)
-  # Sample at the resolution G_ema was last trained at.
-  stage = int(math.log2(meta['data_res'])) - 2 if meta['data_res'] else (
-      point.stage)
-  alpha = point.alpha if stage == point.stage else 1.0
-  class_names = list(cfg.class_names)
-  conditional = cfg.model.num_classes > 0
-  record = provenance.read_training_record(workdir)
-  class_filter = int(cfg.data.get('class_filter', -1))
-  if conditional:
-    labels = ([_resolve_label(label, class_names)]
-              if label not in (None, '', -1) else range(len(class_names)))
-    folders = {lab: class_names[lab] for lab in labels}
-  else:
-    if label not in (None, '', -1):
-      raise UserInputError('config.label is set but the model in '
-                           f'{workdir} is unconditional')
-    labels = [None]
-    # A one-class GAN knows its class: its images go to O/<class>/.
-    folders = {None: (class_names[class_filter] if class_filter >= 0
-                      else '')}
-  files = []
-  for lab in labels:
-    out = os.path.join(output_dir, folders[lab])
-    if folders[lab]:  # a class folder is replaced whole, never mixed
-      shutil.rmtree(out, ignore_errors=True)
-    key = jax.random.fold_in(jax.random.key(seed), lab or 0)
-    z_all = jax.random.normal(key, (num_images, cfg.model.latent_size))
-    for start in range(0, num_images, _CHUNK):
-      z = z_all[start:start + _CHUNK]
-      y = jnp.full((z.shape[0],), lab or 0, jnp.int32)
-      imgs = np.asarray(steps.generate(g_ema, z, y, jnp.float32(alpha),
-                                       g_graph=g_graph, stage=stage))
-      for i, img in enumerate(image_io.to_uint8(imgs)):
-        path = os.path.join(out, f'{seed:04d}_{start + i:05d}.png')
-        image_io.save_png(img, path)
-        files.append(os.path.relpath(path, output_dir))
-  run = {
-      'workdir': os.path.abspath(workdir), 'checkpoint_step': int(step),
-      'kimg': meta['nimg'] / 1000, 'seed': seed,
-      'resolution': 4 * 2 ** stage, 'label': label if conditional else None,
-      'conditional': conditional, 'num_images': len(files)}
-  # Key of this GAN's entry: the one class folder written (a one-class GAN,
-  # or a conditional GAN asked for one label), else 'all'.
-  written = [folders[lab] for lab in labels]
-  entry = written[0] if len(written) == 1 and written[0] else 'all'
-  manifest = _merged_manifest(output_dir, entry, class_names,
-                              [folders[lab] for lab in labels if folders[lab]])
-  manifest.update(run)
-  manifest['class_names'] = class_names
-  manifest['runs'][entry] = run
-  manifest['files'] = sorted(set(manifest['files']) | set(files))
-  manifest['num_images'] = len(manifest['files'])
-  if record is not None:
-    manifest['gan_training'][entry] = record
-  else:
-    manifest['gan_training'].pop(entry, None)
-  files_lib.write_json(os.path.join(output_dir, provenance.MANIFEST),
-                       manifest)
-  return manifest
+  # One sampler per output folder at a time: two would interleave their
+  # class folders and manifest.json (input_pipeline/workdir.py).
+  with workdir_lib.lock(output_dir, job='sample'):
+    point = schedule.from_config(cfg, meta['nimg'] / 1000)
+    # Sample at the resolution G_ema was last trained at.
+    stage = int(math.log2(meta['data_res'])) - 2 if meta['data_res'] else (
+        point.stage)
+    alpha = point.alpha if stage == point.stage else 1.0
+    class_names = list(cfg.class_names)
+    conditional = cfg.model.num_classes > 0
+    record = provenance.read_training_record(workdir)
+    class_filter = int(cfg.data.get('class_filter', -1))
+    if conditional:
+      labels = ([_resolve_label(label, class_names)]
+                if label not in (None, '', -1) else range(len(class_names)))
+      folders = {lab: class_names[lab] for lab in labels}
+    else:
+      if label not in (None, '', -1):
+        raise UserInputError('config.label is set but the model in '
+                             f'{workdir} is unconditional')
+      labels = [None]
+      # A one-class GAN knows its class: its images go to O/<class>/.
+      folders = {None: (class_names[class_filter] if class_filter >= 0
+                        else '')}
+    files = []
+    for lab in labels:
+      out = os.path.join(output_dir, folders[lab])
+      if folders[lab]:  # a class folder is replaced whole, never mixed
+        shutil.rmtree(out, ignore_errors=True)
+      key = jax.random.fold_in(jax.random.key(seed), lab or 0)
+      z_all = jax.random.normal(key, (num_images, cfg.model.latent_size))
+      for start in range(0, num_images, _CHUNK):
+        z = z_all[start:start + _CHUNK]
+        y = jnp.full((z.shape[0],), lab or 0, jnp.int32)
+        imgs = np.asarray(steps.generate(g_ema, z, y, jnp.float32(alpha),
+                                         g_graph=g_graph, stage=stage))
+        for i, img in enumerate(image_io.to_uint8(imgs)):
+          path = os.path.join(out, f'{seed:04d}_{start + i:05d}.png')
+          image_io.save_png(img, path)
+          files.append(os.path.relpath(path, output_dir))
+    run = {
+        'workdir': os.path.abspath(workdir), 'checkpoint_step': int(step),
+        'kimg': meta['nimg'] / 1000, 'seed': seed,
+        'resolution': 4 * 2 ** stage, 'label': label if conditional else None,
+        'conditional': conditional, 'num_images': len(files)}
+    # Key of this GAN's entry: the one class folder written (a one-class GAN,
+    # or a conditional GAN asked for one label), else 'all'.
+    written = [folders[lab] for lab in labels]
+    entry = written[0] if len(written) == 1 and written[0] else 'all'
+    replaced = [folders[lab] for lab in labels if folders[lab]]
+    manifest = _merged_manifest(output_dir, entry, class_names, replaced)
+    manifest.update(run)
+    manifest['class_names'] = class_names
+    manifest['runs'][entry] = run
+    manifest['files'] = sorted(set(manifest['files']) | set(files))
+    manifest['num_images'] = len(manifest['files'])
+    if record is not None:
+      manifest['gan_training'][entry] = record
+    else:
+      manifest['gan_training'].pop(entry, None)
+    files_lib.write_json(os.path.join(output_dir, provenance.MANIFEST),
+                         manifest)
+    return manifest
 
 
 def _merged_manifest(output_dir: str, entry: str, class_names: list[str],

@@ -112,22 +112,6 @@ def _check_config(config) -> None:
     r *= 2
 
 
-def setup_compilation_cache(cache_dir: str, min_compile_secs: float) -> str:
-  """Persistent XLA cache ('' = leave JAX's setting alone); returns it."""
-  if not cache_dir:
-    return ''
-  cache_dir = os.path.expanduser(cache_dir)
-  try:
-    os.makedirs(cache_dir, exist_ok=True)
-  except OSError as e:  # read-only location: run without the cache
-    logging.warning('no compilation cache (%s): %s', cache_dir, e)
-    return ''
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs',
-                    float(min_compile_secs))
-  return cache_dir
-
-
 def build_models(cfg):
   """(g_graph, d_graph, g_params, d_params) from a resolved config."""
   g, d = networks.build(cfg, nnx.Rngs(cfg.seed))
@@ -256,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   if not workdir:
     raise UserInputError('--workdir is required for config.task=pggan')
   _check_config(config)
-  cache_dir = setup_compilation_cache(config.jax_cache_dir,
+  cache_dir = sharding.setup_compilation_cache(config.jax_cache_dir,
                                       config.jax_cache_min_compile_secs)
   mesh = sharding.make_mesh()
   prepared = dataset.prepare(config.data, workdir)

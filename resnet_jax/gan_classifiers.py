@@ -168,17 +168,8 @@ def random_network(images: np.ndarray, cfg: ml_collections.ConfigDict, *,
 
 def features_and_logits(model: models.ResNet,
                         x: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Penultimate (global-average-pooled) features and logits.
-
-  Mirrors `models.ResNet.__call__` up to the head; the tests check that
-  `model.head(features)` reproduces `model(x)`, so a change there is caught.
-  """
-  x = x.astype(model.dtype)
-  x = nnx.relu(model.stem_bn(model.stem(x)))
-  x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-  for block in model.blocks:
-    x = block(x)
-  features = jnp.mean(x, axis=(1, 2))
+  """Penultimate (global-average-pooled) features and logits (float32)."""
+  features = model.features(x)
   return (features.astype(jnp.float32),
           model.head(features).astype(jnp.float32))
 

@@ -175,15 +175,18 @@ class ResNet(nnx.Module):
     self.head = nnx.Linear(features, num_classes, dtype=dtype,
                            param_dtype=jnp.float32, rngs=rngs)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """[B, H, W, C] images in [-1, 1] -> float32 logits [B, num_classes]."""
+  def features(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, C] images -> penultimate (global-average-pooled) features."""
     x = x.astype(self.dtype)
     x = nnx.relu(self.stem_bn(self.stem(x)))
     x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for block in self.blocks:
       x = block(x)
-    x = jnp.mean(x, axis=(1, 2))
-    return self.head(x).astype(jnp.float32)
+    return jnp.mean(x, axis=(1, 2))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """[B, H, W, C] images in [-1, 1] -> float32 logits [B, num_classes]."""
+    return self.head(self.features(x)).astype(jnp.float32)
 
 
 ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2),

@@ -42,12 +42,12 @@ import time
 from typing import Any
 
 from absl import logging
-import jax
 import ml_collections
 import numpy as np
 import tqdm
 
 from input_pipeline import files
+from input_pipeline import sharding
 from input_pipeline.errors import UserInputError
 from resnet_jax import report
 
@@ -85,18 +85,13 @@ def _read_json(path: str) -> Any:
 
 
 def setup_compilation_cache(cache_dir: str, min_compile_secs: float) -> str:
-  """Persistent XLA cache: repeated cells and reruns skip recompiling."""
-  cache_dir = os.path.expanduser(
-      cache_dir or os.path.join('~', '.cache', 'pggan_jax', 'jax_cache'))
-  try:
-    os.makedirs(cache_dir, exist_ok=True)
-  except OSError as e:  # read-only home: run without the cache
-    logging.warning('no compilation cache (%s): %s', cache_dir, e)
-    return ''
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs',
-                    float(min_compile_secs))
-  return cache_dir
+  """Persistent XLA cache: repeated cells and reruns skip recompiling.
+
+  '' = ~/.cache/pggan_jax/jax_cache (the study always uses one).
+  """
+  return sharding.setup_compilation_cache(
+      cache_dir or os.path.join('~', '.cache', 'pggan_jax', 'jax_cache'),
+      min_compile_secs)
 
 
 def sub_config(block: ml_collections.ConfigDict,
@@ -425,7 +420,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps = _Steps(progress, config.on_config_change == 'recompute',
                  check_only=bool(config.merge))
   dup_groups = prepared0.manifest.get('duplicate_groups', [])
-  data_fp = prepared0.fingerprint
+  # What the stored pixels are, not how they were made: a cache-version
+  # bump that leaves them unchanged does not invalidate finished steps.
+  data_fp = prepared0.content_fingerprint
 
   train_gan = lambda c, d: _metrics(pggan_train.train_and_evaluate(c, d))
   # Repeat-major: every fold of the first repeat finishes before the next

@@ -39,6 +39,7 @@ from input_pipeline import files
 from input_pipeline import provenance
 from input_pipeline import pipeline
 from input_pipeline import sharding
+from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
 from resnet_jax import metrics
 from resnet_jax import models
@@ -255,16 +256,29 @@ def _write_predictions(path: str, ids, labels, probs) -> None:
 # --------------------------------------------------------------------- main
 
 
+# What a classifier workdir holds that a rerun resumes or returns: only
+# when workdir/config.json says the same config made them.
+OUTPUTS = ('checkpoints', 'results.json')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains on config.data.fold's train split; evaluates val and test.
 
   Returns (and writes to workdir/results.json) {'val', 'test',
   'test_at_val_threshold', 'threshold', ...}; returns the stored results
-  without training if results.json already exists.
+  without training if results.json already exists. The workdir is locked
+  for the run, and a workdir whose checkpoints or results another config
+  made is refused, naming the keys that differ (input_pipeline/workdir.py).
   """
   if not workdir:
     raise UserInputError('--workdir is required for config.task=resnet')
+  with workdir_lib.claim(workdir, config, job='resnet', outputs=OUTPUTS):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict,
+                        workdir: str) -> dict[str, Any]:
   results_path = os.path.join(workdir, 'results.json')
   if os.path.exists(results_path):
     with open(results_path) as f:
@@ -287,11 +301,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         data_kwargs['synthetic_dir'], prepared, int(config.data.fold),
         allow_unverified=bool(config.data.allow_unverified_synthetic))
   synthetic = _synthetic_record(config, prepared, data_kwargs)
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    # The run's own config: read back by predict.py and compare.py.
-    files.write_json(os.path.join(workdir, 'config.json'), config.to_dict(),
-                     default=str)
+  # workdir/config.json (read back by predict.py and compare.py) was
+  # written by workdir_lib.claim.
   res = config.data.resolution
   num_train = len(prepared.indices(config.data.fold, 'train'))
   total_steps = num_train_steps(config, num_train)
@@ -330,12 +341,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                             label_smoothing=config.label_smoothing)
       pending.append(m)
       bar.update(1)
-      if step % config.log_every_steps == 0 or step == total_steps:
-        m = jax.tree.map(lambda *xs: float(np.mean(xs)), *jax.device_get(
-            pending))
+      is_log = step % config.log_every_steps == 0 or step == total_steps
+      if is_log or step % config.checkpoint_every_steps == 0:
+        # Before every checkpoint too: a saved checkpoint is a good one.
+        pending = jax.device_get(pending)
+        _check_finite(pending, step, total_steps, mngr)
+      if is_log:
+        m = jax.tree.map(lambda *xs: float(np.mean(xs)), *pending)
         pending = []
-        if not np.isfinite(m['loss']):
-          raise FloatingPointError(f'non-finite loss at step {step}: {m}')
         bar.set_postfix(loss=f"{m['loss']:.3f}")
         _write_scalars(writer, step, {f'train/{k}': v for k, v in m.items()})
       if (config.eval_every_steps and step % config.eval_every_steps == 0
@@ -394,6 +407,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                   json.dumps(_to_jsonable(results), indent=2) + '\n')
   logging.info('test: %s', results['test'])
   return _to_jsonable(results)
+
+
+def _check_finite(pending: list[dict], step: int, total_steps: int,
+                  mngr: ocp.CheckpointManager) -> None:
+  """FloatingPointError naming the first step with a non-finite loss among
+  the `pending` metrics (steps step - len + 1 .. step) and the last good
+  checkpoint (every saved one: the losses are checked before each save)."""
+  losses = np.array([float(m['loss']) for m in pending])
+  bad = np.flatnonzero(~np.isfinite(losses))
+  if not bad.size:
+    return
+  first = step - len(pending) + 1 + int(bad[0])
+  mngr.wait_until_finished()
+  latest = mngr.latest_step()
+  good = (f'last good checkpoint: step {latest} in {mngr.directory}'
+          if latest is not None else 'no checkpoint was saved before it')
+  raise FloatingPointError(
+      f'non-finite loss ({losses[bad[0]]}) at step {first} of '
+      f'{total_steps}; {good}; the same config diverges again: lower '
+      'config.learning_rate (a new --workdir) or check the data')
 
 
 def _summary_writer(workdir: str):

@@ -404,3 +404,226 @@ def test_val_carve_out_within_one_image_with_mixed_groups(seed):
       n_c = int((labels[train_and_val] == c).sum())
       target = max(1, round(0.2 * n_c))
       assert abs(int((labels[val] == c).sum()) - target) <= 1, (c, target)
+
+
+# ---- image folders and DICOM exports as they come (issue 10) ------------
+
+
+def _gray(seed=0, size=48):
+  """A uint8 image that spans 0..255 (so min-max scaling is the identity)."""
+  x = lib.phantom_image(seed % 2, seed, size=size)
+  x[0, 0], x[0, 1] = 0, 255
+  return x
+
+
+def _save_modes(folder):
+  """Distinct gray images saved in the modes real folders hold; -> expected
+  stored pixels per file name and the tolerance (lossy JPEG)."""
+  os.makedirs(folder, exist_ok=True)
+  g = {name: _gray(10 + k) for k, name in enumerate((
+      'l.png', 'sixteen.png', 'palette.png', 'rgba.png', 'cmyk.jpg',
+      'gray.tif', 'gray16.TIFF'))}
+  path = lambda name: os.path.join(folder, name)
+  Image.fromarray(g['l.png']).save(path('l.png'))
+  Image.fromarray(g['sixteen.png'].astype(np.uint16) * 257).save(
+      path('sixteen.png'))  # 16-bit: I;16
+  perm = np.random.default_rng(0).permutation(256)  # palette index -> gray
+  x = g['palette.png']
+  pal = Image.frombytes('P', x.shape[::-1],
+                        np.argsort(perm)[x].astype(np.uint8).tobytes())
+  pal.putpalette([int(perm[i]) for i in range(256) for _ in range(3)])
+  pal.save(path('palette.png'))
+  x = g['rgba.png']
+  rgba = np.stack([x, x, x, np.full_like(x, 255)], -1)
+  rgba[:8, :8] = (255, 255, 255, 0)  # transparent white -> black
+  Image.fromarray(rgba, 'RGBA').save(path('rgba.png'))
+  Image.fromarray(g['cmyk.jpg']).convert('RGB').convert('CMYK').save(
+      path('cmyk.jpg'), quality=100)
+  Image.fromarray(g['gray.tif']).save(path('gray.tif'))
+  Image.fromarray(g['gray16.TIFF'].astype(np.uint16) * 257).save(
+      path('gray16.TIFF'))
+  expected = {name: (x, 3 if name.endswith('.jpg') else 0)
+              for name, x in g.items()}
+  expected['rgba.png'][0][:8, :8] = 0
+  return expected
+
+
+def test_image_folder_as_it_comes(tfds_dir, tmp_path, caplog):
+  root = tmp_path / 'messy'
+  expected = _save_modes(root / 'no')
+  yes = root / 'yes'
+  os.makedirs(yes / 'series 2' / 'deeper')
+  g1, g2 = _gray(1), _gray(3)
+  Image.fromarray(g1).save(yes / 'Y92.png')
+  Image.fromarray(g2).convert('RGB').save(yes / 'Y92.jpg', quality=95)
+  Image.fromarray(_gray(5)).save(yes / 'UPPER.PNG')
+  Image.fromarray(_gray(7)).save(yes / 'series 2' / 'deeper' / 'a.JPEG')
+  # Never read: OS leftovers, hidden files and folders, AppleDouble files
+  # (whose content is not an image), and a stray non-image file.
+  for junk in ('.DS_Store', 'Thumbs.db', '._Y92.png', 'desktop.ini'):
+    (yes / junk).write_bytes(b'\x00junk')
+  os.makedirs(yes / '.thumbnails')
+  (yes / '.thumbnails' / 'x.png').write_bytes(b'junk')
+  os.makedirs(root / '__MACOSX' / 'yes')
+  (root / '__MACOSX' / 'yes' / '._a.png').write_bytes(b'junk')
+  (root / '.DS_Store').write_bytes(b'junk')
+  (root / 'no' / 'notes.txt').write_text('scanner notes')
+  caplog.set_level('WARNING')
+  p = dataset.prepare(lib.data_config(tfds_dir, name='image_folder',
+                                      dir=str(root), storage_size=48))
+  assert p.class_names == ['no', 'yes']
+  assert p.ids == sorted(
+      [f'no/{f}' for f in expected] +
+      ['yes/UPPER.PNG', 'yes/Y92.jpg', 'yes/Y92.png',
+       'yes/series 2/deeper/a.JPEG'])
+  pos = {i: k for k, i in enumerate(p.ids)}
+  for name, (want, tol) in expected.items():
+    got = p.source[pos[f'no/{name}']]['image'][..., 0].astype(int)
+    assert np.abs(got - want).max() <= tol, name
+  # Same stem, two different images: both kept, each with its own pixels.
+  assert np.array_equal(p.source[pos['yes/Y92.png']]['image'][..., 0], g1)
+  assert not np.array_equal(p.source[pos['yes/Y92.jpg']]['image'][..., 0],
+                            g1)
+  modes = dict(zip(p.ids, p.original['mode']))
+  assert modes['no/sixteen.png'] == 'I;16' and modes['no/cmyk.jpg'] == 'CMYK'
+  assert modes['no/palette.png'] == 'P' and modes['no/gray16.TIFF'] == 'I;16'
+  assert 'no/notes.txt' in caplog.text and 'not' in caplog.text
+
+
+def test_image_folder_orientation_and_tiff_stack(tfds_dir, tmp_path):
+  root = lib.write_image_folder(tmp_path / 'f', ('a', 'b'), n=2)
+  # EXIF orientation 6 (rotate 90 degrees clockwise to display).
+  tall = np.zeros((40, 20), np.uint8)
+  tall[:5] = 255  # a bright top edge
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(tall).save(os.path.join(root, 'a', 'rot.jpg'), exif=exif,
+                             quality=100)
+  p = dataset.prepare(lib.data_config(tfds_dir, name='image_folder',
+                                      dir=root))
+  k = p.ids.index('a/rot.jpg')
+  assert (p.original['width'][k], p.original['height'][k]) == (40, 20)
+  x = p.source[k]['image'][..., 0].astype(int)
+  assert x[20:44, -6:].mean() > 150 > x[20:44, :8].mean()  # top -> right
+  stack = [Image.fromarray(lib.phantom_image(0, i)) for i in range(3)]
+  bad = os.path.join(root, 'b', 'stack.tif')
+  stack[0].save(bad, save_all=True, append_images=stack[1:])
+  with pytest.raises(UserInputError, match='3 pages') as e:
+    dataset.prepare(lib.data_config(tfds_dir, name='image_folder', dir=root))
+  assert bad in str(e.value)
+
+
+def test_cross_class_duplicate_is_warned(tfds_dir, tmp_path, caplog):
+  root = lib.write_image_folder(tmp_path / 'f', ('a', 'b'), n=3)
+  shutil.copy(os.path.join(root, 'a', 'img1.png'),
+              os.path.join(root, 'b', 'same.png'))
+  caplog.set_level('WARNING')
+  p = dataset.prepare(lib.data_config(tfds_dir, name='image_folder',
+                                      dir=root))
+  assert ['a/img1.png', 'b/same.png'] in p.manifest['duplicate_groups']
+  warnings = [r for r in caplog.records if 'different labels' in r.message]
+  assert len(warnings) == 1
+  assert 'a/img1.png (a) = b/same.png (b)' in warnings[0].getMessage()
+
+
+def _scanner_export(root, n_patients=4):
+  """DIR/p<k>/IM-0001-0001.dcm (the same name in every patient folder),
+  one extensionless file recognised by its preamble, and a DICOMDIR."""
+  rows = ['id,label']
+  for k in range(n_patients):
+    os.makedirs(os.path.join(root, f'p{k}'), exist_ok=True)
+    for j in (1, 2):
+      hu = lib.phantom_image(k % 2, 10 * k + j).astype(np.float64) * 4 - 1000
+      lib.write_dicom(os.path.join(root, f'p{k}', f'IM-0001-000{j}.dcm'), hu)
+    rows += [f'p{k}/IM-0001-0001.dcm,{k % 2}',
+             f'p{k}\\IM-0001-0002,{k % 2}']  # Windows separator, no ext
+  os.makedirs(os.path.join(root, 'px', 'SE1'))
+  lib.write_dicom(os.path.join(root, 'px', 'SE1', 'IM000001'),
+                  lib.phantom_image(1, 99).astype(np.float64) * 4 - 1000)
+  rows.append('px/SE1/IM000001,1')
+  with open(os.path.join(root, 'DICOMDIR'), 'wb') as f:  # an index: skipped
+    f.write(b'\0' * 128 + b'DICM')
+  with open(os.path.join(root, 'labels.csv'), 'w') as f:
+    f.write('\n'.join(rows) + '\n')
+  return str(root)
+
+
+def test_dicom_scanner_export_relative_paths(tfds_dir, tmp_path):
+  root = _scanner_export(tmp_path / 'export')
+  p = dataset.prepare(lib.data_config(tfds_dir, name='dicom', dir=root))
+  assert p.ids == sorted(
+      [f'p{k}/IM-0001-000{j}.dcm' for k in range(4) for j in (1, 2)] +
+      ['px/SE1/IM000001'])
+  assert p.labels.tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 1]
+  # A bare stem shared by four files: an error listing them.
+  csv_path = os.path.join(root, 'labels.csv')
+  text = open(csv_path).read().replace('p0/IM-0001-0001.dcm,', 'IM-0001-0001,')
+  open(csv_path, 'w').write(text)
+  with pytest.raises(UserInputError) as e:
+    dataset.prepare(lib.data_config(tfds_dir, name='dicom', dir=root))
+  msg = str(e.value)
+  assert "id 'IM-0001-0001' matches 4 files" in msg and '\n' not in msg
+  assert 'p0/IM-0001-0001.dcm, p1/IM-0001-0001.dcm' in msg
+  assert 'path relative to' in msg
+
+
+def _recode(path, transfer_syntax, fragments=None, unsigned=False):
+  # pylint: disable=g-import-not-at-top
+  import pydicom
+  from pydicom.encaps import encapsulate
+  ds = pydicom.dcmread(path)
+  if unsigned:
+    ds.PixelRepresentation = 0
+  ds.file_meta.TransferSyntaxUID = transfer_syntax
+  ds.PixelData = encapsulate(fragments)
+  ds.save_as(path)
+
+
+def test_dicom_compressed_decoded_or_named(tfds_dir, tmp_path):
+  # pylint: disable=g-import-not-at-top
+  import io
+  import pydicom
+  from PIL import features
+  from pydicom.pixels import get_decoder
+  from pydicom.uid import JPEG2000Lossless, JPEGLossless, RLELossless
+  root = lib.write_dicom_folder(tmp_path / 'dcm')
+  plain = dataset.prepare(lib.data_config(tfds_dir, name='dicom', dir=root))
+  # RLE: pydicom's own numpy codec; the same pixels as uncompressed.
+  ds = pydicom.dcmread(os.path.join(root, 'scan0.dcm'))
+  ds.compress(RLELossless)
+  ds.save_as(os.path.join(root, 'scan0.dcm'))
+  # JPEG 2000 through pydicom's Pillow plugin, where Pillow has OpenJPEG.
+  raw = pydicom.dcmread(os.path.join(root, 'scan1.dcm')).pixel_array
+  if features.check('jpg_2000'):
+    buf = io.BytesIO()
+    Image.fromarray(raw.astype(np.uint16)).save(
+        buf, 'JPEG2000', irreversible=False, no_jp2=True)
+    _recode(os.path.join(root, 'scan1.dcm'), JPEG2000Lossless,
+            [buf.getvalue()], unsigned=True)
+  p = dataset.prepare(lib.data_config(tfds_dir, name='dicom', dir=root))
+  for i in range(2):
+    np.testing.assert_array_equal(p.source[i]['image'],
+                                  plain.source[i]['image'])
+  # JPEG Lossless with no plugin installed: one line naming the file and
+  # what to install.
+  if get_decoder(JPEGLossless).is_available:
+    pytest.skip('a JPEG Lossless plugin is installed here')
+  bad = os.path.join(root, 'scan2.dcm')
+  _recode(bad, JPEGLossless, [b'\xff\xd8\xff\xc3not really\xff\xd9'])
+  with pytest.raises(UserInputError) as e:
+    dataset.prepare(lib.data_config(tfds_dir, name='dicom', dir=root))
+  msg = str(e.value)
+  assert msg.startswith(bad) and 'JPEG Lossless' in msg and '\n' not in msg
+  assert msg.endswith('pip install pylibjpeg pylibjpeg-libjpeg')
+
+
+def test_dicom_without_pixel_data(tfds_dir, tmp_path):
+  import pydicom  # pylint: disable=g-import-not-at-top
+  root = lib.write_dicom_folder(tmp_path / 'dcm')
+  bad = os.path.join(root, 'scan4.dcm')
+  ds = pydicom.dcmread(bad)
+  del ds.PixelData
+  ds.save_as(bad)
+  with pytest.raises(UserInputError, match='no pixel data') as e:
+    dataset.prepare(lib.data_config(tfds_dir, name='dicom', dir=root))
+  assert str(e.value).startswith(bad)

@@ -11,6 +11,7 @@ import optax
 import pytest
 
 from configs import resnet as resnet_config
+from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
 from resnet_jax import train
 
@@ -122,9 +123,45 @@ def test_tiny_end_to_end(tmp_path):
   assert len(rows) == stored['test']['n'] > 0
   assert all(0 <= float(r['prob']) <= 1 for r in rows)
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '4'))
-  # A finished run returns its stored results without training again.
-  again = train.train_and_evaluate(resnet_config.get_config('tiny'), workdir)
+  # A finished run returns its stored results without training again, also
+  # when only keys that do not change results differ.
+  config = resnet_config.get_config('tiny')
+  config.log_every_steps = 1
+  config.data.num_workers = 2
+  again = train.train_and_evaluate(config, workdir)
   assert again == stored
+  # Not when the config differs: the old results are not this run's.
+  config.arm = 'none'
+  config.seed = 3
+  with pytest.raises(workdir_lib.ConfigMismatchError) as e:
+    train.train_and_evaluate(config, workdir)
+  msg = str(e.value)
+  assert "arm: 'classic' there, 'none' now" in msg and 'seed: 0' in msg
+  assert 'log_every_steps' not in msg and '\n' not in msg
+  assert json.load(open(os.path.join(workdir, 'config.json')))['arm'] == (
+      'classic')
+
+
+def test_non_finite_loss_names_step_and_checkpoint(tmp_path, monkeypatch):
+  config = resnet_config.get_config('tiny')
+  config.kimg = 0.064  # 8 steps of 8
+  config.log_every_steps = 4
+  config.checkpoint_every_steps = 2
+  step_fn = train.train_step
+
+  def nan_from_step_3(state, batch, **kw):
+    state, m = step_fn(state, batch, **kw)
+    m['loss'] = jnp.where(state.step >= 3, jnp.nan, m['loss'])
+    return state, m
+
+  monkeypatch.setattr(train, 'train_step', nan_from_step_3)
+  with pytest.raises(FloatingPointError) as e:
+    train.train_and_evaluate(config, str(tmp_path))
+  msg = str(e.value)
+  # Step 3 is caught at the step-4 log/checkpoint, before step 4 is saved.
+  assert 'non-finite loss (nan) at step 3 of 8' in msg
+  assert f'last good checkpoint: step 2 in {tmp_path}/checkpoints' in msg
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
 
 
 @pytest.mark.parametrize('arm, mode, expected', [
