@@ -65,7 +65,9 @@ PROVENANCE = (
     '(Karras et al. 2018); capacity, schedule length and augmentation are '
     'scaled for the compute budget and judged by the synthetic-image '
     'metrics (SWD, C2ST, ...) against real images, never by classifier '
-    'test scores. Tune any further setting on the validation split '
+    'test scores; in the study those metrics use each cell\'s test images '
+    'as the held-out reference, so they describe the GANs and were not '
+    'used to choose them. Tune any further setting on the validation split '
     '(results.json: val), not on test.')
 
 

@@ -146,13 +146,19 @@ def check_synthetic(synthetic_dir: str, prepared, fold: int, *,
   summary = {'gans': len(records), 'verified': True, 'dataset_match': True}
   for path, rec in records:
     if rec.get('dataset_key') != key:
-      # Trained on other data (another folder or subset): ids cannot be
-      # compared. Said loudly, since it can be legitimate (external data).
+      # Trained on other data (another source name, folder or subset): ids
+      # cannot be compared, so leakage cannot be ruled out. Fail closed.
+      msg = (f'{path}: its GAN trained on another dataset (key '
+             f'{rec.get("dataset_key")}) than this classifier\'s ({key}: '
+             f'{prepared.name}, {len(prepared.ids)} images), so the leakage '
+             'check by image id cannot rule out that it saw this fold\'s '
+             'validation/test images; train the GAN on the same data '
+             'settings, or set config.data.allow_unverified_synthetic=True '
+             '(e.g. a GAN trained on external data)')
+      if not allow_unverified:
+        raise UserInputError(msg)
       summary['dataset_match'] = False
-      logging.warning(
-          '%s: its GAN trained on another dataset (%s) than this classifier '
-          '(%s); the leakage check by image id does not apply', path,
-          rec.get('dataset_key'), key)
+      logging.warning('%s', msg)
       continue
     seen = held_out & set(rec.get('train_ids', []))
     if seen:

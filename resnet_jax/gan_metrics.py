@@ -369,7 +369,8 @@ def quality_gate(metrics: dict[str, Any],
   (c2st_accuracy >= gate_c2st), copy the training set (nn_distance_ratio <=
   gate_min_nn_ratio, or more than gate_max_exact_copy_fraction exact
   copies) or collapsed (ms_ssim_synthetic > ms_ssim_real +
-  gate_ms_ssim_margin). A metric that is None is listed in 'skipped'.
+  gate_ms_ssim_margin). A metric that is None is listed in 'skipped'; a
+  missing C2ST fails the gate (realism unknown is not a pass).
   """
   reasons, skipped = [], []
 
@@ -380,6 +381,9 @@ def quality_gate(metrics: dict[str, Any],
     elif bad(value):
       reasons.append(message(value))
 
+  if metrics.get('c2st_accuracy') is None:
+    # Nothing measured is not a pass.
+    reasons.append('C2ST not measured: realism unknown')
   check('c2st_accuracy', lambda v: v >= config.gate_c2st,
         lambda v: f'C2ST accuracy {v:.3f} >= {config.gate_c2st}: a small CNN '
         'tells synthetic from real images')

@@ -34,6 +34,7 @@ persistent compilation cache also carries compiled steps across runs.
 """
 
 import collections
+import fnmatch
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ import time
 from typing import Any
 
 from absl import logging
+import jax
 import ml_collections
 import numpy as np
 import tqdm
@@ -241,10 +243,32 @@ def _folds(config, num_folds: int) -> list[int]:
   return folds
 
 
+# Bump when a change to the study's code changes what a finished step would
+# produce: every step's hash includes it, so old results are not reused.
+STUDY_CODE_VERSION = 1
+# Keys that do not change a step's result (besides workdir.IGNORED_KEYS):
+# where data comes from is named by the data's content fingerprint, and
+# progress grids / tick metrics are only logged.
+HASH_IGNORED_KEYS = ('data.dir', 'data.labels_csv', 'data.patient_labels_csv',
+                     'grid_size', 'metrics.*', 'sched.tick_kimg',
+                     'sched.tick_kimg_dict')
+
+
 def config_hash(*parts: Any) -> str:
-  """Short sha256 of JSON-able parts (ConfigDicts as resolved dicts)."""
-  norm = [p.to_dict() if isinstance(p, ml_collections.ConfigDict) else p
-          for p in parts]
+  """Short sha256 of JSON-able parts (ConfigDicts flattened to dotted keys).
+
+  Keys that do not change results (workdir.IGNORED_KEYS, HASH_IGNORED_KEYS)
+  are left out, so moving the data or the caches, or logging more often,
+  keeps finished steps; the code version and JAX backend are included.
+  """
+  from input_pipeline import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  patterns = (*workdir_lib.IGNORED_KEYS, *HASH_IGNORED_KEYS)
+  norm = [STUDY_CODE_VERSION, jax.default_backend()]
+  for p in parts:
+    if isinstance(p, ml_collections.ConfigDict):
+      p = {k: v for k, v in workdir_lib.flatten(p).items()
+           if not any(fnmatch.fnmatchcase(k, pat) for pat in patterns)}
+    norm.append(p)
   blob = json.dumps(norm, sort_keys=True, default=_json_default)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -425,6 +449,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_fp = prepared0.content_fingerprint
 
   train_gan = lambda c, d: _metrics(pggan_train.train_and_evaluate(c, d))
+  # The quality markers the report may read (a stale one never enters it).
+  quality_hashes = {}
   # Repeat-major: every fold of the first repeat finishes before the next
   # repeat starts, so a partial run already covers all folds.
   for repeat in repeats:
@@ -475,9 +501,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   samples_dir, seed, manifest)
         if use_quality:
           qcfg = config.quality
+          quality_hashes[(repeat, fold)] = config_hash(
+              'quality', samples_hash, qcfg)
           steps.run(os.path.join(done, 'quality.json'),
                     f'{tag} synthetic-image quality',
-                    config_hash('quality', samples_hash, qcfg),
+                    quality_hashes[(repeat, fold)],
                     _quality, config, prep, fold, samples_dir,
                     os.path.join(cell, 'quality'), seed,
                     dirs=(os.path.join(cell, 'quality'),))
@@ -521,7 +549,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   t = time.time()
   written = _write_outputs(config, workdir, prepared, folds, repeats, arms,
-                           prep_seconds, wall0, split_seeds)
+                           prep_seconds, wall0, split_seeds, quality_hashes)
   logging.info('report in %.1f s: %s', time.time() - t, sorted(written))
   return written
 
@@ -670,23 +698,43 @@ def _row(repeat: int, fold: int, seed: int, arm: str, out: dict) -> dict:
   return row
 
 
-def _gate(quality: list[dict]) -> dict | None:
-  """The study's quality gate: passed only if every cell's GANs pass.
+def _gate(quality: list[dict], metrics_config) -> dict | None:
+  """The study's quality gate, on metrics pooled over the cells.
 
-  Each cell is judged per class and for all classes together; the reasons
-  name how many of those judgements failed and the distinct reasons (the
-  per-cell values are in the report's quality table).
+  One cell's C2ST tests on a few dozen images, so a single judgement is
+  noisy and an AND over dozens of them fails decent GANs by chance. The gate
+  therefore pools each cell's all-class judgement: C2ST accuracy weighted by
+  its test size, exact copies summed, the nearest-neighbour ratio and the
+  MS-SSIMs averaged; `gan_metrics.quality_gate` then applies the thresholds
+  of config.quality.metrics. Per-cell judgements stay in the report's table.
   """
-  if not quality:
+  from resnet_jax import gan_metrics  # pylint: disable=g-import-not-at-top
+  rows = [q for q in quality if q.get('class') == 'all']
+  if not rows:
     return None
-  failed = [q for q in quality if not q.get('passed', False)]
-  reasons = collections.Counter(
-      r.split(' ')[0] for q in failed for r in q.get('reasons', []))
-  return {'passed': not failed,
-          'reasons': ([f'{len(failed)} of {len(quality)} (cell, class) '
-                       'judgements fail'] +
-                      [f'{k}: {n} x' for k, n in sorted(reasons.items())]
-                      if failed else [])}
+
+  def mean(key):
+    v = [float(q[key]) for q in rows if q.get(key) is not None]
+    return float(np.mean(v)) if v else None
+
+  n = [(q.get('c2st_accuracy'), q.get('c2st_n') or 0) for q in rows]
+  n = [(a, k) for a, k in n if a is not None and k]
+  pooled = {
+      'c2st_accuracy': (sum(a * k for a, k in n) / sum(k for _, k in n)
+                        if n else mean('c2st_accuracy')),
+      'c2st_n': sum(k for _, k in n),
+      'nn_distance_ratio': mean('nn_distance_ratio'),
+      'num_exact_copies': sum(int(q.get('num_exact_copies') or 0)
+                              for q in rows),
+      'num_synthetic': sum(int(q.get('num_synthetic') or 0) for q in rows),
+      'ms_ssim_synthetic': mean('ms_ssim_synthetic'),
+      'ms_ssim_real': mean('ms_ssim_real'),
+  }
+  gate = gan_metrics.quality_gate(pooled, metrics_config)
+  gate['pooled'] = pooled
+  gate['reasons'] = [f'pooled over {len(rows)} cells: {r}'
+                     for r in gate['reasons']]
+  return gate
 
 
 def _design(config) -> str:
@@ -698,7 +746,11 @@ def _design(config) -> str:
   how = ('the `gan` arms see the same real images as `none` / `classic` '
          f'plus synthetic ones (a fraction {ratio} of each batch is '
          f'synthetic and the run is 1/(1-{ratio}) times longer): '
-         '"add GAN samples", as in Frid-Adar et al. 2018 and Han et al. 2019'
+         '"add GAN samples", as in Frid-Adar et al. 2018 and Han et al. '
+         '2019. Besides the synthetic images themselves, these arms also '
+         'take more optimiser steps (a longer cosine schedule) and their '
+         'BatchNorm statistics are partly synthetic: a difference to '
+         '`none` / `classic` can come from any of the three'
          if mode == 'add' else
          'all arms take the same number of steps, so in the `gan` arms a '
          f'fraction {ratio} of every batch is synthetic *instead* of real: '
@@ -717,7 +769,8 @@ def _design(config) -> str:
 
 
 def _write_outputs(config, workdir, prepared, folds, repeats, arms,
-                   prep_seconds, wall0, split_seeds) -> dict[str, str]:
+                   prep_seconds, wall0, split_seeds,
+                   quality_hashes) -> dict[str, str]:
   """Rows, predictions, samples, quality and timings -> report."""
   rows, preds = [], collections.defaultdict(list)
   stage = collections.defaultdict(float)
@@ -738,7 +791,8 @@ def _write_outputs(config, workdir, prepared, folds, repeats, arms,
                'synthetic-image quality' if name.startswith('quality') else
                'classifier, arm ' + _ARM_OF_DIR.get(name[4:-5], name))
         stage[key] += sec
-        if name == 'quality.json':
+        if (name == 'quality.json' and marker.get('config_hash') ==
+            quality_hashes.get((repeat, fold))):
           for cls, m in marker['metrics'].items():
             quality.append({'repeat': repeat, 'fold': fold, 'class': cls,
                             **{k: v for k, v in m.items()
@@ -795,7 +849,7 @@ def _write_outputs(config, workdir, prepared, folds, repeats, arms,
                 confidence=config.report.confidence,
                 test_train_ratio=float(np.mean(ratios)),
                 seed=config.seed)
-  gate = _gate(quality)
+  gate = _gate(quality, config.quality.metrics)
   written = report.write_report(
       workdir, report.sort_rows(rows), predictions=dict(preds),
       samples=samples, samples_title=samples_title,

@@ -362,16 +362,24 @@ def test_report_tiny(tfds_dir, tmp_path):
 @pytest.mark.skipif(not os.path.isdir(lib.HEAD_CT),
                     reason=f'real head_ct data not found at {lib.HEAD_CT}')
 def test_real_head_ct_duplicates_and_folds_at_every_storage_size(tfds_dir):
-  # The 8 groups of re-exported slices in the Kaggle set; at 64 px the old
-  # stored-pixel hash missed 011/061, 105/187 and 107/108.
-  expected = [['010', '066'], ['011', '061'], ['012', '030'], ['073', '095'],
-              ['105', '187'], ['107', '108'], ['188', '189'], ['198', '199']]
+  # The 8 re-exported slices of the Kaggle set (at 64 px the old
+  # stored-pixel hash missed 011/061, 105/187 and 107/108), and related
+  # slices a referee found at 26-38 bits: the same lesion a level apart,
+  # adjacent slices, one scan's panels under both labels (006/100).
+  reexported = [['010', '066'], ['011', '061'], ['012', '030'],
+                ['073', '095'], ['105', '187'], ['107', '108'],
+                ['188', '189'], ['198', '199']]
+  related = [['005', '058'], ['022', '058'], ['009', '065'], ['004', '057'],
+             ['006', '100'], ['142', '143'], ['155', '156'], ['117', '118']]
   manifests = []
   for size in (32, 64, 128, 256):
     d = lib.data_config(tfds_dir, name='head_ct', dir=lib.HEAD_CT,
                         num_folds=5, val_fraction=0.15, storage_size=size)
     p = dataset.prepare(d)
-    assert p.manifest['duplicate_groups'] == expected, size
+    groups = p.manifest['duplicate_groups']
+    for pair in reexported + related:
+      assert any(set(pair) <= set(g) for g in groups), (size, pair)
+    assert max(len(g) for g in groups) <= 3  # no runaway merging
     manifests.append(p.manifest)
   for m in manifests[1:]:
     assert m['folds'] == manifests[0]['folds']

@@ -289,8 +289,10 @@ def test_quality_gate_thresholds():
                            ('ms_ssim_synthetic', 0.39, 'mode collapse')]:
     gate = gan_metrics.quality_gate(dict(good, **{key: value}), cfg)
     assert not gate['passed'] and word in gate['reasons'][0], gate
+  # Realism not measured is not a pass.
   gate = gan_metrics.quality_gate(dict(good, c2st_accuracy=None), cfg)
-  assert gate['passed'] and gate['skipped'] == ['c2st_accuracy']
+  assert not gate['passed'] and gate['skipped'] == ['c2st_accuracy']
+  assert 'not measured' in gate['reasons'][0]
 
 
 # ------------------------------------------------------------------- CLI
