@@ -260,17 +260,22 @@ def draw_batch(data: dict, j: jax.Array, key: jax.Array, *, batch_size: int,
   return reals, labels
 
 
-def _ada_update(aug: dict, rt: jax.Array, n: int, step: jax.Array,
-                hp: Hparams) -> dict:
-  """Accumulates a batch's r_t; every ada_interval G steps adjusts p."""
-  acc = aug['rt_acc'] + jnp.stack([rt * n, jnp.float32(n)])
+def _ada_accumulate(aug: dict, rt: jax.Array, n: int) -> dict:
+  """Adds a critic batch's r_t (weighted by its n images) to the sums."""
+  return dict(aug, rt_acc=aug['rt_acc'] + jnp.stack([rt * n,
+                                                     jnp.float32(n)]))
+
+
+def _ada_adjust(aug: dict, step: jax.Array, hp: Hparams) -> dict:
+  """Every ada_interval G steps (after the critic steps), adjusts p once."""
   if not hp.ada_adjust:
-    return dict(aug, rt_acc=acc)
-  p, emptied = augment.ada_update(aug['p'], acc, target=hp.ada_target,
+    return aug
+  p, emptied = augment.ada_update(aug['p'], aug['rt_acc'],
+                                  target=hp.ada_target,
                                   speed_kimg=hp.ada_speed_kimg)
   now = (step + 1) % hp.ada_interval == 0
   return {'p': jnp.where(now, p, aug['p']),
-          'rt_acc': jnp.where(now, emptied, acc)}
+          'rt_acc': jnp.where(now, emptied, aug['rt_acc'])}
 
 
 @functools.partial(jax.jit, donate_argnames=('state',),
@@ -311,9 +316,11 @@ def train_iterations(state: dict, data: dict, plan: dict, *, g_graph,
       k = jax.random.fold_in(plan['key'], step * (reps + 1) + r)
       state, m = d_step(state, reals, labels, k, alpha, plan['lr_d'], **kw)
       if hp.ada_policy:
-        state = dict(state, aug=_ada_update(state['aug'], m['aug/rt'],
-                                            batch_size, step, hp))
+        state = dict(state, aug=_ada_accumulate(state['aug'], m['aug/rt'],
+                                                batch_size))
       d_metrics.append(m)
+    if hp.ada_policy:  # once per G step, whatever d_repeats
+      state = dict(state, aug=_ada_adjust(state['aug'], step, hp))
     k = jax.random.fold_in(plan['key'], step * (reps + 1) + reps)
     state, g_metrics = g_step(state, labels, k, alpha, plan['lr_g'], **kw)
     state = dict(state, g_ema=ema_update(state['g_ema'], state['g'],
