@@ -86,11 +86,32 @@ def _manifests(synthetic_dir: str) -> list[tuple[str, dict]]:
 
 def gan_records(synthetic_dir: str) -> list[tuple[str, dict]]:
   """Every GAN training record named by the manifests in synthetic_dir."""
-  records = []
-  for path, m in _manifests(synthetic_dir):
-    for rec in m.get('gan_training', {}).values():
-      records.append((path, rec))
-  return records
+  return [(path, rec) for path, _, rec in _entries(synthetic_dir)]
+
+
+def _entries(synthetic_dir: str) -> list[tuple[str, str, dict]]:
+  """(manifest path, entry, record): entry is a class folder or 'all'."""
+  return [(path, entry, rec) for path, m in _manifests(synthetic_dir)
+          for entry, rec in m.get('gan_training', {}).items()]
+
+
+def _unrecorded_folders(synthetic_dir: str, entries) -> list[str]:
+  """Class folders with images that no GAN record covers.
+
+  A record keyed 'all' (a conditional or all-class GAN) covers every folder;
+  otherwise each folder needs its own record, so PNGs copied in by hand or
+  left from an earlier sampling are not vouched for by another GAN's record.
+  """
+  keys = {e for _, e, _ in entries}
+  if 'all' in keys:
+    return []
+  out = []
+  for d in sorted(os.listdir(synthetic_dir)):
+    folder = os.path.join(synthetic_dir, d)
+    if (os.path.isdir(folder) and d not in keys and any(
+        f.lower().endswith('.png') for f in os.listdir(folder))):
+      out.append(folder)
+  return out
 
 
 def gan_runs(synthetic_dir: str) -> list[dict[str, Any]]:
@@ -122,7 +143,16 @@ def check_synthetic(synthetic_dir: str, prepared, fold: int, *,
   if not os.path.isdir(synthetic_dir):
     raise UserInputError(
         f'config.data.synthetic_dir={synthetic_dir!r} is not a directory')
-  records = gan_records(synthetic_dir)
+  entries = _entries(synthetic_dir)
+  records = [(path, rec) for path, _, rec in entries]
+  unrecorded = _unrecorded_folders(synthetic_dir, entries) if records else []
+  if unrecorded and not allow_unverified:
+    raise UserInputError(
+        f'{unrecorded[0]}: no GAN training record in the manifest.json of '
+        f'{synthetic_dir} covers this folder, so leakage into this fold '
+        'cannot be ruled out; sample it with configs/sample.py from a GAN '
+        'trained on this fold, or set '
+        'config.data.allow_unverified_synthetic=True')
   if not records:
     msg = (f'config.data.synthetic_dir={synthetic_dir!r}: no manifest.json '
            'records which real images its GAN trained on, so leakage into '

@@ -92,3 +92,15 @@ def test_classifier_refuses_leaky_synthetic_before_training(prepared,
   # Nothing trained or written but the split manifest.
   assert not (workdir / 'checkpoints').exists()
   assert not (workdir / 'results.json').exists()
+
+
+def test_class_folder_without_its_own_record_is_refused(prepared, tmp_path):
+  p, _ = prepared
+  d = _synthetic_dir(tmp_path / 'syn', _record(p, 0), p.class_names)
+  # A one-class GAN's record covers its folder only.
+  with open(os.path.join(d, 'manifest.json'), 'w') as f:
+    json.dump({'gan_training': {p.class_names[1]: _record(p, 0, 1)}}, f)
+  with pytest.raises(UserInputError, match=p.class_names[0]):
+    provenance.check_synthetic(d, p, 0)
+  os.rename(os.path.join(d, p.class_names[0]), os.path.join(tmp_path, 'x'))
+  assert provenance.check_synthetic(d, p, 0)['verified']
