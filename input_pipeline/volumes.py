@@ -7,10 +7,12 @@ Two `data.name`s (called through `sources.scan` / `sources.decode`):
                 segmentation (nonzero = lesion). `data.modality` picks one
                 modality, or a comma list stacked as channels ('' = the
                 patient's only image volume).
-  dicom_series  DIR/<patient>/[<series>/]*.dcm: each folder holding .dcm
-                files is one series of 2-D slices, ordered along the slice
-                normal by ImagePositionPatient (by InstanceNumber, taken as
-                axial, where positions are absent); HU from rescale
+  dicom_series  DIR/<patient>/[<series>/]*.dcm: each folder holding DICOM
+                files (.dcm or .dicom in any case, or any file with the
+                DICM preamble, e.g. extensionless PACS exports) is one
+                series of 2-D slices, ordered along the slice normal by
+                ImagePositionPatient (by InstanceNumber, taken as axial,
+                where positions are absent); HU from rescale
                 slope/intercept.
 
 Every volume is oriented to axial (nibabel's closest canonical RAS+ axes)
@@ -430,24 +432,24 @@ def _nifti_volumes(root: str, mods: list[str]) -> list[Volume]:
 
 
 def _series_volumes(root: str) -> list[Volume]:
-  vols = []
-  for dirpath, dirnames, names in os.walk(root):
-    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
-    dcm = sorted(f for f in names if f.lower().endswith('.dcm'))
-    if not dcm:
-      continue
-    rel = os.path.relpath(dirpath, root)
-    if rel == '.':
-      raise UserInputError(
-          f'{os.path.join(root, dcm[0])}: series go in one folder per '
-          f'patient (DIR/<patient>/[<series>/]*.dcm)')
-    key = rel.replace(os.sep, '/')
-    vols.append(Volume(key, key.split('/')[0], 'dicom_series',
-                       tuple(os.path.join(dirpath, f) for f in dcm)))
-  if not vols:
-    raise UserInputError(f'config.data.dir={root!r}: no .dcm files in '
-                         f'patient folders')
-  return vols
+  """One Volume per folder holding DICOM files: a DICOM extension in any
+  case, or the DICM preamble (as the `dicom` source finds them; hidden
+  files, DICOMDIR and other OS leftovers skipped)."""
+  series: dict[str, list[str]] = {}
+  for rel in sources.walk_files(root):
+    path = os.path.join(root, rel)
+    if rel.lower().endswith(sources.DICOM_EXTS) or sources.is_dicom_file(
+        path):
+      series.setdefault(rel.rpartition('/')[0], []).append(path)
+  if '' in series:
+    raise UserInputError(
+        f'{series[""][0]}: series go in one folder per patient '
+        f'(DIR/<patient>/[<series>/]*.dcm)')
+  if not series:
+    raise UserInputError(f'config.data.dir={root!r}: no DICOM files (.dcm, '
+                         "or the 'DICM' preamble) in patient folders")
+  return [Volume(key, key.split('/')[0], 'dicom_series', tuple(paths))
+          for key, paths in sorted(series.items())]
 
 
 def _patient_labels(csv_path: str, patients: dict[str, str], root: str,

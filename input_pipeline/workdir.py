@@ -20,6 +20,14 @@ Keys that do not change what a run computes are not compared
 evaluates or checkpoints, how many checkpoints it keeps, grain read
 workers, where the TFDS and XLA caches live, background compilation.
 A job passes more with `ignore=`.
+
+`stop_on_signals` turns SIGINT (Ctrl-C) and SIGTERM (a scheduler's
+preemption notice) into a request that a training loop reads between
+steps: it saves a checkpoint, waits for it, and leaves through
+`StopRequest.exit`, which prints one line naming the checkpoint and exits
+with 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as a shell
+reports a process that the signal ended. Nothing is raised inside JAX or
+orbax, and no thread is left writing when the interpreter shuts down.
 """
 
 import contextlib
@@ -28,10 +36,12 @@ import fcntl
 import fnmatch
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 from absl import logging
 
@@ -80,16 +90,20 @@ def _holder_text(fd: int) -> str:
 
 
 @contextlib.contextmanager
-def lock(workdir: str, job: str = '') -> Iterator[None]:
+def lock(workdir: str, job: str = '', *, shared: bool = False,
+         name: str = LOCK_FILE) -> Iterator[None]:
   """Holds `workdir/.lock` exclusively; WorkdirBusyError if already held.
 
   Does not wait: two runs on one workdir are a mistake to report, not a
   queue. Where the filesystem has no locks (some network mounts), warns
-  and goes on unlocked.
+  and goes on unlocked. `shared=True` takes a shared lock instead, which
+  others may share but an exclusive one refuses (the study's shards hold
+  one each; a whole-study run needs it exclusively). `name`: another lock
+  file in `workdir`.
   """
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, LOCK_FILE)
-  fd = _acquire(path, workdir)
+  path = os.path.join(workdir, name)
+  fd = _acquire(path, workdir, shared)
   if fd is None:
     yield
     return
@@ -102,18 +116,21 @@ def lock(workdir: str, job: str = '') -> Iterator[None]:
     yield
   finally:
     # Removed while still locked, so nobody can lock this file afterwards
-    # (one that had it open sees it gone and opens the new one).
-    with contextlib.suppress(OSError):
-      os.unlink(path)
+    # (one that had it open sees it gone and opens the new one). A shared
+    # holder leaves it: others may still hold it.
+    if not shared:
+      with contextlib.suppress(OSError):
+        os.unlink(path)
     os.close(fd)
 
 
-def _acquire(path: str, workdir: str) -> int | None:
+def _acquire(path: str, workdir: str, shared: bool = False) -> int | None:
   """A locked descriptor of `path`; None where the filesystem cannot lock."""
+  mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
   while True:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      fcntl.flock(fd, mode | fcntl.LOCK_NB)
     except BlockingIOError:
       holder = _holder_text(fd)
       os.close(fd)
@@ -261,3 +278,70 @@ def claim(workdir: str, config: Any = None, *, job: str,
     if config is not None:
       c.record(config)
     yield c
+
+
+class Interrupted(SystemExit):
+  """A run stopped by SIGINT / SIGTERM after saving; exit status 128 + n."""
+
+
+class StopRequest:
+  """Set by SIGINT / SIGTERM inside `stop_on_signals`; true once asked."""
+
+  def __init__(self):
+    self.signum: int | None = None
+
+  def __bool__(self) -> bool:
+    return self.signum is not None
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum).name if self else ''
+
+  def exit(self, message: str) -> NoReturn:
+    """Prints `<SIGNAL>: message` on stderr; raises Interrupted(128 + n)."""
+    print(f'{self.name}: {message}', file=sys.stderr, flush=True)
+    raise Interrupted(128 + self.signum)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_on_signals(what: str = 'training') -> Iterator[StopRequest]:
+  """SIGINT and SIGTERM set the yielded request instead of stopping.
+
+  The loop checks it between dispatches (or steps), saves a checkpoint and
+  calls `request.exit(...)`. A second signal restores the previous handlers
+  and delivers itself again: Ctrl-C twice stops at once, without saving.
+  Outside the main thread (where Python cannot install handlers) the
+  request stays false and signals act as before.
+  """
+  stop = StopRequest()
+  if threading.current_thread() is not threading.main_thread():
+    yield stop
+    return
+  previous = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+
+  def restore():
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+
+  def handler(signum, frame):
+    del frame
+    if stop:  # the second one: as if we had never caught them
+      restore()
+      signal.raise_signal(signum)
+      return
+    stop.signum = signum
+    # os.write, not print: the handler may run inside another write to
+    # stderr (the progress bar), which print would re-enter.
+    os.write(2, (f'\n{stop.name}: stopping {what} after this step and '
+                 'saving a checkpoint (send it again to stop at once, '
+                 'without saving)\n').encode())
+
+  for s in _STOP_SIGNALS:
+    signal.signal(s, handler)
+  try:
+    yield stop
+  finally:
+    restore()

@@ -22,8 +22,22 @@ G_ema grid and the sliced Wasserstein distance of G_ema samples to a fixed
 set of training images (pggan_jax/quality.py), computed on the host in a
 worker thread while training goes on; checkpoints are saved asynchronously.
 
+The workdir is locked for the run, and one that holds checkpoints of
+another config is refused, naming the keys that differ
+(input_pipeline/workdir.py; `IGNORED_KEYS` below lists what may change).
+`total_kimg` may: the schedule is a function of the kimg shown so far, not
+of the total, so rerunning a finished workdir with a larger total_kimg
+trains it further, exactly as one longer run would (and a smaller one
+returns the longer run's last metrics). SIGINT (Ctrl-C) and SIGTERM stop
+after the current dispatch: a checkpoint is saved and waited for, one line
+names it, and the process exits with 130 (SIGINT) or 143 (SIGTERM); the
+same command resumes. A killed run (SIGKILL, out of memory) resumes from
+its last complete checkpoint: orbax writes each one to a temporary
+directory and renames it when complete (benchmarks/kill_test.py).
+
 workdir/
-  config.json      the resolved config (read back by sample.py)
+  config.json      the resolved config (read back by sample.py; a rerun
+                   must match it, see above)
   checkpoints/     orbax: g, d, g_ema, opt (both Adam states, base RNG, ADA
                    state), meta (nimg, step, lod, data_res, data_batch,
                    data_mode, metrics), data (grain iterator state, or the
@@ -50,15 +64,36 @@ import orbax.checkpoint as ocp
 import tensorboardX
 import tqdm
 
+from input_pipeline import files
 from input_pipeline import images as image_io
 from input_pipeline import provenance
 from input_pipeline import sharding
+from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
 from pggan_jax import networks
 from pggan_jax import quality
 from pggan_jax import schedule
 from pggan_jax import steps
 from pggan_jax import train_data
+
+
+# Config keys that may differ from the workdir's config.json on resume
+# (besides workdir_lib.IGNORED_KEYS): they change when the run stops, what
+# it logs and measures, and how the host feeds the device, not the
+# training computed. total_kimg: see the module docstring.
+# iters_per_dispatch changes how many iterations one compiled call runs
+# (same iterations, same order); data_on_device changes how minibatches
+# are drawn (on the device or by grain, from the same images), which is
+# what a run moved to a machine with less memory needs, so a resumed run
+# may switch (the checkpoint records data_mode).
+IGNORED_KEYS = ('total_kimg', 'grid_size', 'metrics.*',
+                'sched.tick_kimg', 'sched.tick_kimg_dict',
+                'iters_per_dispatch', 'data_on_device', 'data_device_max_mb')
+# What a PGGAN workdir holds that a rerun resumes.
+OUTPUTS = ('checkpoints',)
+# Filled in from the data by resolve_config.
+_RESOLVED_KEYS = ('class_names', 'model.channels', 'model.num_classes',
+                  'model.latent_size')
 
 
 def resolve_config(config, prepared) -> ml_collections.ConfigDict:
@@ -141,11 +176,14 @@ def dispatch_length(cfg) -> int:
 
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   # Async: save() returns once the arrays are copied off the device; files
-  # are written in the background (wait_until_finished() before exit).
+  # are written in the background (wait_until_finished() before exit). Each
+  # is written to a temporary directory renamed when complete; those a
+  # killed run left are removed when the next one starts.
   return ocp.CheckpointManager(
       os.path.join(os.path.abspath(workdir), 'checkpoints'),
       options=ocp.CheckpointManagerOptions(
-          max_to_keep=keep, create=True, enable_async_checkpointing=True),
+          max_to_keep=keep, create=True, enable_async_checkpointing=True,
+          cleanup_tmp_directories=True),
       item_names=('g', 'd', 'g_ema', 'opt', 'meta', 'data'))
 
 
@@ -235,21 +273,34 @@ def _tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict:
-  """Trains (or resumes) a PGGAN; returns the last metrics."""
-  from input_pipeline import dataset  # pylint: disable=g-import-not-at-top
+  """Trains (or resumes) a PGGAN; returns the last metrics.
+
+  Locks `workdir`, refuses one whose checkpoints another config made, and
+  stops cleanly on SIGINT / SIGTERM (see the module docstring).
+  """
   if not workdir:
     raise UserInputError('--workdir is required for config.task=pggan')
   _check_config(config)
+  with workdir_lib.claim(workdir, job='pggan', outputs=OUTPUTS,
+                         ignore=IGNORED_KEYS) as claim:
+    return _train_and_evaluate(config, workdir, claim)
+
+
+def _train_and_evaluate(config, workdir: str, claim) -> dict:
+  from input_pipeline import dataset  # pylint: disable=g-import-not-at-top
   cache_dir = sharding.setup_compilation_cache(config.jax_cache_dir,
                                       config.jax_cache_min_compile_secs)
   mesh = sharding.make_mesh()
+  # Checkpoints of another config are refused before the data writes
+  # W/splits.json, and again, with the keys the data fills in, before
+  # anything is restored.
+  workdir_lib.check_config(workdir, config, outputs=OUTPUTS,
+                           ignore=IGNORED_KEYS + _RESOLVED_KEYS)
   prepared = dataset.prepare(config.data, workdir)
   cfg = resolve_config(config, prepared)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  claim.record(cfg)
   if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      json.dump(cfg.to_dict(), f, indent=2)
     # Which real images this GAN sees: the sampler copies it into its
     # manifest, and the classifier refuses synthetic images whose GAN saw
     # any of its validation or test images (input_pipeline/provenance.py).
@@ -306,11 +357,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     rng = np.asarray(restored.opt['rng'])
     if 'data' in items:
       data.restored(restored.data)
+    if is_main:
+      _trim_metrics(os.path.join(workdir, 'metrics.jsonl'), meta['nimg'])
 
-  def save(nimg_now):
+  def save(point):
+    """Checkpoints the state after the dispatch that ended at `point`."""
+    nonlocal meta, ckpt_start
+    ckpt_start = nimg
+    meta = {'nimg': nimg, 'step': step, 'lod': prev_lod,
+            'data_res': point.resolution, 'data_batch': point.batch_size,
+            'data_mode': data.mode, 'metrics': dict(last)}
     # A copy, so the next dispatch may donate `state` while orbax writes.
     snap = jax.tree.map(jnp.copy, state)
-    mgr.save(nimg_now, args=ocp.args.Composite(
+    mgr.save(nimg, args=ocp.args.Composite(
         g=ocp.args.StandardSave(snap['g']),
         d=ocp.args.StandardSave(snap['d']),
         g_ema=ocp.args.StandardSave(snap['g_ema']),
@@ -338,6 +397,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   half_life = schedule.ema_half_life_kimg(cfg)
   nimg, step, prev_lod = meta['nimg'], meta['step'], meta['lod']
   tick_start, ckpt_start = nimg, nimg
+  saved = latest
   start_time = time.time()
   last_log_time, last_log_nimg = start_time, nimg
   last_tick_time, last_tick_nimg = start_time, nimg
@@ -431,59 +491,88 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         _tick_job, fakes, len(grid_z), reals, swd_kw, path, is_main),
         rec, nimg))
 
-  try:
-    while nimg < total_nimg:
-      point = at(nimg / 1000)
-      if cfg.reset_opt_for_new_lod and schedule.lod_changed(prev_lod,
-                                                            point.lod):
-        state['g_opt'] = jax.device_put(adam.init(state['g']), replicated)
-        state['d_opt'] = jax.device_put(adam.init(state['d']), replicated)
-      d = schedule.plan_dispatch(
-          at, nimg=nimg, step=step, total_nimg=total_nimg, max_iters=k_max,
-          d_repeats=cfg.d_repeats, log_every=cfg.log_every_steps,
-          tick_start=tick_start, ckpt_start=ckpt_start,
-          checkpoint_kimg=cfg.checkpoint_kimg)
-      prev_lod = d.points[-1].lod
-      data.set_stage(point.resolution, point.batch_size)
-      plan = plan_arrays(d)
-      train_fn, generate = compiler.get(
-          (point.stage, point.batch_size), *compile_args(point, plan))
-      # The next stage starts within one phase; compile it ahead if the
-      # run gets there.
-      nxt = at(min(point.kimg + cfg.sched.lod_training_kimg
-                   + cfg.sched.lod_transition_kimg, cfg.total_kimg - 1e-6))
-      if nxt.stage != point.stage:
-        compiler.prefetch((nxt.stage, nxt.batch_size),
-                          *compile_args(nxt, plan))
-      state, means = train_fn(state, data.dispatch_args(len(d.points)), plan)
-      metrics.add(means, len(d.points))
-      nimg, step = d.nimgs[-1] + point.batch_size * cfg.d_repeats, (
-          step + len(d.points))
-      bar.update(min(nimg, total_nimg) / 1000 - bar.n)
-      finish_ticks(wait=False)
-      if d.log:
-        last = log(d.points[-1])
-      if d.tick:
-        tick_start = nimg
-        tick(d.points[-1], generate)
-        if d.done:  # the final metrics carry the final SWD
-          finish_ticks(wait=True)
-          _bar_postfix(last)
-      if d.ckpt:
-        ckpt_start = nimg
-        meta = {'nimg': nimg, 'step': step, 'lod': prev_lod,
-                'data_res': d.points[-1].resolution,
-                'data_batch': d.points[-1].batch_size,
-                'data_mode': data.mode, 'metrics': dict(last)}
-        save(nimg)
-    finish_ticks(wait=True)
-  finally:
-    ticks.shutdown(wait=True)
-    compiler.close()
-    bar.close()
-    mgr.wait_until_finished()
-    mgr.close()
-    if writer:
-      writer.close()
+  # Ctrl-C / SIGTERM: save and stop between dispatches, never inside one.
+  with workdir_lib.stop_on_signals('PGGAN training') as stop:
+    try:
+      while nimg < total_nimg:
+        point = at(nimg / 1000)
+        if cfg.reset_opt_for_new_lod and schedule.lod_changed(prev_lod,
+                                                              point.lod):
+          state['g_opt'] = jax.device_put(adam.init(state['g']), replicated)
+          state['d_opt'] = jax.device_put(adam.init(state['d']), replicated)
+        d = schedule.plan_dispatch(
+            at, nimg=nimg, step=step, total_nimg=total_nimg, max_iters=k_max,
+            d_repeats=cfg.d_repeats, log_every=cfg.log_every_steps,
+            tick_start=tick_start, ckpt_start=ckpt_start,
+            checkpoint_kimg=cfg.checkpoint_kimg)
+        prev_lod = d.points[-1].lod
+        data.set_stage(point.resolution, point.batch_size)
+        plan = plan_arrays(d)
+        train_fn, generate = compiler.get(
+            (point.stage, point.batch_size), *compile_args(point, plan))
+        # The next stage starts within one phase; compile it ahead if the
+        # run gets there.
+        nxt = at(min(point.kimg + cfg.sched.lod_training_kimg
+                     + cfg.sched.lod_transition_kimg, cfg.total_kimg - 1e-6))
+        if nxt.stage != point.stage:
+          compiler.prefetch((nxt.stage, nxt.batch_size),
+                            *compile_args(nxt, plan))
+        state, means = train_fn(state, data.dispatch_args(len(d.points)), plan)
+        metrics.add(means, len(d.points))
+        nimg, step = d.nimgs[-1] + point.batch_size * cfg.d_repeats, (
+            step + len(d.points))
+        bar.update(min(nimg, total_nimg) / 1000 - bar.n)
+        finish_ticks(wait=False)
+        if d.log:
+          last = log(d.points[-1])
+        if d.tick:
+          tick_start = nimg
+          tick(d.points[-1], generate)
+          if d.done:  # the final metrics carry the final SWD
+            finish_ticks(wait=True)
+            _bar_postfix(last)
+        if stop and not d.ckpt:
+          # SIGINT / SIGTERM: save where we are (losses checked first).
+          last = log(d.points[-1]) if metrics.pending else last
+        if d.ckpt or stop:
+          save(d.points[-1])
+          saved = nimg
+        if stop:
+          break
+      finish_ticks(wait=True)
+    finally:
+      ticks.shutdown(wait=True)
+      compiler.close()
+      bar.close()
+      mgr.wait_until_finished()
+      mgr.close()
+      if writer:
+        writer.close()
+  if stop:
+    where = (f'saved checkpoint {mgr.directory / str(saved)} (kimg '
+             f'{saved / 1000:.3f} of {cfg.total_kimg:g})'
+             if saved is not None else 'no checkpoint yet')
+    stop.exit(f'PGGAN training stopped; {where}; run the same command '
+              'again to resume')
   return last
+
+
+def _trim_metrics(path: str, nimg: int) -> None:
+  """Keeps the metrics.jsonl records up to the resumed checkpoint.
+
+  A killed run may have logged ticks past its last checkpoint (the resumed
+  run logs them again) or left half a line.
+  """
+  if not os.path.isfile(path):
+    return
+  keep = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rec = json.loads(line)
+      except ValueError:
+        continue
+      if round(rec.get('kimg', 0) * 1000) <= nimg:
+        keep.append(line if line.endswith('\n') else line + '\n')
+  files.write_text(path, ''.join(keep))
 

@@ -26,28 +26,33 @@ import orbax.checkpoint as ocp
 from input_pipeline import files
 from input_pipeline import preprocess
 from input_pipeline import sharding
+from input_pipeline import sources
 from input_pipeline import transforms
 from input_pipeline.errors import UserInputError
 from resnet_jax import train
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg')
+# The extensions the data sources read (any case).
+IMAGE_EXTENSIONS = sources.IMAGE_EXTS
 COLUMNS = ('path', 'prob', 'label', 'error')
 
 
 def list_images(path: str) -> list[str]:
-  """A file, or every PNG/JPEG under a directory (recursive, sorted, hidden
-  files and folders skipped, extensions in any case)."""
+  """A file, or every PNG/JPEG/TIFF under a directory (recursive, sorted,
+  hidden files, folders and OS leftovers such as Thumbs.db skipped,
+  extensions in any case)."""
   if os.path.isfile(path):
     return [path]
   if not os.path.isdir(path):
     raise UserInputError(f'config.input={path!r} is not a file or directory')
   out = []
   for root, dirs, names in os.walk(path):
-    dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    # Skipped as the data sources skip them (sources.ignored).
+    dirs[:] = sorted(d for d in dirs if not sources.ignored(d))
     out += [os.path.join(root, f) for f in sorted(names)
-            if not f.startswith('.') and f.lower().endswith(IMAGE_EXTENSIONS)]
+            if not sources.ignored(f) and f.lower().endswith(IMAGE_EXTENSIONS)]
   if not out:
-    raise UserInputError(f'config.input={path!r}: no PNG or JPEG images')
+    raise UserInputError(f'config.input={path!r}: no PNG or JPEG images, '
+                         'nor TIFF')
   return out
 
 

@@ -50,6 +50,7 @@ import tqdm
 
 from input_pipeline import files
 from input_pipeline import sharding
+from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
 from resnet_jax import report
 
@@ -394,9 +395,29 @@ def cell_dir(workdir: str, repeat: int, fold: int) -> str:
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) the whole study and writes the report; see module."""
+  """Runs (or resumes) the whole study and writes the report; see module.
+
+  Locks the workdir (input_pipeline/workdir.py): a whole-study or merge
+  run holds W/.lock exclusively; a shard (config.shard=i/N) holds it
+  shared, so shards run side by side but not beside a whole-study run,
+  and holds W/.lock-shard-i-of-N, so the same shard cannot run twice. A
+  second run refuses at once, naming the holder; a killed run leaves no
+  lock held. Each GAN and classifier also locks its own workdir.
+  """
   if not workdir:
     raise UserInputError('--workdir is required for config.task=study')
+  _check_config(config)
+  shard_i, shard_n = parse_shard(config.shard)
+  if config.shard and not config.merge:
+    job = f'study shard {config.shard}'
+    with workdir_lib.lock(workdir, job, shared=True), workdir_lib.lock(
+        workdir, job, name=f'.lock-shard-{shard_i}-of-{shard_n}'):
+      return _run_study(config, workdir)
+  with workdir_lib.lock(workdir, 'study'):
+    return _run_study(config, workdir)
+
+
+def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   arms = _check_config(config)
   # Imported here: the study module (and its report) stays importable
   # without the training stacks, e.g. to rebuild a report.
@@ -544,8 +565,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
             'the report is written by the last shard to finish or by '
             '--config.merge=True', flush=True)
       return {}
-    # The last shard to finish: check every step's hash, then report.
-    return run_study(_as_merge(config), workdir)
+    # The last shard to finish: check every step's hash, then report
+    # (under this shard's locks).
+    return _run_study(_as_merge(config), workdir)
 
   t = time.time()
   written = _write_outputs(config, workdir, prepared, folds, repeats, arms,

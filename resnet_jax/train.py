@@ -334,7 +334,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   start_step = int(state.step)
   t0 = time.time()
   pending = []
-  with _progress(start_step, total_steps) as bar:
+  saved = mngr.latest_step()
+  # Ctrl-C / SIGTERM: finish the step, save, stop (exit 130 / 143).
+  with _progress(start_step, total_steps) as bar, \
+      workdir_lib.stop_on_signals('classifier training') as stop:
     for step in range(start_step + 1, total_steps + 1):
       batch = sharding.shard_batch(next(train_iter), mesh)
       state, m = train_step(state, batch, graphdef=graphdef, tx=tx,
@@ -342,7 +345,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       pending.append(m)
       bar.update(1)
       is_log = step % config.log_every_steps == 0 or step == total_steps
-      if is_log or step % config.checkpoint_every_steps == 0:
+      if is_log or step % config.checkpoint_every_steps == 0 or stop:
         # Before every checkpoint too: a saved checkpoint is a good one.
         pending = jax.device_get(pending)
         _check_finite(pending, step, total_steps, mngr)
@@ -358,12 +361,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
         vm = metrics.binary_metrics(val_labels, probs)
         _write_scalars(writer, step, {f'eval/val_{k}': vm[k] for k in (
             'accuracy', 'auc', 'balanced_accuracy')})
-      if step == total_steps or step % config.checkpoint_every_steps == 0:
+      if (step == total_steps or step % config.checkpoint_every_steps == 0
+          or stop):
         mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=grain.checkpoint.CheckpointSave(train_iter)),
-                  force=step == total_steps)
+                  force=step == total_steps or bool(stop))
+        saved = step
+      if stop:
+        break
   mngr.wait_until_finished()
+  if stop:
+    where = (f'saved checkpoint {os.path.join(ckpt_dir, str(saved))} (step '
+             f'{saved} of {total_steps})' if saved is not None
+             else 'no checkpoint yet')
+    stop.exit(f'classifier training stopped; {where}; run the same command '
+              'again to resume')
   train_time = time.time() - t0
 
   # Final evaluation: threshold chosen on val, applied to test unchanged.

@@ -22,6 +22,7 @@ from configs import study as study_cfg
 from input_pipeline import dataset
 from input_pipeline import errors
 from input_pipeline import images
+from input_pipeline import workdir as workdir_lib
 from resnet_jax import report
 from resnet_jax import study
 
@@ -481,3 +482,33 @@ def test_gate_pools_cells_weighted_by_c2st_test_size():
   quality[1]['c2st_accuracy'] = 0.96
   gate = study._gate(quality, cfg)
   assert not gate['passed'] and 'pooled over 2 cells' in gate['reasons'][0]
+
+
+def test_workdir_lock_whole_study_and_shards(tmp_path, monkeypatch):
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  workdir = str(tmp_path / 'study')
+  busy = workdir_lib.WorkdirBusyError
+  # Another whole-study run holds W: a whole run and a shard refuse.
+  with workdir_lib.lock(workdir, 'study'):
+    with pytest.raises(busy, match=f'{workdir} is in use by this process'):
+      study.run_study(config, workdir)
+    config.shard = '1/2'
+    with pytest.raises(busy):
+      study.run_study(config, workdir)
+  assert not calls
+  # Shard 0/2 is running: shard 1/2 runs beside it; a second shard 0/2 and
+  # a whole-study run refuse.
+  with workdir_lib.lock(workdir, 'study shard 0/2', shared=True), \
+      workdir_lib.lock(workdir, 'study shard 0/2', name='.lock-shard-0-of-2'):
+    config.shard = '0/2'
+    with pytest.raises(busy, match='study shard 0/2'):
+      study.run_study(config, workdir)
+    config.shard = ''
+    with pytest.raises(busy):
+      study.run_study(config, workdir)
+    config.shard = '1/2'
+    assert study.run_study(config, workdir) == {}  # shard 0's cell is open
+  assert {c[2] for c in calls if c[0] == 'gan'} == {1}  # fold 1 only
+  assert not os.path.exists(os.path.join(workdir, '.lock-shard-1-of-2'))
