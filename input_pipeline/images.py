@@ -40,6 +40,15 @@ def save_png(image: np.ndarray, path: str) -> None:
   os.replace(tmp, path)
 
 
-def save_grid(images: np.ndarray, path: str, ncols: int | None = None) -> None:
-  """Saves [N, H, W, C] images in [-1, 1] as one PNG grid."""
+def save_grid(images: np.ndarray, path: str, ncols: int | None = None,
+              min_cell: int = 0) -> None:
+  """Saves [N, H, W, C] images in [-1, 1] as one PNG grid.
+
+  min_cell: images smaller than this are enlarged by an integer factor
+  (nearest neighbour, so pixels stay visible as pixels) for viewing.
+  """
+  images = np.asarray(images)
+  factor = max(1, min_cell // max(images.shape[1], 1))
+  if factor > 1:
+    images = images.repeat(factor, axis=1).repeat(factor, axis=2)
   save_png(make_grid(images, ncols), path)

@@ -255,14 +255,24 @@ def _spec(tree):
       tree)
 
 
+# Grid cells are enlarged to at least this many pixels (nearest neighbour).
+_GRID_CELL = 128
+
+
 def _tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
               is_main: bool) -> dict:
   """Worker thread: reads G_ema's samples back, saves the grid, SWD."""
   fakes = np.asarray(fakes)
   out = {}
   if is_main:
-    image_io.save_grid(fakes[:grid_size], path)
+    # Enlarged (nearest) for viewing; beside it, once per resolution, real
+    # training images at the same resolution.
+    image_io.save_grid(fakes[:grid_size], path, min_cell=_GRID_CELL)
     out['grid'] = image_io.make_grid(fakes[:grid_size])
+    res = fakes.shape[1]
+    real_path = os.path.join(os.path.dirname(path), f'reals_{res}x{res}.png')
+    if reals is not None and not os.path.exists(real_path):
+      image_io.save_grid(reals[:grid_size], real_path, min_cell=_GRID_CELL)
   if reals is not None and is_main:
     res = fakes.shape[1]
     # Patches must fit the image (3x3 at 4x4); SWD levels stop at 16x16.
@@ -304,7 +314,16 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
     # Which real images this GAN sees: the sampler copies it into its
     # manifest, and the classifier refuses synthetic images whose GAN saw
     # any of its validation or test images (input_pipeline/provenance.py).
-    provenance.write_training_record(workdir, prepared, cfg.data)
+    record = provenance.write_training_record(workdir, prepared, cfg.data)
+    sched = cfg.sched
+    print(f'PGGAN: {len(record["train_ids"])} training images (fold '
+          f'{cfg.data.fold}, class '
+          f'{record["class_name"] or "all: " + ", ".join(cfg.class_names)}'
+          f'), {sched.initial_resolution}x{sched.initial_resolution} -> '
+          f'{cfg.model.resolution}x{cfg.model.resolution}, '
+          f'{sched.lod_training_kimg:g} kimg to stabilise and '
+          f'{sched.lod_transition_kimg:g} to fade in each resolution, '
+          f'{cfg.total_kimg:g} kimg in all', flush=True)
 
   g_graph, d_graph, g_params, d_params = build_models(cfg)
   hp = steps.Hparams.from_config(cfg, cfg.model.latent_size)
@@ -328,13 +347,20 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
   total_nimg = int(round(cfg.total_kimg * 1000))
   latest = mgr.latest_step()
   if latest is not None:
-    logging.info('Resuming from %s', mgr.directory / str(latest))
-    print(f'Resuming from {mgr.directory / str(latest)}', flush=True)
     meta = mgr.restore(latest, args=ocp.args.Composite(
         meta=ocp.args.JsonRestore()))['meta']
     if meta['nimg'] >= total_nimg:
       mgr.close()
+      if is_main:
+        print(f'Training is complete ({meta["nimg"] / 1000:g} of '
+              f'{cfg.total_kimg:g} kimg): checkpoints in {mgr.directory}, '
+              f'grids in {os.path.join(workdir, "samples")}, metrics in '
+              f'{os.path.join(workdir, "metrics.jsonl")}; sample with '
+              f'configs/sample.py --workdir={workdir}, or raise '
+              '--config.total_kimg to train longer', flush=True)
       return meta['metrics']
+    logging.info('Resuming from %s', mgr.directory / str(latest))
+    print(f'Resuming from {mgr.directory / str(latest)}', flush=True)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     items = dict(
         g=ocp.args.StandardRestore(abstract['g']),
