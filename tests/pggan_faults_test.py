@@ -61,6 +61,27 @@ def test_workdir_of_another_class_is_refused_a_longer_run_resumes(tmp_path):
   step, items = harness.restore_latest(w)
   assert step == items['meta']['nimg'] >= 80 > int(steps[-1])
   assert json.load(open(os.path.join(w, 'config.json')))['total_kimg'] == 0.08
+  # The grids are enlarged for viewing, with real images beside them.
+  grids = sorted(os.listdir(os.path.join(w, 'samples')))
+  assert 'reals_8x8.png' in grids and any(g.startswith('fakes_') for g in grids)
+
+
+def test_cli_says_what_it_trains_and_when_it_is_complete(tmp_path):
+  w = str(tmp_path / 'w')
+  cmd = ['python', 'main.py', '--config=configs/pggan.py:tiny',
+         f'--workdir={w}', '--config.model.resolution=8',
+         '--config.total_kimg=0.04', '--config.sched.lod_training_kimg=0.02',
+         '--config.sched.lod_transition_kimg=0.02']
+  first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, check=True)
+  assert re.search(r'PGGAN: 32 training images \(fold -1, class all: '
+                   r'normal, hemorrhage\), 4x4 -> 8x8, .* 0.04 kimg in all',
+                   first.stdout), first.stdout
+  again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                         timeout=600, check=True)
+  assert 'Training is complete (' in again.stdout, again.stdout
+  assert f'configs/sample.py --workdir={w}' in again.stdout
+  assert 'Resuming' not in again.stdout
 
 
 def test_busy_workdir_is_refused_at_once(tmp_path):
