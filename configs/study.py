@@ -8,10 +8,10 @@ r"""The augmentation study: repeated k-fold x {none, classic, gan, classic+gan}.
   python main.py --config=configs/study.py --workdir=runs/study
     Default: synthetic phantoms, CPU-sized PGGANs to 64x64 (4.5 kimg each)
     and the CPU ResNet at 64x64, 5 folds x 3 repeats. Measured on the real
-    head_ct data (the command below) with --config.num_repeats=2: 49 min
-    of compute, 52 min wall on the shared 2-core CPU (GANs 23 min, quality
-    7 min, classifiers 19 min). Its GANs fail the quality gate (pooled
-    C2ST 0.98, mode collapse) and report.md says in its first lines that
+    head_ct data (the command below): 63 min wall on the shared 2-core CPU
+    (GANs 30 min, quality 9 min, classifiers 24 min). Its GANs fail the
+    quality gate (pooled C2ST 0.98, mode collapse) and report.md says in
+    its first lines that
     the 'gan' arms do not test GAN augmentation: on a CPU they are a smoke
     test of the machinery. Use :gpu for GANs that can pass the gate.
   python main.py --config=configs/study.py --workdir=runs/study_headct \
