@@ -21,6 +21,12 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, outputs.')
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() (multi-host runs).')
+# Unset: JAX detects them from the cluster (SLURM, Cloud TPU, ...).
+flags.DEFINE_string('coordinator_address', None,
+                    'With --distributed: host:port of process 0.')
+flags.DEFINE_integer('num_processes', None, 'With --distributed: processes.')
+flags.DEFINE_integer('process_id', None, 'With --distributed: this process.')
+_DIST = ('coordinator_address', 'num_processes', 'process_id')
 flags.mark_flags_as_required(['config'])
 
 # config.task -> 'module:function'; each function takes (config, workdir).
@@ -44,8 +50,11 @@ def main(argv):
   logs.quiet_libraries()  # library INFO off unless --verbosity is given
   import jax  # pylint: disable=g-import-not-at-top
 
+  given = {k: FLAGS[k].value for k in _DIST if FLAGS[k].value is not None}
+  if given and not FLAGS.distributed:
+    cli.fail(f'--{next(iter(given))} needs --distributed')
   if FLAGS.distributed:
-    jax.distributed.initialize()
+    jax.distributed.initialize(**given)
   config = FLAGS.config
   task = config.get('task')
   if task not in _TASKS:

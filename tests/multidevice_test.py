@@ -1,0 +1,251 @@
+"""8 simulated devices against 1: same step results, checkpoints portable.
+
+Two subprocesses (JAX fixes its device count at start-up) run this file as
+a script: one with XLA_FLAGS=--xla_force_host_platform_device_count=8, one
+with a single CPU device. Each runs, on a ('data',) mesh of all its devices
+(input_pipeline/sharding.py), the same inputs through
+  (a) one PGGAN training iteration (steps.train_iterations: critic step,
+      generator step, EMA) with configs/pggan.py:tiny at 8x8, batch 8;
+  (b) one classifier step (resnet_jax.train.train_step), configs/resnet.py:
+      tiny, batch 8;
+and saves the resulting parameters. The 8-device process also trains a tiny
+PGGAN (train.train_and_evaluate, 0.04 kimg); the 1-device process restores
+its latest checkpoint and resumes it to 0.08 kimg.
+
+Tolerance (rtol 1e-4, atol 1e-5, float32): the sharded program sums the
+batch's gradient and BatchNorm / minibatch-stddev statistics per device and
+then across devices, a different reduction order from one device, so the
+results differ by float32 rounding, not more. Measured: see _TOL below.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_FORCE = '--xla_force_host_platform_device_count'
+# Reduction order only (see the module docstring). Max |8 - 1 device|
+# measured on the 2-core CPU (jax 0.10.2): PGGAN iteration 7.5e-7 (G, D,
+# G_ema and the losses), ResNet step 3.6e-7 (params and BatchNorm stats).
+_RTOL, _ATOL = 1e-4, 1e-5
+_TINY_KIMG, _RESUMED_KIMG = 0.04, 0.08
+
+
+# --------------------------------------------------------- the subprocesses
+
+
+def _pggan_config(total_kimg=_TINY_KIMG):
+  from configs import pggan  # pylint: disable=g-import-not-at-top
+  cfg = pggan.get_config('tiny')
+  cfg.model.resolution = 8
+  cfg.sched.lod_training_kimg = 0.02
+  cfg.sched.lod_transition_kimg = 0.02
+  cfg.sched.tick_kimg = 0.04
+  cfg.total_kimg = total_kimg
+  cfg.checkpoint_kimg = 0.02
+  cfg.log_every_steps = 4
+  cfg.data_on_device = 'yes'
+  cfg.metrics.swd_images = 16
+  return cfg
+
+
+def _flat(tree, prefix):
+  import jax  # pylint: disable=g-import-not-at-top
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {prefix + jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+
+
+def _pggan_models():
+  """cfg, g_graph, g_params, d_graph, d_params (train.resolve_config's
+  fields for the 1-channel, unconditional synthetic data, by hand)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from pggan_jax import networks  # pylint: disable=g-import-not-at-top
+  cfg = _pggan_config()
+  cfg.model.channels, cfg.model.num_classes = 1, 0
+  cfg.model.latent_size = min(cfg.model.fmap_base, cfg.model.fmap_max)
+  g, d = networks.build(cfg, nnx.Rngs(cfg.seed))
+  return (cfg, *nnx.split(g), *nnx.split(d))
+
+
+def _pggan_iteration(mesh):
+  """One train_iterations dispatch (K = 1) at 8x8, fade-in alpha 0.5."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
+  from pggan_jax import steps  # pylint: disable=g-import-not-at-top
+  cfg, g_graph, g_params, d_graph, d_params = _pggan_models()
+  hp = steps.Hparams.from_config(cfg, cfg.model.latent_size)
+  adam = hp.adam()
+  rep = sharding.replicated(mesh)
+  state = jax.device_put(
+      {'g': g_params, 'd': d_params,
+       'g_ema': jax.tree.map(jnp.copy, g_params),
+       'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}, rep)
+  rng = np.random.default_rng(0)
+  data = jax.device_put(
+      {'images': rng.uniform(-1, 1, (32, 8, 8, 1)).astype(np.float32),
+       'labels': np.zeros((32,), np.int32)}, rep)
+  plan = {'n': np.int32(1), 'step': np.int32(3),
+          'alpha': np.float32([0.5]), 'ema_beta': np.float32([0.9]),
+          'lr_d': np.float32(1e-3), 'lr_g': np.float32(1e-3),
+          'key': jax.random.key(7), 'data_key': jax.random.key(8)}
+  state, means = steps.train_iterations(
+      state, data, plan, g_graph=g_graph, d_graph=d_graph, stage=1, hp=hp,
+      batch_size=8)
+  out = _flat({k: state[k] for k in ('g', 'd', 'g_ema')}, 'pggan')
+  out.update(_flat(means, 'pggan_metrics'))
+  return out
+
+
+def _resnet_step(mesh):
+  """One classifier train_step on a fixed batch of 8 (BatchNorm in train)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import resnet  # pylint: disable=g-import-not-at-top
+  from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  cfg = resnet.get_config('tiny')
+  tx = train.create_optimizer(cfg, 4)
+  graphdef, _, state = train.init_state(train.create_model(cfg, 1), tx)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  rng = np.random.default_rng(1)
+  batch = sharding.shard_batch(
+      {'image': rng.normal(size=(8, 32, 32, 1)).astype(np.float32),
+       'label': np.arange(8, dtype=np.int32) % 2}, mesh)
+  # 4 steps: warmup round(0.1 * 4) = 0, so step 1 has the peak rate.
+  state, m = train.train_step(state, batch, graphdef=graphdef, tx=tx,
+                              label_smoothing=cfg.label_smoothing)
+  out = _flat({'params': state.params, 'batch_stats': state.batch_stats},
+              'resnet')
+  out['resnet_loss'] = np.asarray(m['loss'])
+  return out
+
+
+def _restore_and_resume(workdir):
+  """On this process's devices: restore the latest checkpoint, then resume."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
+  from pggan_jax import train  # pylint: disable=g-import-not-at-top
+  mgr = ocp.CheckpointManager(
+      os.path.join(workdir, 'checkpoints'),
+      item_names=('g', 'd', 'g_ema', 'opt', 'meta', 'data'))
+  step = mgr.latest_step()
+  meta = mgr.restore(step, args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+  # Restored onto this process's mesh, as train.py resumes.
+  rep = sharding.replicated(sharding.make_mesh())
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep),
+      _pggan_models()[2])
+  g = mgr.restore(step, args=ocp.args.Composite(
+      g=ocp.args.StandardRestore(abstract)))['g']
+  mgr.close()
+  devices = {d for x in jax.tree.leaves(g) for d in x.sharding.device_set}
+  last = train.train_and_evaluate(_pggan_config(_RESUMED_KIMG), workdir)
+  mgr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'),
+                              item_names=('meta',))
+  resumed = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(
+      meta=ocp.args.JsonRestore()))['meta']
+  mgr.close()
+  return {'restored_step': int(step), 'restored_nimg': meta['nimg'],
+          'restored_leaves': len(jax.tree.leaves(g)),
+          'restored_devices': len(devices),
+          'restored_finite': all(bool(np.isfinite(np.asarray(x)).all())
+                                 for x in jax.tree.leaves(g)),
+          'resumed_nimg': resumed['nimg'],
+          'resumed_loss_finite': bool(np.isfinite(last['d/loss']))}
+
+
+def _worker(outdir, workdir):
+  import jax  # pylint: disable=g-import-not-at-top
+  from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh()
+  n = jax.device_count()
+  arrays = {**_pggan_iteration(mesh), **_resnet_step(mesh)}
+  np.savez(os.path.join(outdir, f'steps_{n}.npz'), **arrays)
+  info = {'devices': n}
+  if n > 1:  # write the checkpoints on 8 devices
+    from pggan_jax import train  # pylint: disable=g-import-not-at-top
+    train.train_and_evaluate(_pggan_config(), workdir)
+  else:      # restore and resume them on 1
+    info.update(_restore_and_resume(workdir))
+  with open(os.path.join(outdir, f'info_{n}.json'), 'w') as f:
+    json.dump(info, f)
+
+
+# ------------------------------------------------------------------ the tests
+
+
+def _run(devices, outdir, workdir):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             PYTHONPATH=os.pathsep.join(
+                 [_ROOT] + [p for p in [os.environ.get('PYTHONPATH')] if p]))
+  xla = [f for f in env.get('XLA_FLAGS', '').split()
+         if not f.startswith(_FORCE)]
+  if devices > 1:
+    xla.append(f'{_FORCE}={devices}')
+  env['XLA_FLAGS'] = ' '.join(xla)
+  proc = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), outdir, workdir],
+      env=env, cwd=_ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory):
+  outdir = str(tmp_path_factory.mktemp('multidevice'))
+  workdir = os.path.join(outdir, 'pggan')
+  t0 = time.time()
+  _run(8, outdir, workdir)
+  _run(1, outdir, workdir)
+  print(f'8- and 1-device subprocesses: {time.time() - t0:.0f} s')
+  load = lambda n: dict(np.load(os.path.join(outdir, f'steps_{n}.npz')))
+  info = {}
+  for n in (8, 1):
+    with open(os.path.join(outdir, f'info_{n}.json')) as f:
+      info[n] = json.load(f)
+  return load(8), load(1), info
+
+
+def _compare(many, one, prefix):
+  keys = sorted(k for k in many if k.startswith(prefix))
+  assert keys and keys == sorted(k for k in one if k.startswith(prefix))
+  worst = max(float(np.max(np.abs(many[k] - one[k]))) for k in keys)
+  print(f'{prefix}: max |8 devices - 1 device| = {worst:.3g} over '
+        f'{len(keys)} arrays')
+  for k in keys:
+    np.testing.assert_allclose(many[k], one[k], rtol=_RTOL, atol=_ATOL,
+                               err_msg=k)
+
+
+def test_device_counts(results):
+  _, _, info = results
+  assert info[8]['devices'] == 8 and info[1]['devices'] == 1
+
+
+def test_pggan_iteration_matches_on_8_and_1_devices(results):
+  many, one, _ = results
+  _compare(many, one, 'pggan')
+
+
+def test_classifier_step_matches_on_8_and_1_devices(results):
+  many, one, _ = results
+  _compare(many, one, 'resnet')
+
+
+def test_checkpoint_written_on_8_devices_restores_and_resumes_on_1(results):
+  _, _, info = results
+  one = info[1]
+  assert one['restored_nimg'] == one['restored_step'] == 40
+  assert one['restored_leaves'] > 0 and one['restored_finite']
+  assert one['restored_devices'] == 1
+  assert one['resumed_nimg'] == 80 and one['resumed_loss_finite']
+
+
+if __name__ == '__main__':
+  _worker(sys.argv[1], sys.argv[2])
