@@ -9,29 +9,23 @@ import csv
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 import pytest
 
+import input_pipeline_testlib as lib
+
 from configs import sample as sample_config
 from input_pipeline.errors import UserInputError
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The :tiny classifier's data (configs/resnet.py:tiny), for every job.
 _DATA = ['--config.data.synthetic_per_class=16',
          '--config.data.synthetic_size=32', '--config.data.storage_size=32',
          '--config.data.num_folds=2', '--config.data.val_fraction=0.25']
 
 
-def _main(*args, check=True):
-  res = subprocess.run([sys.executable, 'main.py', *args], cwd=_ROOT,
-                       capture_output=True, text=True)
-  if check and res.returncode:
-    raise AssertionError(f'main.py {args} failed:\n{res.stderr[-3000:]}')
-  return res
+_main = lib.run_main
 
 
 @pytest.fixture(scope='module')

@@ -1,6 +1,8 @@
 """Shared helpers for the input_pipeline tests: tiny datasets on disk."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -12,6 +14,18 @@ from input_pipeline import phantom
 # ../shared/data/head_ct, or wherever $HEAD_CT_DIR points.
 HEAD_CT = os.environ.get('HEAD_CT_DIR') or os.path.normpath(os.path.join(
     os.path.dirname(__file__), '..', '..', 'shared', 'data', 'head_ct'))
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args, check=True) -> subprocess.CompletedProcess:
+  """`python main.py ARGS` from the repo root, as a user runs it."""
+  res = subprocess.run([sys.executable, 'main.py', *args], cwd=ROOT,
+                       capture_output=True, text=True)
+  if check and res.returncode:
+    raise AssertionError(f'main.py {args} failed:\n{res.stderr[-3000:]}')
+  return res
 
 
 def data_config(tfds_dir, **overrides):

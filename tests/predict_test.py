@@ -3,27 +3,21 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 import pytest
+
+import input_pipeline_testlib as lib
 
 from configs import resnet as resnet_config
 from input_pipeline import dataset
 from input_pipeline.errors import UserInputError
 from resnet_jax import predict
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _main(*args, check=True):
-  res = subprocess.run([sys.executable, 'main.py', *args], cwd=_ROOT,
-                       capture_output=True, text=True)
-  if check and res.returncode:
-    raise AssertionError(f'main.py {args} failed:\n{res.stderr[-3000:]}')
-  return res
+_main = lib.run_main
 
 
 @pytest.fixture(scope='module')

@@ -9,20 +9,19 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 from PIL import Image
 from PIL import PngImagePlugin
 import pytest
 
+import input_pipeline_testlib as lib
+
 from input_pipeline import phantom
 from input_pipeline.errors import UserInputError
 from resnet_jax import vtt
 from resnet_jax import vtt_page
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CLASSES = ('hemorrhage', 'normal')
 # Chromium flags for a sandboxed machine with no network (see README).
 _CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu',
@@ -31,12 +30,7 @@ _CHROMIUM_ARGS = ['--headless', '--no-sandbox', '--disable-gpu',
                   '--no-first-run']
 
 
-def _main(*args, check=True):
-  res = subprocess.run([sys.executable, 'main.py', *args], cwd=_ROOT,
-                       capture_output=True, text=True)
-  if check and res.returncode:
-    raise AssertionError(f'main.py {args} failed:\n{res.stderr[-3000:]}')
-  return res
+_main = lib.run_main
 
 
 def _folders(base, *, classes=True, per_class=5):
