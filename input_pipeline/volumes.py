@@ -174,6 +174,17 @@ def _voxels(img, shape, path: str) -> np.ndarray:
     raise UserInputError(f'{path}: cannot read NIfTI voxels ({e})') from None
 
 
+def _check_grid(path: str, img, shape, ref, what: str,
+                affine_message: str) -> None:
+  """UserInputError unless `img` lies on the voxel grid of ref (path, shape,
+  affine): the same shape and the same affine within 1e-2."""
+  if shape != ref[1]:
+    raise UserInputError(f'{path}: {what} of shape {shape}, but {ref[0]} is '
+                         f'{ref[1]}')
+  if not np.allclose(img.affine, ref[2], atol=1e-2):
+    raise UserInputError(f'{path}: {affine_message}')
+
+
 def _read_nifti(vol: Volume, with_seg: bool):
   """-> ([(axial float32 [S, A, R], path)], lesion bool [S, A, R] | None)."""
   chans, ref = [], None
@@ -181,22 +192,17 @@ def _read_nifti(vol: Volume, with_seg: bool):
     img, shape = _open_nifti(path)
     if ref is None:
       ref = (path, shape, img.affine)
-    elif shape != ref[1]:
-      raise UserInputError(f'{path}: volume of shape {shape}, but {ref[0]} '
-                           f'is {ref[1]}')
-    elif not np.allclose(img.affine, ref[2], atol=1e-2):
-      raise UserInputError(f'{path}: affine differs from {ref[0]} (volumes '
-                           f'of one patient must share one voxel grid)')
+    else:
+      _check_grid(path, img, shape, ref, 'volume', 'affine differs from '
+                  f'{ref[0]} (volumes of one patient must share one voxel '
+                  'grid)')
     chans.append((_axial(_voxels(img, shape, path), ref[2]), path))
   lesion = None
   if with_seg and vol.seg:
     img, shape = _open_nifti(vol.seg)
-    if shape != ref[1]:
-      raise UserInputError(f'{vol.seg}: segmentation of shape {shape}, but '
-                           f'{ref[0]} is {ref[1]}')
-    if not np.allclose(img.affine, ref[2], atol=1e-2):
-      raise UserInputError(f'{vol.seg}: segmentation affine differs from '
-                           f'{ref[0]} (not on the same voxel grid)')
+    _check_grid(vol.seg, img, shape, ref, 'segmentation',
+                f'segmentation affine differs from {ref[0]} (not on the '
+                'same voxel grid)')
     lesion = _axial(np.rint(_voxels(img, shape, vol.seg)) != 0, ref[2])
   return chans, lesion
 
