@@ -2,7 +2,7 @@ r"""Steady-state img/s of the PGGAN training LOOP (not one step), CPU or GPU.
 
   python benchmarks/pggan_loop.py [--res=4,8,16,32,64] [--fmap_base=1024
       --fmap_max=64] [--batch=16] [--k=16] [--dispatches=5]
-      [--dtypes=float32,bfloat16] [--num_images=200] [--mirror]
+      [--dtypes=float32,bfloat16] [--num_images=200] [--mirror] [--ada]
       [--compare_steps]
 
 Per resolution and dtype: `steps.train_iterations` as train.py runs it, the
@@ -14,8 +14,10 @@ back to back and the result is read back once: img/s = images shown to D
 per second (batch x d_repeats x iterations). `--batch=4:128,8:128,16:64` sets
 a minibatch per resolution. `--compare_steps` also times the iteration-at-
 a-time dispatch of d_step, g_step and ema_update (the loop before
-train_iterations), on the same machine in the same run. Prints a table; one
-channel. On a CPU use --k=1, as train.py does there: XLA:CPU runs
+train_iterations), on the same machine in the same run. `--ada` turns ADA on
+(policy bgc, p adapted from 0.2). TFLOP/s: the d_step and g_step
+convolution and matmul FLOPs counted from their jaxprs (flops.py), times
+the iterations, over the loop's time. Prints a table; one channel. On a CPU use --k=1, as train.py does there: XLA:CPU runs
 convolutions inside a loop body ~15x slower (jax-ml/jax#12868). Needs only
 jax, flax, optax and numpy (runs on the offline GPU host as it is).
 """
@@ -30,6 +32,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from flops import count_flops
 from pggan_jax import networks
 from pggan_jax import schedule
 from pggan_jax import steps
@@ -48,7 +51,19 @@ def _state(g_params, d_params, hp, mesh):
   state = {'g': g_params, 'd': d_params,
            'g_ema': jax.tree.map(jnp.copy, g_params),
            'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}
+  if hp.ada_policy:
+    state['aug'] = steps.init_aug_state(0.2)
   return jax.device_put(state, NamedSharding(mesh, P()))
+
+
+def _iteration_flops(state, data, kw, batch):
+  """Conv/matmul FLOPs of one iteration: d_repeats x d_step + g_step."""
+  reals = data['images'][:batch]
+  labels = data['labels'][:batch]
+  alpha, lr, key = jnp.float32(0.5), jnp.float32(1e-3), jax.random.key(0)
+  d = count_flops(steps.d_step, state, reals, labels, key, alpha, lr, **kw)
+  g = count_flops(steps.g_step, state, labels, key, alpha, lr, **kw)
+  return kw['hp'].d_repeats * d + g
 
 
 def _time_loop(state, data, plan, kw, batch, dispatches):
@@ -114,6 +129,7 @@ def main():
   p.add_argument('--dtypes', default='float32,bfloat16')
   p.add_argument('--num_images', type=int, default=200)
   p.add_argument('--mirror', action='store_true')
+  p.add_argument('--ada', action='store_true')
   p.add_argument('--compare_steps', action='store_true')
   a = p.parse_args()
   a.res = [int(r) for r in a.res.split(',')]
@@ -124,9 +140,9 @@ def main():
   mesh = jax.make_mesh((jax.device_count(),), ('data',))
   print(f'device={jax.devices()[0].device_kind} x{jax.device_count()} '
         f'fmap={a.fmap_base}/{a.fmap_max} K={a.k} dispatches={a.dispatches} '
-        f'd_repeats={a.d_repeats} mirror={a.mirror}', flush=True)
+        f'd_repeats={a.d_repeats} mirror={a.mirror} ada={a.ada}', flush=True)
   head = (f'{"res":>5} {"dtype":>9} {"batch":>5} {"loop img/s":>10} '
-          f'{"ms/iter":>8} {"compile s":>9}')
+          f'{"ms/iter":>8} {"TFLOP/s":>8} {"compile s":>9}')
   print(head + (f' {"steps img/s":>11} {"loop/steps":>10}'
                 if a.compare_steps else ''), flush=True)
   for dtype in a.dtypes.split(','):
@@ -134,7 +150,8 @@ def main():
     g_graph, g_params = nnx.split(g)
     d_graph, d_params = nnx.split(d)
     hp = steps.Hparams(latent_size=g.latent_size, d_repeats=a.d_repeats,
-                       mirror=a.mirror)
+                       mirror=a.mirror, ada_policy='bgc' if a.ada else '',
+                       ada_adjust=a.ada)
     state = _state(g_params, d_params, hp, mesh)
     for r in a.res:
       batch = int(batches[r])
@@ -151,12 +168,14 @@ def main():
               'lr_d': np.float32(1e-3), 'lr_g': np.float32(1e-3),
               'key': jax.random.key(0), 'data_key': jax.random.key(1)}
       kw = dict(g_graph=g_graph, d_graph=d_graph, stage=stage, hp=hp)
+      flops = _iteration_flops(state, data, kw, batch)
       dt, compile_s, state = _time_loop(state, data, plan, kw, batch,
                                         a.dispatches)
       iters = a.k * a.dispatches
       ips = iters * batch * a.d_repeats / dt
       line = (f'{r:>5} {dtype:>9} {batch:>5} {ips:>10.1f} '
-              f'{dt / iters * 1e3:>8.2f} {compile_s:>9.1f}')
+              f'{dt / iters * 1e3:>8.2f} {flops * iters / dt / 1e12:>8.3f} '
+              f'{compile_s:>9.1f}')
       if a.compare_steps:
         dt_s, state = _time_steps(state, data, kw, batch, iters, mesh)
         ips_s = iters * batch / dt_s

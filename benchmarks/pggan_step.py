@@ -5,7 +5,9 @@ r"""Times one PGGAN critic + generator step per resolution (CPU or GPU).
 
 Prints, per resolution 4..max_res (stage static, alpha = 0.5 so the fade-in
 path is included): seconds per (d_step + g_step + ema_update), img/s, and
-achieved GFLOP/s from the compiled steps' cost_analysis(). One channel.
+achieved GFLOP/s from the steps' convolution and matmul FLOPs counted from
+their jaxprs (flops.py; cost_analysis() leaves cuDNN convolutions out on a
+GPU). One channel. Compare with benchmarks/pggan_step_torch.py.
 """
 
 import argparse
@@ -15,15 +17,9 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from flops import count_flops
 from pggan_jax import networks
 from pggan_jax import steps
-
-
-def _flops(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get('flops', 0.0)) if cost else 0.0
 
 
 def main():
@@ -64,7 +60,10 @@ def main():
     gc = steps.g_step.lower(state, labels, jax.random.key(0), alpha, lr,
                             **kw).compile()
     compile_s = time.time() - t0
-    flops = _flops(dc) + _flops(gc)
+    flops = (count_flops(steps.d_step, state, reals, labels,
+                         jax.random.key(0), alpha, lr, **kw)
+             + count_flops(steps.g_step, state, labels, jax.random.key(0),
+                           alpha, lr, **kw))
 
     def one(state, i):
       state, _ = dc(state, reals, labels, jax.random.key(i), alpha, lr)

@@ -1,8 +1,14 @@
-r"""PyTorch reference for benchmarks/pggan_step.py (same PGGAN shape), CPU.
+r"""PyTorch reference for benchmarks/pggan_step.py (same PGGAN shape).
 
-  pip install torch==2.13.0   # CPU wheel; not a project dependency
+  pip install torch   # not a project dependency
   python benchmarks/pggan_step_torch.py [--fmap_base=8192 --fmap_max=512]
-      [--max_res=256] [--batch=16] [--iters=5]
+      [--max_res=256] [--batch=16] [--iters=5] [--device=cuda|cpu]
+      [--dtype=float32|bfloat16]
+
+On CUDA, float32 runs with TF32 matmuls and convolutions (as XLA's default
+precision on a GPU); bfloat16 is autocast (parameters and Adam in float32,
+as pggan_jax's dtype='bfloat16'). The gradient penalty's second backward
+pass runs under the same autocast.
 
 Mirrors pggan_jax.networks (official G_paper / D_paper, one channel):
 equalized-LR conv / dense (N(0, 1) weights times the He constant at run
@@ -189,8 +195,20 @@ def main():
   p.add_argument('--max_res', type=int, default=256)
   p.add_argument('--batch', type=int, default=16)
   p.add_argument('--iters', type=int, default=5)
+  p.add_argument('--device',
+                 default='cuda' if torch.cuda.is_available() else 'cpu')
+  p.add_argument('--dtype', default='float32',
+                 choices=('float32', 'bfloat16'))
   a = p.parse_args()
   torch.manual_seed(0)
+  torch.backends.cuda.matmul.allow_tf32 = True
+  torch.backends.cudnn.allow_tf32 = True
+  torch.backends.cudnn.benchmark = True
+  torch.set_default_device(a.device)
+  autocast = torch.autocast(a.device, torch.bfloat16,
+                            enabled=a.dtype == 'bfloat16')
+  sync = torch.cuda.synchronize if a.device.startswith('cuda') else (
+      lambda: None)
   kw = dict(resolution=a.max_res, channels=1, fmap_base=a.fmap_base,
             fmap_max=a.fmap_max)
   g, d = Generator(**kw), Discriminator(**kw)
@@ -202,15 +220,24 @@ def main():
   d_opt = torch.optim.Adam(d_params, **adam)
   gp_lambda, drift, decay = 10.0, 0.001, 0.999
   print(f'torch {torch.__version__} threads={torch.get_num_threads()} '
-        f'batch={a.batch} fmap={a.fmap_base}/{a.fmap_max} dtype=float32')
+        f'device={a.device} batch={a.batch} fmap={a.fmap_base}/{a.fmap_max} '
+        f'dtype={a.dtype}')
   print(f'{"res":>5} {"ms/step":>9} {"img/s":>8} {"warm-up s":>9}')
   alpha, n = 0.5, a.batch
   for stage in range(num_stages(a.max_res)):
     r = 4 * 2 ** stage
-    gen = torch.Generator().manual_seed(stage)
-    reals = torch.rand(n, 1, r, r, generator=gen) * 2 - 1
+    gen = torch.Generator('cpu').manual_seed(stage)
+    reals = (torch.rand(n, 1, r, r, generator=gen, device='cpu') * 2
+             - 1).to(a.device)
 
     def one():
+      with autocast:
+        critic_and_generator()
+      # EMA: ema <- p + (ema - p) * decay.
+      with torch.no_grad():
+        torch._foreach_lerp_(ema_params, g_params, 1.0 - decay)
+
+    def critic_and_generator():
       # Critic step.
       with torch.no_grad():
         fakes = g(torch.randn(n, g.latent_size), alpha, stage)
@@ -232,16 +259,15 @@ def main():
       (-d(fakes, alpha, stage).mean()).backward()
       d.requires_grad_(True)
       adam_step(g_opt, g_params)
-      # EMA: ema <- p + (ema - p) * decay.
-      with torch.no_grad():
-        torch._foreach_lerp_(ema_params, g_params, 1.0 - decay)
 
     t0 = time.time()
     one()   # warm-up
+    sync()
     warm = time.time() - t0
     t0 = time.time()
     for _ in range(a.iters):
       one()
+    sync()
     dt = (time.time() - t0) / a.iters
     print(f'{r:>5} {dt * 1e3:>9.1f} {n / dt:>8.1f} {warm:>9.1f}', flush=True)
 

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from flops import count_flops  # pylint: disable=g-bad-import-order
 from resnet_jax import train
 
 _MODEL = flags.DEFINE_string('model', 'resnet50', 'resnet18|34|50')
@@ -79,6 +80,8 @@ def main(argv):
     }
     step = lambda s: train.train_step(s, batch, graphdef=graphdef, tx=tx,
                                       label_smoothing=0.0)
+    flops = count_flops(train.train_step, state, batch, graphdef=graphdef,
+                        tx=tx, label_smoothing=0.0)
     t0 = time.perf_counter()
     state, m = step(state)
     jax.block_until_ready(m)
@@ -95,7 +98,10 @@ def main(argv):
     times = np.array(times)
     print(f'{res}x{res}: {_BATCH.value / np.median(times):.2f} img/s '
           f'(median of {len(times)} steps; min-step '
-          f'{_BATCH.value / times.min():.2f} img/s; first step incl. compile {compile_s:.1f} s; '
+          f'{_BATCH.value / times.min():.2f} img/s; '
+          f'{flops / np.median(times) / 1e12:.3g} TFLOP/s of '
+          f'{flops / _BATCH.value / 1e9:.2f} GFLOP/img (conv+matmul); '
+          f'first step incl. compile {compile_s:.1f} s; '
           f"loss {float(m['loss']):.3f})", flush=True)
 
 

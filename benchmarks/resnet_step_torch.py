@@ -1,13 +1,16 @@
 """PyTorch reference for benchmarks/resnet_step.py (same model shape).
 
-  pip install torch==2.13.0   # CPU wheel; not a project dependency
+  pip install torch   # not a project dependency
   python benchmarks/resnet_step_torch.py --resolution=128,224 --batch_size=16
+      [--device=cuda|cpu] [--dtype=float32|bfloat16] [--channels_last]
 
 The model below is torchvision's ResNet-50 layout (v1.5: stride on the 3x3
 conv), written out so that only torch is needed; parameter count with 3
 channels / 1000 classes is 25,557,032 as resnet_jax.models.ResNet50.
 One step = forward, cross-entropy, backward, SGD-momentum update with
 weight decay, BN in training mode. Prints images/s (median over timed steps).
+On CUDA, float32 uses TF32 (as XLA's default GPU precision); bfloat16 is
+autocast with float32 parameters (as resnet_jax's dtype='bfloat16').
 """
 
 import argparse
@@ -62,11 +65,22 @@ def main():
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--channels_last', action='store_true',
                  help='NHWC memory format (often faster with oneDNN).')
+  p.add_argument('--device',
+                 default='cuda' if torch.cuda.is_available() else 'cpu')
+  p.add_argument('--dtype', default='float32',
+                 choices=('float32', 'bfloat16'))
   args = p.parse_args()
   torch.manual_seed(0)
+  torch.backends.cuda.matmul.allow_tf32 = True
+  torch.backends.cudnn.allow_tf32 = True
+  torch.backends.cudnn.benchmark = True
+  torch.set_default_device(args.device)
+  autocast = torch.autocast(args.device, torch.bfloat16,
+                            enabled=args.dtype == 'bfloat16')
   print(f'torch {torch.__version__} threads={torch.get_num_threads()} '
         f'resnet50 batch={args.batch_size} channels={args.channels} '
-        f'channels_last={args.channels_last}', flush=True)
+        f'channels_last={args.channels_last} device={args.device} '
+        f'dtype={args.dtype}', flush=True)
   for res in map(int, args.resolution.split(',')):
     model = resnet50(args.channels, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9,
@@ -80,7 +94,8 @@ def main():
 
     def step():
       opt.zero_grad(set_to_none=True)
-      loss = torch.nn.functional.cross_entropy(model(x), y)
+      with autocast:
+        loss = torch.nn.functional.cross_entropy(model(x), y)
       loss.backward()
       opt.step()
       return loss.item()

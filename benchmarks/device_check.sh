@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# One prepared check of the project on a GPU machine, JAX beside PyTorch.
+#
+#   OUT=/tmp/device_check bash benchmarks/device_check.sh [WHEELS_DIR]
+#   SECTIONS="resnet pggan" bash benchmarks/device_check.sh .whl
+#   HEAD_CT=/path/to/head_ct SECTIONS="study" bash benchmarks/device_check.sh
+#   QUICK=1 bash benchmarks/device_check.sh      # CPU dry run, tiny shapes
+#
+# Run from anywhere; it works in the checkout that holds it and needs no
+# network. Sections, in this order (SECTIONS picks and orders them; default
+# "install main pggan resnet loop"):
+#   install  WHEELS_DIR (default .whl) into /tmp/site when grain,
+#            ml-collections or tensorflow-datasets are missing (an offline
+#            GPU image: see the README's "GPU, TPU and clusters"), with
+#            --no-deps, leaving the image's own jax, flax and torch alone.
+#   main     the README's main job (configs/pggan.py on the embedded
+#            phantoms), wall time.
+#   pggan    the PGGAN training loop (pggan_loop.py, K iterations per
+#            dispatch) at every resolution 4..256 (PGGAN_RES picks), fmap
+#            8192/512, batch 16, float32, and the same at 256 in bfloat16;
+#            the PyTorch twin
+#            (pggan_step_torch.py) at every resolution in float32 and
+#            bfloat16 autocast.
+#   resnet   ResNet-50 train step at 224x224, batch 128, 3 channels, JAX
+#            float32 and bfloat16 (resnet_step.py) and PyTorch
+#            channels_last float32 and bf16 autocast (resnet_step_torch.py).
+#   loop     the Head CT model of configs/study.py:gpu (fmap 4096/256, ADA,
+#            mirroring) in the training loop at 64x64, float32 and bfloat16.
+#   study    one cell (repeat 0, fold 0) of configs/study.py:gpu on
+#            $HEAD_CT: its two GANs, their quality metrics and the four
+#            classifier arms; wall time, the GANs' metrics.jsonl (SWD
+#            against kimg), quality and G_ema grids packed into
+#            $OUT/study_cell.tgz.
+# img/s everywhere; TFLOP/s from convolution + matmul FLOPs counted from
+# the jaxprs (benchmarks/flops.py). Each step has a time limit (seconds,
+# LIMIT_<section> overrides) and the script goes on after a failed or
+# timed-out step; all output is also in $OUT/device_check.log. float32 on
+# a GPU is XLA's default precision (TF32 convolutions and matmuls), and the
+# PyTorch twins turn TF32 on to match.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WHEELS=${1:-.whl}
+OUT=${OUT:-/tmp/device_check}
+SECTIONS=${SECTIONS:-install main pggan resnet loop}
+QUICK=${QUICK:-0}
+mkdir -p "$OUT"
+LOG=$OUT/device_check.log
+TMPW=$(mktemp -d)
+export PYTHONUNBUFFERED=1
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$TMPW/jax_cache}
+
+say() { echo "$*" | tee -a "$LOG"; }
+
+# step NAME LIMIT_S CMD...: runs CMD under `timeout`, logs, reports rc and s.
+step() {
+  local name=$1 limit=$2
+  shift 2
+  say "== $name (limit ${limit}s): $*"
+  local t0=$SECONDS
+  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  say "== $name: rc=$rc, $((SECONDS - t0)) s"
+}
+
+have_torch() { python3 -c 'import torch' 2>/dev/null; }
+
+if [ "$QUICK" = 1 ]; then    # shapes for a CPU dry run of this script
+  RES=4,8,16; BIG="--fmap_base=64 --fmap_max=16"; K=1; DISP=1
+  RN_RES=32; RN_BATCH=4; RN="--model=resnet18 --num_filters=8"
+  HC="--fmap_base=64 --fmap_max=16"; HC_BATCH=8; TOP=16
+else
+  RES=${PGGAN_RES:-4,8,16,32,64,128,256}; BIG="--fmap_base=8192 --fmap_max=512"; K=8
+  DISP=4; RN_RES=224; RN_BATCH=128; RN="--model=resnet50"
+  HC="--fmap_base=4096 --fmap_max=256"; HC_BATCH=32; TOP=256
+fi
+
+section_install() {
+  if python3 -c 'import grain, ml_collections, tensorflow_datasets' \
+      2>/dev/null; then
+    say "install: nothing missing"
+    return
+  fi
+  if ! ls "$WHEELS"/*.whl >/dev/null 2>&1; then
+    say "install: grain/ml-collections/tensorflow-datasets missing and no" \
+        "wheels in $WHEELS"
+    return
+  fi
+  rm -rf /tmp/site
+  step install "${LIMIT_install:-120}" python3 -m pip install -q --no-index \
+      --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl
+  export PYTHONPATH=/tmp/site:$PYTHONPATH
+}
+
+section_main() {
+  local extra=()
+  [ "$QUICK" = 1 ] && extra=(--config.total_kimg=0.2)
+  step main "${LIMIT_main:-150}" python3 main.py --config=configs/pggan.py \
+      --workdir="$TMPW/main" "${extra[@]}"
+}
+
+section_pggan() {
+  step pggan_jax_f32 "${LIMIT_pggan:-150}" python3 benchmarks/pggan_loop.py \
+      --res=$RES $BIG --batch=16 --k=$K --dispatches=$DISP --dtypes=float32
+  step pggan_jax_bf16_top "${LIMIT_pggan_top:-60}" python3 \
+      benchmarks/pggan_loop.py --res=$TOP $BIG --batch=16 --k=$K \
+      --dispatches=$DISP --dtypes=bfloat16
+  if have_torch; then
+    local top=${RES##*,}
+    for dt in float32 bfloat16; do
+      step pggan_torch_$dt "${LIMIT_pggan_torch:-60}" python3 \
+          benchmarks/pggan_step_torch.py $BIG --max_res=$top --batch=16 \
+          --iters=$((K * DISP)) --dtype=$dt
+    done
+  else
+    say "pggan: torch not installed, no PyTorch twin"
+  fi
+}
+
+section_resnet() {
+  for dt in float32 bfloat16; do
+    step resnet_jax_$dt "${LIMIT_resnet:-90}" python3 \
+        benchmarks/resnet_step.py $RN --resolution=$RN_RES \
+        --batch_size=$RN_BATCH --channels=3 --dtype=$dt --steps=10 --warmup=3
+  done
+  if have_torch; then
+    for dt in float32 bfloat16; do
+      step resnet_torch_$dt "${LIMIT_resnet_torch:-60}" python3 \
+          benchmarks/resnet_step_torch.py --resolution=$RN_RES \
+          --batch_size=$RN_BATCH --channels=3 --channels_last --dtype=$dt \
+          --steps=10 --warmup=3
+    done
+  fi
+}
+
+section_loop() {
+  local top=64
+  [ "$QUICK" = 1 ] && top=16
+  step loop_headct "${LIMIT_loop:-90}" python3 benchmarks/pggan_loop.py \
+      --res=$top $HC --batch=$HC_BATCH --k=16 --dispatches=$DISP \
+      --dtypes=float32,bfloat16 --mirror --ada
+}
+
+section_study() {
+  if [ -z "${HEAD_CT:-}" ]; then
+    say "study: set HEAD_CT=/path/to/head_ct to run one study cell"
+    return
+  fi
+  local w=$TMPW/study extra=()
+  [ "$QUICK" = 1 ] && extra=(--config.gan.model.fmap_base=64
+      --config.gan.model.fmap_max=16 --config.gan.total_kimg=0.9
+      --config.gan.sched.lod_training_kimg=0.1
+      --config.gan.sched.lod_transition_kimg=0.1
+      --config.gan.sched.tick_kimg=0.3 --config.gan.checkpoint_kimg=0.3
+      --config.classifier.num_filters=8 --config.classifier.num_epochs=1)
+  step study_cell "${LIMIT_study:-240}" python3 main.py \
+      --config=configs/study.py:gpu --workdir="$w" \
+      --config.data.name=head_ct --config.data.dir="$HEAD_CT" \
+      --config.shard=0/15 "${extra[@]}"
+  # Not the synthetic images (fold0/samples) nor the checkpoints.
+  (cd "$w" && find . \( -path './repeat0/fold0/samples' -o -name checkpoints \
+      \) -prune -o \( -name '*.json*' -o -name '*.png' -o -name '*.csv' \
+      -o -name '*.md' \) -size -2M -print0 \
+      | tar czf "$OUT/study_cell.tgz" --null -T -) 2>&1 | tee -a "$LOG"
+}
+
+say "device_check $(date -u +%FT%TZ) sections: $SECTIONS quick=$QUICK"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG"
+for s in $SECTIONS; do
+  "section_$s"
+done
+python3 -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())' 2>&1 | tee -a "$LOG"
+say "device_check done in $SECONDS s"
