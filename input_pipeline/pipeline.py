@@ -198,7 +198,11 @@ def create_iterator(prepared: PreparedData,
         f'config.data.synthetic_ratio={synthetic_ratio} needs '
         f'config.data.synthetic_dir')
   idx = _select(prepared, fold, role, class_filter)
-  idx = idx[jax.process_index()::jax.process_count()]
+  if jax.process_count() > 1:  # each process reads its own slice
+    n = len(idx)
+    idx = idx[jax.process_index()::jax.process_count()]
+    logging.info('process %d/%d reads %d of the %d %s images',
+                 jax.process_index(), jax.process_count(), len(idx), n, role)
   if len(idx) == 0:
     raise UserInputError(
         f'no images for role={role!r}, config.data.fold={fold}, '

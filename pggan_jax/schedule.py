@@ -100,6 +100,30 @@ def schedule_fn(config, num_devices: int = 1) -> Callable[[float], Point]:
       tick_kimg_dict=parse_res_dict(s.tick_kimg_dict))
 
 
+def stage_starts(at: Callable[[float], Point], kimg: float,
+                 total_kimg: float, lod_training_kimg: float,
+                 lod_transition_kimg: float) -> list[Point]:
+  """The first point of each (stage, batch size) in [kimg, total_kimg).
+
+  `at` is a `schedule_fn`; stages change only just after phase boundaries
+  (a fade-in starts at alpha 0 in the old stage), so the schedule is read
+  there (and at `kimg`). In training order.
+  """
+  ks = [kimg]
+  phase = lod_training_kimg + lod_transition_kimg
+  if phase > 0:
+    ks += [b + eps for i in range(int(total_kimg // phase) + 1)
+           for b in (i * phase, i * phase + lod_training_kimg)
+           for eps in (0.0, 1e-9)]
+  seen, out = set(), []
+  for k in sorted(k for k in ks if kimg <= k < total_kimg):
+    p = at(k)
+    if (p.stage, p.batch_size) not in seen:
+      seen.add((p.stage, p.batch_size))
+      out.append(p)
+  return out
+
+
 def from_config(config, kimg: float, num_devices: int = 1) -> Point:
   """`training_schedule` with the fields of `config.sched`."""
   return schedule_fn(config, num_devices)(kimg)

@@ -215,13 +215,17 @@ class _Metrics:
 
 
 class _Compiler:
-  """Compiled `train_iterations` and `generate` per stage; the next stage's
-  are compiled in a background thread while the current one trains."""
+  """Compiled `train_iterations` and `generate` per (stage, batch size).
 
-  def __init__(self, static: dict, gen_static: dict, enabled: bool):
+  With `workers` > 0, `prefetch` compiles in that many background threads
+  (XLA compiles without the GIL), so the stages ahead compile beside each
+  other and beside training instead of one after another.
+  """
+
+  def __init__(self, static: dict, gen_static: dict, workers: int):
     self.static, self.gen_static = static, gen_static
-    self.pool = (concurrent.futures.ThreadPoolExecutor(1)
-                 if enabled else None)
+    self.pool = (concurrent.futures.ThreadPoolExecutor(workers)
+                 if workers > 0 else None)
     self.cache = {}
 
   def _compile(self, key, state_spec, data_spec, plan, gen_args):
@@ -247,6 +251,15 @@ class _Compiler:
   def close(self):
     if self.pool is not None:
       self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _compile_workers(cfg, num_stages: int) -> int:
+  """Background compile threads: config.compile_ahead, 0 = off, -1 = auto
+  (half the CPU cores, at most one per stage)."""
+  n = cfg.compile_ahead
+  if n == -1:  # auto
+    n = min(num_stages, max(1, (os.cpu_count() or 2) // 2))
+  return max(int(n), 0)
 
 
 def _spec(tree):
@@ -334,12 +347,13 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
            'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}
   if hp.ada_policy:
     state['aug'] = steps.init_aug_state(cfg.augment.p)
-  rng = jax.random.key_data(jax.random.key(cfg.seed))
+  rng = np.asarray(jax.random.key_data(jax.random.key(cfg.seed)))
   state = jax.device_put(state, replicated)
   k_max = dispatch_length(cfg)
   data = train_data.TrainData(prepared, cfg, mesh, k_max)
   meta = {'nimg': 0, 'step': 0, 'lod': -1.0, 'data_res': 0,
-          'data_batch': 0, 'data_mode': data.mode, 'metrics': {}}
+          'data_batch': 0, 'data_mode': data.mode,
+          'data_processes': jax.process_count(), 'metrics': {}}
   logging.info('PGGAN data %s, %d iterations per dispatch, compilation '
                'cache %s', data.mode, k_max, cache_dir or 'as configured')
 
@@ -373,7 +387,17 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
     if meta['data_res']:
       data.set_stage(meta['data_res'], meta['data_batch'])
       if data.mode == 'stream' and meta.get('data_mode') == 'stream':
-        items['data'] = data.restore_arg()
+        # grain keeps one iterator state per process: it resumes only on
+        # the process count that wrote it; elsewhere the stream restarts.
+        written_by = meta.get('data_processes', 1)
+        if written_by == jax.process_count():
+          items['data'] = data.restore_arg()
+        else:
+          logging.warning(
+              'the data stream restarts from a new shuffle: checkpoint %s '
+              'was written by %d process(es), this run has %d (the model, '
+              'optimizer and schedule resume exactly)', latest, written_by,
+              jax.process_count())
     restored = mgr.restore(latest, args=ocp.args.Composite(**items))
     state = {k: restored[k] for k in ('g', 'd', 'g_ema')}
     state.update(g_opt=restored.opt['g_opt'], d_opt=restored.opt['d_opt'])
@@ -392,7 +416,8 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
     ckpt_start = nimg
     meta = {'nimg': nimg, 'step': step, 'lod': prev_lod,
             'data_res': point.resolution, 'data_batch': point.batch_size,
-            'data_mode': data.mode, 'metrics': dict(last)}
+            'data_mode': data.mode, 'data_processes': jax.process_count(),
+            'metrics': dict(last)}
     # A copy, so the next dispatch may donate `state` while orbax writes.
     snap = jax.tree.map(jnp.copy, state)
     mgr.save(nimg, args=ocp.args.Composite(
@@ -432,9 +457,12 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
                   bar_format='{l_bar}{bar}| {n:.2f}/{total:.2f} kimg '
                              '[{elapsed}<{remaining}{postfix}]')
   last = dict(meta['metrics'])
+  stages = schedule.stage_starts(at, nimg / 1000, cfg.total_kimg,
+                                 cfg.sched.lod_training_kimg,
+                                 cfg.sched.lod_transition_kimg)
   compiler = _Compiler(
-      dict(g_graph=g_graph, d_graph=d_graph, hp=hp),
-      dict(g_graph=g_graph), enabled=cfg.compile_ahead)
+      dict(g_graph=g_graph, d_graph=d_graph, hp=hp), dict(g_graph=g_graph),
+      workers=_compile_workers(cfg, len(stages)))
   ticks = concurrent.futures.ThreadPoolExecutor(1)
   pending_ticks = collections.deque()
   jsonl = os.path.join(workdir, 'metrics.jsonl')
@@ -534,15 +562,12 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
         prev_lod = d.points[-1].lod
         data.set_stage(point.resolution, point.batch_size)
         plan = plan_arrays(d)
+        if stages:  # first dispatch: every stage of the run, ahead
+          for p in stages:
+            compiler.prefetch((p.stage, p.batch_size), *compile_args(p, plan))
+          stages = []
         train_fn, generate = compiler.get(
             (point.stage, point.batch_size), *compile_args(point, plan))
-        # The next stage starts within one phase; compile it ahead if the
-        # run gets there.
-        nxt = at(min(point.kimg + cfg.sched.lod_training_kimg
-                     + cfg.sched.lod_transition_kimg, cfg.total_kimg - 1e-6))
-        if nxt.stage != point.stage:
-          compiler.prefetch((nxt.stage, nxt.batch_size),
-                            *compile_args(nxt, plan))
         state, means = train_fn(state, data.dispatch_args(len(d.points)), plan)
         metrics.add(means, len(d.points))
         nimg, step = d.nimgs[-1] + point.batch_size * cfg.d_repeats, (

@@ -1,5 +1,7 @@
 """Tests for pggan_jax.schedule against the official TrainingSchedule."""
 
+import functools
+
 import pytest
 
 from pggan_jax import schedule
@@ -60,3 +62,24 @@ def test_from_config_matches_paper_preset():
   p = schedule.from_config(cfg, 800.0 * 11 + 400.0)  # 256x256 fade-in
   assert (p.resolution, p.batch_size) == (256, 8)
   assert p.alpha == pytest.approx(0.5)
+
+
+def test_stage_starts_lists_every_stage_ahead_once():
+  at = functools.partial(schedule.training_schedule, final_resolution=64,
+                         lod_training_kimg=8, lod_transition_kimg=8,
+                         minibatch_dict={4: 64, 8: 64, 16: 64, 32: 32,
+                                         64: 32})
+  pts = schedule.stage_starts(at, 0.0, 72.0, 8, 8)
+  assert [(p.resolution, p.batch_size) for p in pts] == [
+      (4, 64), (8, 64), (16, 64), (32, 32), (64, 32)]
+  # Fade-ins start each stage (8 kimg into each 16-kimg phase).
+  assert [p.kimg for p in pts] == pytest.approx([0, 8, 24, 40, 56])
+  # A run that ends 1 kimg into the 32x32 fade-in still compiles 32x32.
+  assert [p.resolution for p in schedule.stage_starts(at, 0, 41, 8, 8)] == [
+      4, 8, 16, 32]
+  # Resumed mid-way: only what is left, the current stage first.
+  pts = schedule.stage_starts(at, 30.0, 72.0, 8, 8)
+  assert [p.resolution for p in pts] == [16, 32, 64]
+  # A run that stops before 64x64 never compiles it.
+  assert [p.resolution for p in schedule.stage_starts(at, 0, 50, 8, 8)] == [
+      4, 8, 16, 32]
