@@ -8,19 +8,19 @@
 #
 # Run from anywhere; it works in the checkout that holds it and needs no
 # network. Sections, in this order (SECTIONS picks and orders them; default
-# "install main pggan resnet loop"):
-#   install  WHEELS_DIR (default .whl) into /tmp/site when grain,
+# "install main pggan resnet": about 7 minutes on one H100, estimated from
+# its steps timed there on 2026-11-26; not yet run whole):
+#   install  WHEELS_DIR (default .whl) into a temporary folder when grain,
 #            ml-collections or tensorflow-datasets are missing (an offline
 #            GPU image: see the README's "GPU, TPU and clusters"), with
 #            --no-deps, leaving the image's own jax, flax and torch alone.
 #   main     the README's main job (configs/pggan.py on the embedded
 #            phantoms), wall time.
 #   pggan    the PGGAN training loop (pggan_loop.py, K iterations per
-#            dispatch) at every resolution 4..256 (PGGAN_RES picks), fmap
-#            8192/512, batch 16, float32, and the same at 256 in bfloat16;
-#            the PyTorch twin
-#            (pggan_step_torch.py) at every resolution in float32 and
-#            bfloat16 autocast.
+#            dispatch) at every
+#            resolution 4..256 (PGGAN_RES picks), fmap 8192/512, batch 16,
+#            float32, beside the PyTorch twin (pggan_step_torch.py).
+#   pggan_bf16  the same in bfloat16 (PyTorch: bf16 autocast).
 #   resnet   ResNet-50 train step at 224x224, batch 128, 3 channels, JAX
 #            float32 and bfloat16 (resnet_step.py) and PyTorch
 #            channels_last float32 and bf16 autocast (resnet_step_torch.py).
@@ -38,15 +38,19 @@
 # a GPU is XLA's default precision (TF32 convolutions and matmuls), and the
 # PyTorch twins turn TF32 on to match.
 set -uo pipefail
+abs() { (mkdir -p "$1" && cd "$1" && pwd); }   # before the cd below
+OUT=$(abs "${OUT:-/tmp/device_check}") || exit 2
+WHEELS=${1:-}
+[ -n "$WHEELS" ] && { WHEELS=$(cd "$WHEELS" && pwd) || exit 2; }
+[ -n "${HEAD_CT:-}" ] && { HEAD_CT=$(cd "$HEAD_CT" && pwd) || exit 2; }
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-WHEELS=${1:-.whl}
-OUT=${OUT:-/tmp/device_check}
-SECTIONS=${SECTIONS:-install main pggan resnet loop}
+WHEELS=${WHEELS:-$ROOT/.whl}
+SECTIONS=${SECTIONS:-install main pggan resnet}
 QUICK=${QUICK:-0}
-mkdir -p "$OUT"
 LOG=$OUT/device_check.log
 TMPW=$(mktemp -d)
+trap 'rm -rf "$TMPW"' EXIT
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$TMPW/jax_cache}
@@ -59,7 +63,7 @@ step() {
   shift 2
   say "== $name (limit ${limit}s): $*"
   local t0=$SECONDS
-  timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+  timeout -k 30 "$limit" "$@" 2>&1 | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   say "== $name: rc=$rc, $((SECONDS - t0)) s"
 }
@@ -69,11 +73,11 @@ have_torch() { python3 -c 'import torch' 2>/dev/null; }
 if [ "$QUICK" = 1 ]; then    # shapes for a CPU dry run of this script
   RES=4,8,16; BIG="--fmap_base=64 --fmap_max=16"; K=1; DISP=1
   RN_RES=32; RN_BATCH=4; RN="--model=resnet18 --num_filters=8"
-  HC="--fmap_base=64 --fmap_max=16"; HC_BATCH=8; TOP=16
+  HC="--fmap_base=64 --fmap_max=16"; HC_BATCH=8
 else
   RES=${PGGAN_RES:-4,8,16,32,64,128,256}; BIG="--fmap_base=8192 --fmap_max=512"; K=8
   DISP=4; RN_RES=224; RN_BATCH=128; RN="--model=resnet50"
-  HC="--fmap_base=4096 --fmap_max=256"; HC_BATCH=32; TOP=256
+  HC="--fmap_base=4096 --fmap_max=256"; HC_BATCH=32
 fi
 
 section_install() {
@@ -87,36 +91,34 @@ section_install() {
         "wheels in $WHEELS"
     return
   fi
-  rm -rf /tmp/site
   step install "${LIMIT_install:-120}" python3 -m pip install -q --no-index \
-      --no-deps --no-compile --target /tmp/site "$WHEELS"/*.whl
-  export PYTHONPATH=/tmp/site:$PYTHONPATH
+      --no-deps --no-compile --target "$TMPW/site" "$WHEELS"/*.whl
+  export PYTHONPATH=$TMPW/site:$PYTHONPATH
 }
 
 section_main() {
   local extra=()
   [ "$QUICK" = 1 ] && extra=(--config.total_kimg=0.2)
   step main "${LIMIT_main:-150}" python3 main.py --config=configs/pggan.py \
-      --workdir="$TMPW/main" "${extra[@]}"
+      --workdir="$TMPW/main" ${extra[@]+"${extra[@]}"}
 }
 
-section_pggan() {
-  step pggan_jax_f32 "${LIMIT_pggan:-150}" python3 benchmarks/pggan_loop.py \
-      --res=$RES $BIG --batch=16 --k=$K --dispatches=$DISP --dtypes=float32
-  step pggan_jax_bf16_top "${LIMIT_pggan_top:-60}" python3 \
-      benchmarks/pggan_loop.py --res=$TOP $BIG --batch=16 --k=$K \
-      --dispatches=$DISP --dtypes=bfloat16
+pggan_pair() {  # DTYPE: the JAX loop and the PyTorch step at every res
+  local dt=$1
+  step pggan_jax_$dt "${LIMIT_pggan:-120}" python3 benchmarks/pggan_loop.py \
+      --res=$RES $BIG --batch=16 --k=$K --dispatches=$DISP --dtypes=$dt
   if have_torch; then
-    local top=${RES##*,}
-    for dt in float32 bfloat16; do
-      step pggan_torch_$dt "${LIMIT_pggan_torch:-60}" python3 \
-          benchmarks/pggan_step_torch.py $BIG --max_res=$top --batch=16 \
-          --iters=$((K * DISP)) --dtype=$dt
-    done
+    step pggan_torch_$dt "${LIMIT_pggan_torch:-75}" python3 \
+        benchmarks/pggan_step_torch.py $BIG --max_res=${RES##*,} --batch=16 \
+        --iters=$(((K * DISP + 1) / 2)) --dtype=$dt
   else
     say "pggan: torch not installed, no PyTorch twin"
   fi
 }
+
+section_pggan() { pggan_pair float32; }
+
+section_pggan_bf16() { pggan_pair bfloat16; }
 
 section_resnet() {
   for dt in float32 bfloat16; do
@@ -135,10 +137,10 @@ section_resnet() {
 }
 
 section_loop() {
-  local top=64
-  [ "$QUICK" = 1 ] && top=16
-  step loop_headct "${LIMIT_loop:-90}" python3 benchmarks/pggan_loop.py \
-      --res=$top $HC --batch=$HC_BATCH --k=16 --dispatches=$DISP \
+  local top=64 k=16
+  [ "$QUICK" = 1 ] && { top=16; k=1; }
+  step loop_headct "${LIMIT_loop:-150}" python3 benchmarks/pggan_loop.py \
+      --res=$top $HC --batch=$HC_BATCH --k=$k --dispatches=$DISP \
       --dtypes=float32,bfloat16 --mirror --ada
 }
 
@@ -157,14 +159,18 @@ section_study() {
   step study_cell "${LIMIT_study:-240}" python3 main.py \
       --config=configs/study.py:gpu --workdir="$w" \
       --config.data.name=head_ct --config.data.dir="$HEAD_CT" \
-      --config.shard=0/15 "${extra[@]}"
+      --config.shard=0/15 ${extra[@]+"${extra[@]}"}
   # Not the synthetic images (fold0/samples) nor the checkpoints.
   (cd "$w" && find . \( -path './repeat0/fold0/samples' -o -name checkpoints \
       \) -prune -o \( -name '*.json*' -o -name '*.png' -o -name '*.csv' \
-      -o -name '*.md' \) -size -2M -print0 \
+      -o -name '*.md' \) -size -4096k -print0 \
       | tar czf "$OUT/study_cell.tgz" --null -T -) 2>&1 | tee -a "$LOG"
 }
 
+for s in $SECTIONS; do
+  declare -F "section_$s" >/dev/null || {
+    echo "device_check: unknown section '$s' in SECTIONS" >&2; exit 2; }
+done
 say "device_check $(date -u +%FT%TZ) sections: $SECTIONS quick=$QUICK"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$LOG"
 for s in $SECTIONS; do

@@ -7,7 +7,8 @@ and `dot_general` in the traced program, backward passes included (they are
 in the jaxpr of a step that takes gradients), as 2 FLOPs each; elementwise
 work is left out, as is usual for TFLOP/s figures. Same count on every
 backend. Loops: a `scan` counts `length` times; a `while` (its trip count
-is not static) is refused.
+is not static) is refused. `shard_map` and `pallas_call` bodies have
+per-shard / per-block shapes and would be undercounted.
 
   from flops import count_flops     # benchmarks/ is on sys.path
   n = count_flops(jitted_fn, *args, **static_kwargs)
@@ -27,8 +28,11 @@ def _conv_flops(eqn) -> float:
   rhs_in = rhs.shape[dn.rhs_spec[1]]
   rhs_spatial = math.prod(rhs.shape[d] for d in dn.rhs_spec[2:])
   del lhs
-  # Each output element is a sum over in-features (per group) x window.
-  return 2.0 * math.prod(out.shape) * rhs_in * rhs_spatial
+  # Each output element is a sum over in-features (per group) x window. An
+  # lhs-dilated conv (the input gradient of a strided one) reads zeros at
+  # all but 1 / prod(lhs_dilation) of its window positions: not counted.
+  dilation = math.prod(eqn.params.get('lhs_dilation') or (1,))
+  return 2.0 * math.prod(out.shape) * rhs_in * rhs_spatial / dilation
 
 
 def _dot_flops(eqn) -> float:
@@ -57,8 +61,7 @@ def jaxpr_flops(jaxpr) -> float:
     elif name == 'dot_general':
       total += _dot_flops(eqn)
     elif name == 'while':
-      if any(e.primitive.name in ('conv_general_dilated', 'dot_general')
-             for j in _subjaxprs(eqn) for e in j.eqns):
+      if any(jaxpr_flops(j) > 0 for j in _subjaxprs(eqn)):
         raise ValueError('count_flops: a while loop has no static trip '
                          'count; count one iteration instead')
     elif name == 'cond':   # the most expensive branch

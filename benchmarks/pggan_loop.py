@@ -9,7 +9,8 @@ Per resolution and dtype: `steps.train_iterations` as train.py runs it, the
 training split resident on the device (`--num_images` random images,
 replicated), minibatches and flips drawn on the device, K iterations (critic
 step + generator step + EMA update) per dispatch, alpha = 0.5 (fade-in path
-included). After one warm-up dispatch, `--dispatches` dispatches are timed
+included). All resolutions compile first (`--compile_threads` at once;
+the compile column is each one's wall time). After one warm-up dispatch, `--dispatches` dispatches are timed
 back to back and the result is read back once: img/s = images shown to D
 per second (batch x d_repeats x iterations). `--batch=4:128,8:128,16:64` sets
 a minibatch per resolution. `--compare_steps` also times the iteration-at-
@@ -23,6 +24,7 @@ jax, flax, optax and numpy (runs on the offline GPU host as it is).
 """
 
 import argparse
+import concurrent.futures
 import time
 
 from flax import nnx
@@ -66,11 +68,14 @@ def _iteration_flops(state, data, kw, batch):
   return kw['hp'].d_repeats * d + g
 
 
-def _time_loop(state, data, plan, kw, batch, dispatches):
+def _compile(state, data, plan, kw, batch):
   t0 = time.time()
   fn = steps.train_iterations.lower(state, data, plan, batch_size=batch,
                                     **kw).compile()
-  compile_s = time.time() - t0
+  return fn, time.time() - t0
+
+
+def _time_loop(fn, state, data, plan, dispatches):
   state, m = fn(state, data, plan)
   jax.block_until_ready(m)
   t0 = time.time()
@@ -79,7 +84,7 @@ def _time_loop(state, data, plan, kw, batch, dispatches):
     state, m = fn(state, data, plan)
   jax.device_get(m)   # one read-back, as a log interval
   jax.block_until_ready(state)
-  return time.time() - t0, compile_s, state
+  return time.time() - t0, state
 
 
 def _time_steps(state, data, kw, batch, iters, mesh):
@@ -131,8 +136,13 @@ def main():
   p.add_argument('--mirror', action='store_true')
   p.add_argument('--ada', action='store_true')
   p.add_argument('--compare_steps', action='store_true')
+  p.add_argument('--compile_threads', type=int, default=1,
+                 help='resolutions compiled at once (0 = all); on a GPU, '
+                 'XLA autotunes kernels while compiling, so concurrent '
+                 'compiles may choose other kernels')
   a = p.parse_args()
   a.res = [int(r) for r in a.res.split(',')]
+  a.compile_threads = a.compile_threads or len(a.res)
   batches = (schedule.parse_res_dict(a.batch) if ':' in a.batch
              else {r: float(a.batch) for r in a.res})
   # As input_pipeline.sharding.make_mesh (not imported: this folder's
@@ -153,6 +163,7 @@ def main():
                        mirror=a.mirror, ada_policy='bgc' if a.ada else '',
                        ada_adjust=a.ada)
     state = _state(g_params, d_params, hp, mesh)
+    setups = []
     for r in a.res:
       batch = int(batches[r])
       stage = int(np.log2(r)) - 2
@@ -168,9 +179,16 @@ def main():
               'lr_d': np.float32(1e-3), 'lr_g': np.float32(1e-3),
               'key': jax.random.key(0), 'data_key': jax.random.key(1)}
       kw = dict(g_graph=g_graph, d_graph=d_graph, stage=stage, hp=hp)
+      setups.append((r, batch, data, plan, kw))
+    # Every resolution compiles at once, in threads (as train.py's
+    # compile_ahead); each is then timed alone.
+    with concurrent.futures.ThreadPoolExecutor(a.compile_threads) as pool:
+      compiled = [pool.submit(_compile, state, data, plan, kw, batch)
+                  for _, batch, data, plan, kw in setups]
+    for (r, batch, data, plan, kw), fut in zip(setups, compiled):
+      fn, compile_s = fut.result()
       flops = _iteration_flops(state, data, kw, batch)
-      dt, compile_s, state = _time_loop(state, data, plan, kw, batch,
-                                        a.dispatches)
+      dt, state = _time_loop(fn, state, data, plan, a.dispatches)
       iters = a.k * a.dispatches
       ips = iters * batch * a.d_repeats / dt
       line = (f'{r:>5} {dtype:>9} {batch:>5} {ips:>10.1f} '

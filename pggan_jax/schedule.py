@@ -106,8 +106,9 @@ def stage_starts(at: Callable[[float], Point], kimg: float,
   """The first point of each (stage, batch size) in [kimg, total_kimg).
 
   `at` is a `schedule_fn`; stages change only just after phase boundaries
-  (a fade-in starts at alpha 0 in the old stage), so the schedule is read
-  there (and at `kimg`). In training order.
+  (at a boundary the schedule still gives the old stage, at alpha 1), so
+  the schedule is read at and just after each (and at `kimg`). In
+  training order.
   """
   ks = [kimg]
   phase = lod_training_kimg + lod_transition_kimg

@@ -238,7 +238,8 @@ def draw_batch(data: dict, j: jax.Array, key: jax.Array, *, batch_size: int,
   """The j-th minibatch of a dispatch: (reals, labels), batch-sharded.
 
   `data` is either a whole training split kept on the device,
-  {'images': [N, R, R, C], 'labels': [N]} (replicated), from which
+  {'images': [N, R, R, C], 'labels': [N]} (replicated; optionally 'count',
+  the number of real images at the front, the rest padding), from which
   `batch_size` images are drawn uniformly with replacement with `key`; or
   the dispatch's streamed batches {'image': [J, B, R, R, C], 'label':
   [J, B]}, of which the j-th is taken. Mirroring draws from `key` too.
@@ -246,7 +247,7 @@ def draw_batch(data: dict, j: jax.Array, key: jax.Array, *, batch_size: int,
   kidx, kflip = jax.random.split(key)
   if 'images' in data:
     idx = jax.random.randint(kidx, (batch_size,), 0,
-                             data['images'].shape[0])
+                             data.get('count', data['images'].shape[0]))
     reals, labels = data['images'][idx], data['labels'][idx]
     mesh = jax.typeof(data['images']).sharding.mesh
     if not mesh.empty:

@@ -255,11 +255,14 @@ class _Compiler:
 
 def _compile_workers(cfg, num_stages: int) -> int:
   """Background compile threads: config.compile_ahead, 0 = off, -1 = auto
-  (half the CPU cores, at most one per stage)."""
+  (half the CPU cores this process may use, at most one per stage)."""
   n = cfg.compile_ahead
-  if n == -1:  # auto
-    n = min(num_stages, max(1, (os.cpu_count() or 2) // 2))
-  return max(int(n), 0)
+  if not isinstance(n, int) or n < -1:
+    raise UserInputError(f'config.compile_ahead={n!r} must be -1 (auto), 0 '
+                         '(off) or a number of compile threads')
+  if n == -1:
+    n = min(num_stages, max(1, len(os.sched_getaffinity(0)) // 2))
+  return n
 
 
 def _spec(tree):
@@ -389,6 +392,8 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
       if data.mode == 'stream' and meta.get('data_mode') == 'stream':
         # grain keeps one iterator state per process: it resumes only on
         # the process count that wrote it; elsewhere the stream restarts.
+        # Older checkpoints lack the record; they are single-process ones
+        # (multi-process saves failed before it, on the host-local rng).
         written_by = meta.get('data_processes', 1)
         if written_by == jax.process_count():
           items['data'] = data.restore_arg()
@@ -593,9 +598,11 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
       finish_ticks(wait=True)
     finally:
       ticks.shutdown(wait=True)
+      # The checkpoint first: compilations still running ahead (up to a
+      # minute on a GPU) cannot be cancelled, only waited for.
+      mgr.wait_until_finished()
       compiler.close()
       bar.close()
-      mgr.wait_until_finished()
       mgr.close()
       if writer:
         writer.close()

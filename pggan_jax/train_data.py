@@ -8,8 +8,11 @@
   'no'    streamed.
 
 On the device the split is loaded once per stage at that stage's resolution
-(`pipeline.load_arrays`, the same resize as grain's), replicated over the
-mesh, and `steps.draw_batch` draws minibatches (uniform, with replacement)
+(`pipeline.load_arrays`, the same resize as grain's), padded to a power-of-
+two count (so GANs of folds and classes with a few images more or less
+share compiled programs and the persistent compilation cache; the real
+count is an argument), replicated over the mesh, and `steps.draw_batch`
+draws minibatches among the real images (uniform, with replacement)
 and mirror flips from `fold_in(data_key, d_step)`, so a resumed run draws
 exactly what an uninterrupted one does. Streamed, each dispatch pulls its
 `n * d_repeats` batches from a grain iterator (per-process slices, its state
@@ -39,6 +42,11 @@ def _train_indices(prepared, data) -> np.ndarray:
   return idx
 
 
+def padded_count(n: int) -> int:
+  """The device array's image count for n images: the next power of two."""
+  return 1 << max(n - 1, 0).bit_length()
+
+
 def choose_mode(prepared, cfg: ml_collections.ConfigDict) -> str:
   """'device' or 'stream' from `config.data_on_device` (see module doc)."""
   setting = cfg.data_on_device
@@ -55,7 +63,7 @@ def choose_mode(prepared, cfg: ml_collections.ConfigDict) -> str:
     return 'stream'
   if setting == 'yes':
     return 'device'
-  n = len(_train_indices(prepared, cfg.data))
+  n = padded_count(len(_train_indices(prepared, cfg.data)))
   r = cfg.model.resolution
   nbytes = n * r * r * prepared.channels * 4
   return 'device' if nbytes <= cfg.data_device_max_mb * 2**20 else 'stream'
@@ -90,8 +98,12 @@ class TrainData:
             self.prepared, self.cfg.data, role='train', resolution=res,
             fold=self.cfg.data.fold, class_filter=self.cfg.data.class_filter)
         self.host = images
-        self.arrays = {'images': self._replicated(images),
-                       'labels': self._replicated(labels)}
+        pad = padded_count(len(images)) - len(images)
+        padded = lambda x: np.concatenate(  # never drawn: see `count`
+            [x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+        self.arrays = {'images': self._replicated(padded(images)),
+                       'labels': self._replicated(padded(labels)),
+                       'count': self._replicated(np.int32(len(images)))}
     else:
       self.it = pipeline.create_iterator(
           self.prepared, self.cfg.data, role='train', resolution=res,
@@ -103,11 +115,12 @@ class TrainData:
     """Abstract dispatch data at (res, batch), for compiling ahead."""
     c = self.prepared.channels
     if self.mode == 'device':
-      n = len(_train_indices(self.prepared, self.cfg.data))
+      n = padded_count(len(_train_indices(self.prepared, self.cfg.data)))
       rep = sharding.replicated(self.mesh)
       return {'images': jax.ShapeDtypeStruct((n, res, res, c), np.float32,
                                              sharding=rep),
-              'labels': jax.ShapeDtypeStruct((n,), np.int32, sharding=rep)}
+              'labels': jax.ShapeDtypeStruct((n,), np.int32, sharding=rep),
+              'count': jax.ShapeDtypeStruct((), np.int32, sharding=rep)}
     j = self.k_max * self.reps
     sh = NamedSharding(self.mesh, P(None, 'data'))
     return {'image': jax.ShapeDtypeStruct((j, batch, res, res, c),

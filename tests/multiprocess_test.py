@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -39,28 +40,55 @@ def _args(workdir, tfds_dir, data_on_device, total_kimg=_TOTAL_KIMG):
           f'--config.total_kimg={total_kimg}']
 
 
+def _run_two(cmd, env, tmp_path, timeout=600):
+  """Runs cmd as processes 0 and 1; their stderr texts. Logs go to files
+  (no pipe to fill); when one fails the other is killed, and both logs are
+  in the failure message."""
+  for attempt in range(2):  # a port taken between probe and bind: retry
+    port = _free_port()
+    logs = [tmp_path / f'attempt{attempt}_process{i}.log' for i in range(2)]
+    procs = []
+    for i, log in enumerate(logs):
+      with open(log, 'w') as f:
+        procs.append(subprocess.Popen(
+            cmd + [f'--coordinator_address=localhost:{port}',
+                   f'--process_id={i}'],
+            cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+            text=True))
+    deadline = time.time() + timeout
+    try:
+      while (any(p.poll() is None for p in procs)
+             and not any(p.poll() for p in procs)
+             and time.time() < deadline):
+        time.sleep(0.5)
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+        p.wait()
+    texts = [log.read_text() for log in logs]
+    if all(p.returncode == 0 for p in procs):
+      return texts
+    if attempt == 0 and any('address already in use' in t.lower()
+                            for t in texts):
+      continue
+    break
+  raise AssertionError('two-process run failed (return codes '
+                       f'{[p.returncode for p in procs]}):\n' + '\n'.join(
+                           f'--- process {i}\n{t[-3000:]}'
+                           for i, t in enumerate(texts)))
+
+
 @pytest.mark.parametrize('data_on_device', ['no', 'yes'])
 def test_two_processes_train_tiny_pggan(tmp_path, data_on_device):
   workdir, tfds = tmp_path / 'w', tmp_path / 'tfds'
-  port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
-  procs = [subprocess.Popen(
+  errs = _run_two(
       [sys.executable, *_args(workdir, tfds, data_on_device),
-       '--distributed', f'--coordinator_address=localhost:{port}',
-       '--num_processes=2', f'--process_id={i}'],
-      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=600))
-  finally:
-    for p in procs:
-      p.kill()
-  for i, (p, (_, err)) in enumerate(zip(procs, outs)):
-    assert p.returncode == 0, f'process {i} failed:\n{err[-3000:]}'
+       '--distributed', '--num_processes=2'], env, tmp_path)
+  for i, err in enumerate(errs):
     assert f'JAX process {i}/2' in err
-  err0, err1 = outs[0][1], outs[1][1]
+  err0, err1 = errs
 
   if data_on_device == 'no':
     # 32 phantom training images (pggan.py:tiny): 16 per process.

@@ -96,6 +96,21 @@ def test_draw_batch_mirrors_about_half_exactly():
   assert np.all(same | flipped) and 16 < flipped.sum() < 48
 
 
+def test_draw_batch_never_draws_the_padding():
+  """Splits padded to a power of two (train_data) draw only real images."""
+  from pggan_jax import train_data  # pylint: disable=g-import-not-at-top
+  assert [train_data.padded_count(n) for n in (1, 2, 3, 64, 65, 67, 128)] \
+      == [1, 2, 4, 64, 128, 128, 128]
+  x = jnp.zeros((128, 4, 4, 1)).at[:67].set(1.0)
+  labels = jnp.zeros(128, jnp.int32).at[:67].set(jnp.arange(67))
+  data = {'images': x, 'labels': labels, 'count': jnp.int32(67)}
+  drawn = [steps.draw_batch(data, 0, jax.random.key(i), batch_size=256,
+                            mirror_images=False) for i in range(4)]
+  assert all(float(r.min()) == 1.0 for r, _ in drawn)
+  seen = np.unique(np.concatenate([np.asarray(l) for _, l in drawn]))
+  assert len(seen) == 67   # and every real image is drawn
+
+
 def test_ema_weight_of_images_older_than_a_phase():
   """After a phase of N images at half-life h, old weight = 0.5 ** (N/h)."""
   phase_nimg, batch = 3000, 16
