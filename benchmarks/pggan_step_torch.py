@@ -38,6 +38,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+import torch_twin  # benchmarks/torch_twin.py
+
 SQRT2 = math.sqrt(2.0)
 
 
@@ -195,20 +197,9 @@ def main():
   p.add_argument('--max_res', type=int, default=256)
   p.add_argument('--batch', type=int, default=16)
   p.add_argument('--iters', type=int, default=5)
-  p.add_argument('--device',
-                 default='cuda' if torch.cuda.is_available() else 'cpu')
-  p.add_argument('--dtype', default='float32',
-                 choices=('float32', 'bfloat16'))
+  torch_twin.add_args(p)
   a = p.parse_args()
-  torch.manual_seed(0)
-  torch.backends.cuda.matmul.allow_tf32 = True
-  torch.backends.cudnn.allow_tf32 = True
-  torch.backends.cudnn.benchmark = True
-  torch.set_default_device(a.device)
-  autocast = torch.autocast(a.device, torch.bfloat16,
-                            enabled=a.dtype == 'bfloat16')
-  sync = torch.cuda.synchronize if a.device.startswith('cuda') else (
-      lambda: None)
+  autocast, sync = torch_twin.setup(a)
   kw = dict(resolution=a.max_res, channels=1, fmap_base=a.fmap_base,
             fmap_max=a.fmap_max)
   g, d = Generator(**kw), Discriminator(**kw)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import torch_twin  # benchmarks/torch_twin.py
+
 
 class Bottleneck(nn.Module):
 
@@ -65,18 +67,9 @@ def main():
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--channels_last', action='store_true',
                  help='NHWC memory format (often faster with oneDNN).')
-  p.add_argument('--device',
-                 default='cuda' if torch.cuda.is_available() else 'cpu')
-  p.add_argument('--dtype', default='float32',
-                 choices=('float32', 'bfloat16'))
+  torch_twin.add_args(p)
   args = p.parse_args()
-  torch.manual_seed(0)
-  torch.backends.cuda.matmul.allow_tf32 = True
-  torch.backends.cudnn.allow_tf32 = True
-  torch.backends.cudnn.benchmark = True
-  torch.set_default_device(args.device)
-  autocast = torch.autocast(args.device, torch.bfloat16,
-                            enabled=args.dtype == 'bfloat16')
+  autocast, _ = torch_twin.setup(args)
   print(f'torch {torch.__version__} threads={torch.get_num_threads()} '
         f'resnet50 batch={args.batch_size} channels={args.channels} '
         f'channels_last={args.channels_last} device={args.device} '
