@@ -113,7 +113,8 @@ def stage_starts(at: Callable[[float], Point], kimg: float,
   ks = [kimg]
   phase = lod_training_kimg + lod_transition_kimg
   if phase > 0:
-    ks += [b + eps for i in range(int(total_kimg // phase) + 1)
+    # 16 phases grow 4x4 past any real resolution; no changes after them.
+    ks += [b + eps for i in range(min(int(total_kimg // phase) + 1, 16))
            for b in (i * phase, i * phase + lod_training_kimg)
            for eps in (0.0, 1e-9)]
   seen, out = set(), []
