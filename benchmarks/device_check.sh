@@ -8,7 +8,7 @@
 #
 # Run from anywhere; it works in the checkout that holds it and needs no
 # network. Sections, in this order (SECTIONS picks and orders them; default
-# "install main pggan resnet": about 7 minutes on one H100, estimated from
+# "install main pggan resnet": about 8 minutes on one H100, estimated from
 # its steps timed there on 2026-11-26; not yet run whole):
 #   install  WHEELS_DIR (default .whl) into a temporary folder when grain,
 #            ml-collections or tensorflow-datasets are missing (an offline
@@ -105,7 +105,7 @@ section_main() {
 
 pggan_pair() {  # DTYPE: the JAX loop and the PyTorch step at every res
   local dt=$1
-  step pggan_jax_$dt "${LIMIT_pggan:-120}" python3 benchmarks/pggan_loop.py \
+  step pggan_jax_$dt "${LIMIT_pggan:-180}" python3 benchmarks/pggan_loop.py \
       --res=$RES $BIG --batch=16 --k=$K --dispatches=$DISP --dtypes=$dt
   if have_torch; then
     step pggan_torch_$dt "${LIMIT_pggan_torch:-75}" python3 \
