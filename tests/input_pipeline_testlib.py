@@ -77,8 +77,27 @@ def write_image_folder(root, classes=('cats', 'dogs'), n=4, ext='.png'):
   return str(root)
 
 
-def write_dicom(path, hu, slope=1.0, intercept=-1024.0):
-  """A minimal CT DICOM slice with the given HU values (int16 storage)."""
+def tiny_pggan_config(total_kimg, *, phase_kimg=0.02, tick_kimg=0.04,
+                      checkpoint_kimg=0.04):
+  """configs/pggan.py:tiny grown only to 8x8, in short phases (training
+  tests): each phase lasts `phase_kimg`, to stabilise and to fade in."""
+  from configs import pggan  # pylint: disable=g-import-not-at-top
+  cfg = pggan.get_config('tiny')
+  cfg.model.resolution = 8
+  cfg.sched.lod_training_kimg = phase_kimg
+  cfg.sched.lod_transition_kimg = phase_kimg
+  cfg.sched.tick_kimg = tick_kimg
+  cfg.total_kimg = total_kimg
+  cfg.checkpoint_kimg = checkpoint_kimg
+  cfg.log_every_steps = 4
+  cfg.metrics.swd_images = 16
+  return cfg
+
+
+def write_dicom(path, hu, slope=1.0, intercept=-1024.0, modality='CT',
+                **attributes):
+  """A minimal DICOM slice with the given HU values (int16 storage);
+  `attributes` are further DICOM elements (SeriesInstanceUID=..., ...)."""
   # pylint: disable=g-import-not-at-top
   import pydicom
   from pydicom.dataset import FileMetaDataset
@@ -93,13 +112,15 @@ def write_dicom(path, hu, slope=1.0, intercept=-1024.0):
   ds.file_meta = meta
   ds.SOPClassUID = meta.MediaStorageSOPClassUID
   ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-  ds.Modality = 'CT'
+  ds.Modality = modality
   ds.Rows, ds.Columns = hu.shape
   ds.SamplesPerPixel = 1
   ds.PhotometricInterpretation = 'MONOCHROME2'
   ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
   ds.PixelRepresentation = 1
   ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+  for name, value in attributes.items():
+    setattr(ds, name, value)
   raw = np.rint((hu - intercept) / slope).astype(np.int16)
   ds.PixelData = raw.tobytes()
   ds.save_as(path, enforce_file_format=True)

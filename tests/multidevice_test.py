@@ -40,17 +40,10 @@ _TINY_KIMG, _RESUMED_KIMG = 0.04, 0.08
 
 
 def _pggan_config(total_kimg=_TINY_KIMG):
-  from configs import pggan  # pylint: disable=g-import-not-at-top
-  cfg = pggan.get_config('tiny')
-  cfg.model.resolution = 8
-  cfg.sched.lod_training_kimg = 0.02
-  cfg.sched.lod_transition_kimg = 0.02
-  cfg.sched.tick_kimg = 0.04
-  cfg.total_kimg = total_kimg
-  cfg.checkpoint_kimg = 0.02
-  cfg.log_every_steps = 4
+  import input_pipeline_testlib  # pylint: disable=g-import-not-at-top
+  cfg = input_pipeline_testlib.tiny_pggan_config(total_kimg,
+                                                 checkpoint_kimg=0.02)
   cfg.data_on_device = 'yes'
-  cfg.metrics.swd_images = 16
   return cfg
 
 
@@ -75,17 +68,12 @@ def _pggan_models():
 def _pggan_iteration(mesh):
   """One train_iterations dispatch (K = 1) at 8x8, fade-in alpha 0.5."""
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
   from pggan_jax import steps  # pylint: disable=g-import-not-at-top
   cfg, g_graph, g_params, d_graph, d_params = _pggan_models()
   hp = steps.Hparams.from_config(cfg, cfg.model.latent_size)
-  adam = hp.adam()
   rep = sharding.replicated(mesh)
-  state = jax.device_put(
-      {'g': g_params, 'd': d_params,
-       'g_ema': jax.tree.map(jnp.copy, g_params),
-       'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}, rep)
+  state = jax.device_put(steps.init_state(g_params, d_params, hp), rep)
   rng = np.random.default_rng(0)
   data = jax.device_put(
       {'images': rng.uniform(-1, 1, (32, 8, 8, 1)).astype(np.float32),

@@ -12,25 +12,18 @@ import numpy as np
 import pytest
 
 from benchmarks import kill_test as harness
-from configs import pggan
 from configs import resnet as resnet_config
 from input_pipeline import workdir
 from pggan_jax import train
 from resnet_jax import train as resnet_train
 
+from input_pipeline_testlib import tiny_pggan_config
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _config(total_kimg, class_filter=1):
-  cfg = pggan.get_config('tiny')
-  cfg.model.resolution = 8
-  cfg.sched.lod_training_kimg = 0.02
-  cfg.sched.lod_transition_kimg = 0.02
-  cfg.sched.tick_kimg = 0.04
-  cfg.total_kimg = total_kimg
-  cfg.checkpoint_kimg = 0.04
-  cfg.log_every_steps = 4
-  cfg.metrics.swd_images = 16
+  cfg = tiny_pggan_config(total_kimg)
   cfg.data.class_filter = class_filter
   return cfg
 

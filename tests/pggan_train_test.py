@@ -16,6 +16,8 @@ from pggan_jax import sample
 from pggan_jax import schedule
 from pggan_jax import train
 
+from input_pipeline_testlib import tiny_pggan_config
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,16 +28,9 @@ _PATHS = {'device': ('yes', 0), 'stream': ('no', 3)}
 
 
 def _config(total_kimg, path='device'):
-  cfg = pggan.get_config('tiny')
-  cfg.model.resolution = 8
-  cfg.sched.lod_training_kimg = 0.04
-  cfg.sched.lod_transition_kimg = 0.04
-  cfg.sched.tick_kimg = 0.05
-  cfg.total_kimg = total_kimg
-  cfg.checkpoint_kimg = 1.0
-  cfg.log_every_steps = 4
+  cfg = tiny_pggan_config(total_kimg, phase_kimg=0.04, tick_kimg=0.05,
+                          checkpoint_kimg=1.0)
   cfg.data_on_device, cfg.iters_per_dispatch = _PATHS[path]
-  cfg.metrics.swd_images = 16
   return cfg
 
 

@@ -75,11 +75,7 @@ def write_brats(root, n_patients=10, shape=(32, 36, 20), seed=0,
 def write_series(folder, hu, spacing=2.5, positions=None, names=None,
                  modality='CT'):
   """hu [S, rows, cols] -> one axial DICOM file per slice (LPS, z up)."""
-  # pylint: disable=g-import-not-at-top
-  import pydicom
-  from pydicom.dataset import FileMetaDataset
-  from pydicom.uid import ExplicitVRLittleEndian
-  from pydicom.uid import generate_uid
+  from pydicom.uid import generate_uid  # pylint: disable=g-import-not-at-top
 
   os.makedirs(folder, exist_ok=True)
   n = len(hu)
@@ -88,29 +84,12 @@ def write_series(folder, hu, spacing=2.5, positions=None, names=None,
   names = names or [f'im{k:03d}.dcm' for k in range(n)]
   series = generate_uid()
   for k in range(n):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = '1.2.840.10008.5.1.4.1.1.2'
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = series
-    ds.Modality = modality
-    ds.Rows, ds.Columns = hu.shape[1:]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = 'MONOCHROME2'
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-    ds.PixelRepresentation = 1
-    ds.RescaleSlope, ds.RescaleIntercept = 1.0, -1024.0
-    ds.InstanceNumber = k + 1
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [-40.0, -40.0, float(positions[k])]
-    ds.PixelSpacing = [1.0, 1.0]
-    ds.SliceThickness = spacing
-    ds.PixelData = np.rint(hu[k] + 1024).astype(np.int16).tobytes()
-    ds.save_as(os.path.join(folder, names[k]), enforce_file_format=True)
+    lib.write_dicom(
+        os.path.join(folder, names[k]), hu[k], modality=modality,
+        SeriesInstanceUID=series, InstanceNumber=k + 1,
+        ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+        ImagePositionPatient=[-40.0, -40.0, float(positions[k])],
+        PixelSpacing=[1.0, 1.0], SliceThickness=spacing)
 
 
 def _ct_volume(n=8, size=24, seed=0, bleed=False):
