@@ -49,12 +49,7 @@ def _models(a, dtype):
 
 
 def _state(g_params, d_params, hp, mesh):
-  adam = hp.adam()
-  state = {'g': g_params, 'd': d_params,
-           'g_ema': jax.tree.map(jnp.copy, g_params),
-           'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}
-  if hp.ada_policy:
-    state['aug'] = steps.init_aug_state(0.2)
+  state = steps.init_state(g_params, d_params, hp, aug_p=0.2)
   return jax.device_put(state, NamedSharding(mesh, P()))
 
 

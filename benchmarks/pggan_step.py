@@ -39,10 +39,7 @@ def main():
   g_graph, g_params = nnx.split(g)
   d_graph, d_params = nnx.split(d)
   hp = steps.Hparams(latent_size=g.latent_size)
-  adam = hp.adam()
-  state = {'g': g_params, 'd': d_params,
-           'g_ema': jax.tree.map(jnp.copy, g_params),
-           'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}
+  state = steps.init_state(g_params, d_params, hp)
   print(f'device={jax.devices()[0].device_kind} batch={a.batch} '
         f'fmap={a.fmap_base}/{a.fmap_max} dtype={a.dtype}')
   print(f'{"res":>5} {"ms/step":>9} {"img/s":>8} {"GFLOP/step":>11} '

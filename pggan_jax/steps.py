@@ -67,6 +67,18 @@ class Hparams:
                                eps=self.adam_eps)
 
 
+def init_state(g_params, d_params, hp: Hparams, aug_p: float = 0.0) -> dict:
+  """The train state of the module docstring: G_ema a copy of G, fresh Adam
+  moments, and ADA's state (starting at p = aug_p) when hp has a policy."""
+  adam = hp.adam()
+  state = {'g': g_params, 'd': d_params,
+           'g_ema': jax.tree.map(jnp.copy, g_params),
+           'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}
+  if hp.ada_policy:
+    state['aug'] = init_aug_state(aug_p)
+  return state
+
+
 def init_aug_state(p: float = 0.0) -> dict:
   """ADA state: probability p and the r_t accumulator [sum of signs, n]."""
   return {'p': jnp.float32(p), 'rt_acc': jnp.zeros((2,), jnp.float32)}

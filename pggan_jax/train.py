@@ -345,11 +345,7 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
   hp = steps.Hparams.from_config(cfg, cfg.model.latent_size)
   adam = hp.adam()
   replicated = sharding.replicated(mesh)
-  state = {'g': g_params, 'd': d_params,
-           'g_ema': jax.tree.map(jnp.copy, g_params),
-           'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}
-  if hp.ada_policy:
-    state['aug'] = steps.init_aug_state(cfg.augment.p)
+  state = steps.init_state(g_params, d_params, hp, cfg.augment.p)
   rng = np.asarray(jax.random.key_data(jax.random.key(cfg.seed)))
   state = jax.device_put(state, replicated)
   k_max = dispatch_length(cfg)

@@ -24,12 +24,7 @@ def _models(dtype=jnp.float32, **hp_kw):
   g_graph, g_params = nnx.split(g)
   d_graph, d_params = nnx.split(d)
   hp = steps.Hparams(latent_size=g.latent_size, **hp_kw)
-  adam = hp.adam()
-  state = {'g': g_params, 'd': d_params,
-           'g_ema': jax.tree.map(jnp.copy, g_params),
-           'g_opt': adam.init(g_params), 'd_opt': adam.init(d_params)}
-  if hp.ada_policy:
-    state['aug'] = steps.init_aug_state(0.3)
+  state = steps.init_state(g_params, d_params, hp, aug_p=0.3)
   return g_graph, d_graph, state, hp
 
 
