@@ -37,6 +37,15 @@ def check_batch_size(batch_size: int, key: str = 'batch_size') -> None:
         f'config.{key}={batch_size} is not divisible by the {n} devices')
 
 
+def pad_rows(x: np.ndarray, n: int) -> np.ndarray:
+  """x with rows of zeros appended along axis 0 up to n rows (a fixed
+  shape, so the consumer compiles once; callers never read the padding)."""
+  pad = n - len(x)
+  if pad <= 0:
+    return x
+  return np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+
+
 def shard_batch(batch: dict, mesh: jax.sharding.Mesh) -> dict:
   """Places a host-local numpy batch on the mesh (multi-host aware).
 

@@ -98,12 +98,11 @@ class TrainData:
             self.prepared, self.cfg.data, role='train', resolution=res,
             fold=self.cfg.data.fold, class_filter=self.cfg.data.class_filter)
         self.host = images
-        pad = padded_count(len(images)) - len(images)
-        padded = lambda x: np.concatenate(  # never drawn: see `count`
-            [x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-        self.arrays = {'images': self._replicated(padded(images)),
-                       'labels': self._replicated(padded(labels)),
-                       'count': self._replicated(np.int32(len(images)))}
+        n = padded_count(len(images))  # the padding is never drawn
+        self.arrays = {
+            'images': self._replicated(sharding.pad_rows(images, n)),
+            'labels': self._replicated(sharding.pad_rows(labels, n)),
+            'count': self._replicated(np.int32(len(images)))}
     else:
       self.it = pipeline.create_iterator(
           self.prepared, self.cfg.data, role='train', resolution=res,
@@ -132,12 +131,11 @@ class TrainData:
     if self.mode == 'device':
       return self.arrays
     batches = [next(self.it) for _ in range(n * self.reps)]
-    pad = self.k_max * self.reps - len(batches)
     out = {}
     for k in ('image', 'label'):
-      x = np.stack([np.asarray(b[k]) for b in batches])
-      if pad:  # never read: the loop runs n iterations
-        x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
+      # Padded to K iterations, never read: the loop runs n.
+      x = sharding.pad_rows(np.stack([np.asarray(b[k]) for b in batches]),
+                            self.k_max * self.reps)
       out[k] = jax.make_array_from_process_local_data(
           NamedSharding(self.mesh, P(None, 'data')), x)
     return out

@@ -191,14 +191,11 @@ def predict(clf: Classifier, images: np.ndarray) -> tuple[np.ndarray,
   b = clf.eval_batch_size
   for start in range(0, len(images), b):
     chunk = images[start:start + b]
-    pad = b - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
-                                              chunk.dtype)])
-    f, p = _forward(clf.params, clf.batch_stats, jnp.asarray(chunk),
+    f, p = _forward(clf.params, clf.batch_stats,
+                    jnp.asarray(sharding.pad_rows(chunk, b)),
                     graphdef=clf.graphdef)
-    feats.append(np.asarray(f)[:b - pad])
-    probs.append(np.asarray(p)[:b - pad])
+    feats.append(np.asarray(f)[:len(chunk)])
+    probs.append(np.asarray(p)[:len(chunk)])
   if not feats:
     return (np.zeros((0, 0), np.float32),
             np.zeros((0, clf.num_classes), np.float32))

@@ -154,14 +154,11 @@ def predict(state: TrainState, eval_graphdef, images: np.ndarray,
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:],
-                                              chunk.dtype)])
-    x = jax.device_put(chunk, sharding.data_sharding(mesh))
+    x = jax.device_put(sharding.pad_rows(chunk, batch_size),
+                       sharding.data_sharding(mesh))
     p = predict_step(state.params, state.batch_stats, x,
                      graphdef=eval_graphdef)
-    out.append(np.asarray(p)[:batch_size - pad])
+    out.append(np.asarray(p)[:len(chunk)])
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
