@@ -74,9 +74,10 @@ def read_run(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
   return ml_collections.ConfigDict(config), results
 
 
-def load_classifier(workdir: str):
-  """(config, results, eval graphdef, TrainState) of a finished run."""
-  config, results = read_run(workdir)
+def load_classifier(workdir: str, run=None):
+  """(config, results, eval graphdef, TrainState) of a finished run; `run`:
+  its `read_run(workdir)` if already read."""
+  config, results = run or read_run(workdir)
   channels = int(results.get('channels', 1))
   model = train.create_model(config, channels,
                              len(results.get('class_names', [0, 1])))
@@ -119,9 +120,9 @@ def predict(workdir: str, input_path: str, output: str,
   """Writes `output` (CSV, one row per image); returns a summary."""
   if not output:
     raise UserInputError('config.output (the CSV to write) is required')
-  read_run(workdir)  # a wrong workdir fails before anything is read
+  run = read_run(workdir)  # a wrong workdir fails before anything is read
   paths = list_images(input_path)
-  config, results, eval_graphdef, state = load_classifier(workdir)
+  config, results, eval_graphdef, state = load_classifier(workdir, run)
   channels = int(results.get('channels', 1))
   if channels > 1:
     raise UserInputError(

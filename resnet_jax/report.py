@@ -232,7 +232,7 @@ def render_markdown(rows: Sequence[Row], *, config_json: str = '',
                     data_summary: Mapping[str, Any] | None = None,
                     timings: Mapping[str, float] | None = None,
                     primary_metric: str = 'auc', confidence: float = 0.95,
-                    test_train_ratio: float | None = None, seed: int = 0,
+                    test_train_ratio: float | None = None,
                     title: str = 'PGGAN augmentation study',
                     smoke_note: str = '',
                     gate: Mapping[str, Any] | None = None,
@@ -252,7 +252,6 @@ def render_markdown(rows: Sequence[Row], *, config_json: str = '',
     confidence: level of every interval.
     test_train_ratio: n_test/n_train, mean over folds, for the corrected
       resampled t-test and the corrected intervals.
-    seed: unused (nothing is resampled); kept for existing callers.
     title: the report's title.
     smoke_note: if set, a warning quoted right under the title (e.g. a
       ':tiny' run whose numbers test the machinery, not a finding).
@@ -266,7 +265,6 @@ def render_markdown(rows: Sequence[Row], *, config_json: str = '',
     provenance: text of a 'How the defaults were chosen' section, verbatim.
     figures: names of the written figures (keys of _FIGURES) to describe.
   """
-  del seed
   if primary_metric not in METRICS:
     raise ValueError(f'primary_metric {primary_metric!r} not in {METRICS}')
   pct = f'{confidence:.0%}'
@@ -589,7 +587,7 @@ def summary_json(rows: Sequence[Row], *, confidence: float = 0.95,
                  primary_metric: str = 'auc',
                  gate: Mapping[str, Any] | None = None,
                  gan_quality: Sequence[Mapping[str, Any]] | None = None,
-                 seed: int = 0, **unused) -> str:
+                 **unused) -> str:
   """The report's numbers as strict JSON (NaN -> null).
 
   Keys: design (repeats, folds, arms, test_train_ratio, methods), arms
@@ -597,9 +595,9 @@ def summary_json(rows: Sequence[Row], *, confidence: float = 0.95,
   interval and p, holm_p on the primary metric), primary (the two primary
   comparisons), per_fold and per_repeat (`group_means` of the primary
   metric, descriptive), and gate / gan_quality when given. Accepts (and
-  ignores) render_markdown's other keyword arguments; `seed` is unused.
+  ignores) render_markdown's other keyword arguments.
   """
-  del seed, unused
+  del unused
   comps = paired_comparisons(rows, confidence=confidence,
                              test_train_ratio=test_train_ratio,
                              primary_metric=primary_metric)

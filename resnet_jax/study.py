@@ -803,10 +803,11 @@ def _write_outputs(config, workdir, prepared, folds, repeats, arms,
     for fold in folds:
       cell = cell_dir(workdir, repeat, fold)
       done = os.path.join(cell, 'done')
+      markers = {}
       for name in sorted(os.listdir(done)) if os.path.isdir(done) else []:
         if not name.endswith('.json'):
           continue
-        marker = _read_json(os.path.join(done, name))
+        marker = markers[name] = _read_json(os.path.join(done, name))
         sec = float(marker.get('seconds', 0))
         key = ('GAN training' if name.startswith('gan_') else
                'sampling' if name.startswith('samples') else
@@ -828,9 +829,7 @@ def _write_outputs(config, workdir, prepared, folds, repeats, arms,
       m = _read_json(os.path.join(cell, 'manifest.json'))
       ratios.append(len(m['test']) / max(len(m['train']), 1))
       for arm in arms:
-        marker = _read_json(
-            os.path.join(done, f'arm_{ARM_DIRS[arm]}.json'))
-        rows.append(marker['row'])
+        rows.append(markers[f'arm_{ARM_DIRS[arm]}.json']['row'])
         pred = os.path.join(cell, 'arms', ARM_DIRS[arm],
                             'test_predictions.csv')
         if os.path.exists(pred):
@@ -869,8 +868,7 @@ def _write_outputs(config, workdir, prepared, folds, repeats, arms,
       cls_sub.to_json_best_effort(indent=2))
   kwargs = dict(primary_metric=config.report.primary_metric,
                 confidence=config.report.confidence,
-                test_train_ratio=float(np.mean(ratios)),
-                seed=config.seed)
+                test_train_ratio=float(np.mean(ratios)))
   gate = _gate(quality, config.quality.metrics)
   written = report.write_report(
       workdir, report.sort_rows(rows), predictions=dict(preds),
