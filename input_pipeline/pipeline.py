@@ -37,8 +37,10 @@ def _check_resolution(prepared: PreparedData, resolution: int) -> None:
         f'{prepared.storage_size}]')
 
 
-def _select(prepared: PreparedData, fold: int, role: str,
-            class_filter: int) -> np.ndarray:
+def select_indices(prepared: PreparedData, fold: int, role: str,
+                   class_filter: int) -> np.ndarray:
+  """Record indices of `role` in `fold`, of one class if class_filter >= 0
+  (UserInputError for a class_filter that names no class)."""
   idx = prepared.indices(fold, role)
   if not -1 <= class_filter < len(prepared.class_names):
     raise UserInputError(
@@ -142,7 +144,7 @@ def synthetic_shares(prepared: PreparedData, synthetic_dir: str,
   labels = ([class_filter] if class_filter >= 0 else range(len(names)))
   files = synthetic_files(synthetic_dir, names, list(labels))
   total = sum(len(v) for v in files.values())
-  real = np.asarray(prepared.labels)[_select(prepared, fold, 'train',
+  real = np.asarray(prepared.labels)[select_indices(prepared, fold, 'train',
                                              class_filter)]
   images, stream, fraction = {}, {}, {}
   for label, paths in files.items():
@@ -197,7 +199,7 @@ def create_iterator(prepared: PreparedData,
     raise UserInputError(
         f'config.data.synthetic_ratio={synthetic_ratio} needs '
         f'config.data.synthetic_dir')
-  idx = _select(prepared, fold, role, class_filter)
+  idx = select_indices(prepared, fold, role, class_filter)
   if jax.process_count() > 1:  # each process reads its own slice
     n = len(idx)
     idx = idx[jax.process_index()::jax.process_count()]
@@ -254,7 +256,7 @@ def load_arrays(prepared: PreparedData,
   fold = int(_pick(fold, data.fold))
   class_filter = int(_pick(class_filter, data.class_filter))
   _check_resolution(prepared, resolution)
-  idx = _select(prepared, fold, role, class_filter)
+  idx = select_indices(prepared, fold, role, class_filter)
   c = prepared.channels
   images = np.zeros((len(idx), resolution, resolution, c), np.float32)
   for k, i in enumerate(idx):

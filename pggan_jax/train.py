@@ -237,16 +237,17 @@ class _Compiler:
                                **self.gen_static).compile()
     return train, gen
 
-  def get(self, key, *args):
-    """(train, generate) for key = (stage, batch); compiles if needed."""
+  def get(self, key, args_fn):
+    """(train, generate) for key = (stage, batch); compiles if needed, with
+    the arguments args_fn() (built only then: get runs every dispatch)."""
     if key not in self.cache:
-      self.cache[key] = self._compile(key, *args)
+      self.cache[key] = self._compile(key, *args_fn())
     hit = self.cache[key]
     return hit.result() if isinstance(hit, concurrent.futures.Future) else hit
 
-  def prefetch(self, key, *args) -> None:
+  def prefetch(self, key, args_fn) -> None:
     if self.pool is not None and key not in self.cache:
-      self.cache[key] = self.pool.submit(self._compile, key, *args)
+      self.cache[key] = self.pool.submit(self._compile, key, *args_fn())
 
   def close(self):
     if self.pool is not None:
@@ -263,12 +264,6 @@ def _compile_workers(cfg, num_stages: int) -> int:
   if n == -1:
     n = min(num_stages, max(1, len(os.sched_getaffinity(0)) // 2))
   return n
-
-
-def _spec(tree):
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-      tree)
 
 
 # Grid cells are enlarged to at least this many pixels (nearest neighbour).
@@ -481,9 +476,13 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
             'lr_g': np.float32(d.points[0].lr_g),
             'key': key, 'data_key': data_key}
 
+  # The state keeps its shapes, dtypes and shardings from here on.
+  state_spec = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+
   def compile_args(point, plan):
-    return (_spec(state), data.spec(point.resolution, point.batch_size),
-            plan, (tick_z, tick_labels, jnp.float32(0)))
+    """A thunk of the compile arguments at `point` (see _Compiler.get)."""
+    return lambda: (state_spec, data.spec(point.resolution, point.batch_size),
+                    plan, (tick_z, tick_labels, jnp.float32(0)))
 
   def log(point):
     nonlocal last_log_time, last_log_nimg
@@ -565,10 +564,10 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
         plan = plan_arrays(d)
         if stages:  # first dispatch: every stage of the run, ahead
           for p in stages:
-            compiler.prefetch((p.stage, p.batch_size), *compile_args(p, plan))
+            compiler.prefetch((p.stage, p.batch_size), compile_args(p, plan))
           stages = []
         train_fn, generate = compiler.get(
-            (point.stage, point.batch_size), *compile_args(point, plan))
+            (point.stage, point.batch_size), compile_args(point, plan))
         state, means = train_fn(state, data.dispatch_args(len(d.points)), plan)
         metrics.add(means, len(d.points))
         nimg, step = d.nimgs[-1] + point.batch_size * cfg.d_repeats, (

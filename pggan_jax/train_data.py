@@ -35,20 +35,15 @@ from input_pipeline.errors import UserInputError
 MODES = ('auto', 'yes', 'no')
 
 
-def _train_indices(prepared, data) -> np.ndarray:
-  idx = prepared.indices(data.fold, 'train')
-  if data.class_filter >= 0:
-    idx = idx[prepared.labels[idx] == data.class_filter]
-  return idx
-
-
 def padded_count(n: int) -> int:
   """The device array's image count for n images: the next power of two."""
   return 1 << max(n - 1, 0).bit_length()
 
 
-def choose_mode(prepared, cfg: ml_collections.ConfigDict) -> str:
-  """'device' or 'stream' from `config.data_on_device` (see module doc)."""
+def choose_mode(prepared, cfg: ml_collections.ConfigDict,
+                num_train: int) -> str:
+  """'device' or 'stream' from `config.data_on_device` (see module doc);
+  num_train: the training split's image count."""
   setting = cfg.data_on_device
   if setting not in MODES:
     raise UserInputError(f'config.data_on_device={setting!r} is not one of '
@@ -63,7 +58,7 @@ def choose_mode(prepared, cfg: ml_collections.ConfigDict) -> str:
     return 'stream'
   if setting == 'yes':
     return 'device'
-  n = padded_count(len(_train_indices(prepared, cfg.data)))
+  n = padded_count(num_train)
   r = cfg.model.resolution
   nbytes = n * r * r * prepared.channels * 4
   return 'device' if nbytes <= cfg.data_device_max_mb * 2**20 else 'stream'
@@ -75,7 +70,9 @@ class TrainData:
   def __init__(self, prepared, cfg: ml_collections.ConfigDict,
                mesh: jax.sharding.Mesh, k_max: int):
     self.prepared, self.cfg, self.mesh = prepared, cfg, mesh
-    self.mode = choose_mode(prepared, cfg)
+    self.num_train = len(pipeline.select_indices(
+        prepared, cfg.data.fold, 'train', cfg.data.class_filter))
+    self.mode = choose_mode(prepared, cfg, self.num_train)
     self.reps = cfg.d_repeats
     self.k_max = k_max
     self.res = self.batch = None
@@ -114,7 +111,7 @@ class TrainData:
     """Abstract dispatch data at (res, batch), for compiling ahead."""
     c = self.prepared.channels
     if self.mode == 'device':
-      n = padded_count(len(_train_indices(self.prepared, self.cfg.data)))
+      n = padded_count(self.num_train)
       rep = sharding.replicated(self.mesh)
       return {'images': jax.ShapeDtypeStruct((n, res, res, c), np.float32,
                                              sharding=rep),
@@ -154,7 +151,7 @@ class TrainData:
   def swd_reals(self, res: int, num: int) -> np.ndarray:
     """A fixed set of up to `num` training images at `res` (no flips)."""
     if res not in self._swd_cache:
-      n = len(_train_indices(self.prepared, self.cfg.data))
+      n = self.num_train
       m = min(num, n)
       if self.mode == 'device' and res == self.res:
         rng = np.random.default_rng(self.cfg.seed)
