@@ -80,11 +80,6 @@ class PreparedData:
   data_dir: str
   # sha256 of the ids, labels, class names and stored pixels.
   content_fingerprint: str = ''
-  # Per image: sha256 and packed 256-bit phash of the fixed rendering.
-  shas: list[str] = dataclasses.field(default_factory=list)
-  phashes: np.ndarray | None = None
-  # Settings the manifest was made with (for `with_split_seed`).
-  split_settings: dict = dataclasses.field(default_factory=dict)
 
   @property
   def split_fingerprint(self) -> str:
@@ -101,11 +96,11 @@ class PreparedData:
     Repeated k-fold: each repeat draws its own folds; duplicate groups are
     the same (they depend on the images only).
     """
-    st = self.split_settings
-    patients = self.manifest.get('patients')
+    m = self.manifest  # made with the same settings but the split seed
+    patients = m.get('patients')
     manifest = splits.make_manifest(
-        self.ids, self.labels, self.manifest['duplicate_groups'],
-        st['num_folds'], st['val_fraction'], int(split_seed), st['policy'],
+        self.ids, self.labels, m['duplicate_groups'], m['num_folds'],
+        m['val_fraction'], int(split_seed), m['duplicates_policy'],
         patients=[patients[i] for i in self.ids] if patients else None)
     manifest['fingerprint'] = self.fingerprint
     return dataclasses.replace(self, manifest=manifest)
@@ -185,10 +180,14 @@ def prepare(data, workdir: str | None = None) -> PreparedData:
   if ids != expected:
     raise RuntimeError(f'{b.data_dir}: stored ids are not the source ids in '
                        f'order; delete the folder and rerun')
-  images = np.stack([r['image'] for r in recs])
   content = hashlib.sha256(dataset_key(scan.name, expected, [
       r['label'] for r in recs], scan.class_names).encode())
-  content.update(np.ascontiguousarray(images).tobytes())
+  for r in recs:  # the bytes of the stacked images, without stacking them
+    content.update(np.ascontiguousarray(r['image']).tobytes())
+  nbytes = sum(r['image'].nbytes for r in recs)
+  # Kept in memory when small enough (the source reads records otherwise).
+  in_memory = (np.stack([r['image'] for r in recs])
+               if nbytes <= _CACHE_BYTES else None)
   shas = [_str(r['sha']) for r in recs]
   phashes = np.stack([np.asarray(r['phash'], np.uint8) for r in recs])
   labels = np.array([r['label'] for r in recs], np.int32)
@@ -199,27 +198,22 @@ def prepare(data, workdir: str | None = None) -> PreparedData:
   groups = splits.duplicate_groups(shas, phashes, expected,
                                    int(data.hash_threshold))
   warn_cross_class(groups, expected, labels, scan.class_names)
-  settings = {'num_folds': int(data.num_folds),
-              'val_fraction': float(data.val_fraction),
-              'policy': data.duplicates}
   # Volume sources: one patient per slice, kept in one role of every fold.
   patients = ([it.patient for it in scan.items]
               if any(it.patient for it in scan.items) else None)
   manifest = splits.make_manifest(
-      expected, labels, groups, settings['num_folds'],
-      settings['val_fraction'], int(data.split_seed), settings['policy'],
+      expected, labels, groups, int(data.num_folds),
+      float(data.val_fraction), int(data.split_seed), data.duplicates,
       patients=patients)
   manifest['fingerprint'] = fp
   if workdir:
     _write_json(manifest, os.path.join(workdir, 'splits.json'))
-  in_memory = images if images.nbytes <= _CACHE_BYTES else None
   return PreparedData(
       name=scan.name, source=Source(ds, in_memory, labels, expected),
       ids=expected, labels=labels, class_names=list(scan.class_names),
       channels=scan.channels, storage_size=size, manifest=manifest,
       original=original, fingerprint=fp, data_dir=str(b.data_dir),
-      content_fingerprint=content.hexdigest()[:16],
-      shas=shas, phashes=phashes, split_settings=settings)
+      content_fingerprint=content.hexdigest()[:16])
 
 
 def cross_class_groups(groups: list[list[str]], ids: list[str],

@@ -84,11 +84,6 @@ def _manifests(synthetic_dir: str) -> list[tuple[str, dict]]:
   return out
 
 
-def gan_records(synthetic_dir: str) -> list[tuple[str, dict]]:
-  """Every GAN training record named by the manifests in synthetic_dir."""
-  return [(path, rec) for path, _, rec in _entries(synthetic_dir)]
-
-
 def _entries(synthetic_dir: str) -> list[tuple[str, str, dict]]:
   """(manifest path, entry, record): entry is a class folder or 'all'."""
   return [(path, entry, rec) for path, m in _manifests(synthetic_dir)
