@@ -6,8 +6,11 @@ a crash never leaves a half-written file where a finished one is expected.
 
 import contextlib
 import json
+import math
 import os
-from typing import Any, Iterator, TextIO
+from typing import Any, Iterator, Mapping, TextIO
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -32,3 +35,19 @@ def write_text(path: str, text: str) -> None:
 def write_json(path: str, obj: Any, **dump_kwargs) -> None:
   with atomic_open(path) as f:
     json.dump(obj, f, indent=1, **dump_kwargs)
+
+
+def jsonable(x: Any) -> Any:
+  """For strict JSON: NaN/inf -> None (null), numpy scalars -> Python,
+  mappings and sequences converted throughout (keys as str)."""
+  if isinstance(x, Mapping):
+    return {str(k): jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, (bool, np.bool_)):
+    return bool(x)
+  if isinstance(x, (int, np.integer)):
+    return int(x)
+  if isinstance(x, (float, np.floating)):
+    return float(x) if math.isfinite(x) else None
+  return x

@@ -344,11 +344,9 @@ def _normalise(chans, hu: bool, params: dict) -> np.ndarray:
 
 
 def _cache_dir(data) -> str:
-  # The same default as dataset.default_tfds_dir (not imported: it imports
-  # sources, which imports this module lazily).
-  root = data.tfds_dir or os.environ.get('TFDS_DATA_DIR') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'pggan_jax', 'tfds')
-  return os.path.join(root, 'volume_index')
+  from input_pipeline import dataset  # pylint: disable=g-import-not-at-top
+  return os.path.join(data.tfds_dir or dataset.default_tfds_dir(),
+                      'volume_index')
 
 
 def _stat_key(paths) -> str:

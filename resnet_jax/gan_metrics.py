@@ -288,7 +288,7 @@ def evaluate(real_train: np.ndarray, real_train_labels: np.ndarray,
   out.update(_memorisation(real_train, real_heldout, synthetic, f_train,
                            f_held, f_syn, cfg, workdir))
   out['seconds'] = round(time.time() - t0, 1)
-  return _json_safe(out)
+  return files.jsonable(out)
 
 
 def _memorisation(real_train, real_heldout, synthetic, f_train, f_held,
@@ -347,18 +347,6 @@ def save_nearest_grid(synthetic: np.ndarray, real: np.ndarray,
   tmp = f'{path}.tmp.png'
   fig.savefig(tmp, dpi=100)
   os.replace(tmp, path)
-
-
-def _json_safe(x):
-  if isinstance(x, dict):
-    return {str(k): _json_safe(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_json_safe(v) for v in x]
-  if isinstance(x, (np.integer, bool, np.bool_)):
-    return x.item() if isinstance(x, np.generic) else x
-  if isinstance(x, (float, np.floating)):
-    return float(x) if np.isfinite(x) else None
-  return x
 
 
 def quality_gate(metrics: dict[str, Any],

@@ -567,21 +567,6 @@ def write_report(workdir: str, rows: Sequence[Row], *,
   return written
 
 
-def _jsonable(x: Any) -> Any:
-  """NaN/inf -> None (null), numpy scalars -> Python, for strict JSON."""
-  if isinstance(x, Mapping):
-    return {str(k): _jsonable(v) for k, v in x.items()}
-  if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
-  if isinstance(x, (bool, np.bool_)):
-    return bool(x)
-  if isinstance(x, (int, np.integer)):
-    return int(x)
-  if isinstance(x, (float, np.floating)):
-    return float(x) if math.isfinite(x) else None
-  return x
-
-
 def summary_json(rows: Sequence[Row], *, confidence: float = 0.95,
                  test_train_ratio: float | None = None,
                  primary_metric: str = 'auc',
@@ -628,4 +613,4 @@ def summary_json(rows: Sequence[Row], *, confidence: float = 0.95,
     out['gate'] = dict(gate)
   if gan_quality is not None:
     out['gan_quality'] = [dict(q) for q in gan_quality]
-  return json.dumps(_jsonable(out), indent=1, allow_nan=False)
+  return json.dumps(files.jsonable(out), indent=1, allow_nan=False)

@@ -268,8 +268,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   for the run, and a workdir whose checkpoints or results another config
   made is refused, naming the keys that differ (input_pipeline/workdir.py).
   """
-  if not workdir:
-    raise UserInputError('--workdir is required for config.task=resnet')
   with workdir_lib.claim(workdir, config, job='resnet', outputs=OUTPUTS):
     return _train_and_evaluate(config, workdir)
 
