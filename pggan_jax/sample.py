@@ -53,7 +53,7 @@ def load_generator(workdir: str, step: int | None = None):
   mgr = ocp.CheckpointManager(
       os.path.abspath(ckpt_dir),
       options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-      item_names=('g', 'd', 'g_ema', 'opt', 'meta', 'data'))
+      item_names=train.CHECKPOINT_ITEMS)
   steps_available = mgr.all_steps()
   if not steps_available:
     raise UserInputError(f'no checkpoint in {ckpt_dir}')

@@ -174,6 +174,12 @@ def dispatch_length(cfg) -> int:
   return 1 if jax.default_backend() == 'cpu' else 16
 
 
+_NETS = ('g', 'd', 'g_ema')
+# A checkpoint: the nets, 'opt' (see _state_items), the run's progress
+# ('meta') and the data stream's position ('data').
+CHECKPOINT_ITEMS = (*_NETS, 'opt', 'meta', 'data')
+
+
 def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   # Async: save() returns once the arrays are copied off the device; files
   # are written in the background (wait_until_finished() before exit). Each
@@ -184,7 +190,7 @@ def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(
           max_to_keep=keep, create=True, enable_async_checkpointing=True,
           cleanup_tmp_directories=True),
-      item_names=('g', 'd', 'g_ema', 'opt', 'meta', 'data'))
+      item_names=CHECKPOINT_ITEMS)
 
 
 class _Metrics:
@@ -252,6 +258,15 @@ class _Compiler:
   def close(self):
     if self.pool is not None:
       self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _state_items(state: dict, rng, wrap) -> dict:
+  """Checkpoint items of the train state, each wrapped by `wrap` (an orbax
+  Save or Restore arg): the three nets, and 'opt' holding the Adam moments,
+  the rng and ADA's state when there is one."""
+  opt = {'g_opt': state['g_opt'], 'd_opt': state['d_opt'], 'rng': rng,
+         **({'aug': state['aug']} if 'aug' in state else {})}
+  return {**{k: wrap(state[k]) for k in _NETS}, 'opt': wrap(opt)}
 
 
 def _compile_workers(cfg, num_stages: int) -> int:
@@ -370,14 +385,7 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
     logging.info('Resuming from %s', mgr.directory / str(latest))
     print(f'Resuming from {mgr.directory / str(latest)}', flush=True)
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    items = dict(
-        g=ocp.args.StandardRestore(abstract['g']),
-        d=ocp.args.StandardRestore(abstract['d']),
-        g_ema=ocp.args.StandardRestore(abstract['g_ema']),
-        opt=ocp.args.StandardRestore({
-            'g_opt': abstract['g_opt'], 'd_opt': abstract['d_opt'],
-            'rng': rng, **({'aug': abstract['aug']} if hp.ada_policy
-                           else {})}))
+    items = _state_items(abstract, rng, ocp.args.StandardRestore)
     if meta['data_res']:
       data.set_stage(meta['data_res'], meta['data_batch'])
       if data.mode == 'stream' and meta.get('data_mode') == 'stream':
@@ -395,10 +403,8 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
               'optimizer and schedule resume exactly)', latest, written_by,
               jax.process_count())
     restored = mgr.restore(latest, args=ocp.args.Composite(**items))
-    state = {k: restored[k] for k in ('g', 'd', 'g_ema')}
-    state.update(g_opt=restored.opt['g_opt'], d_opt=restored.opt['d_opt'])
-    if hp.ada_policy:
-      state['aug'] = restored.opt['aug']
+    state = {k: restored[k] for k in _NETS}
+    state.update({k: v for k, v in restored.opt.items() if k != 'rng'})
     state = jax.device_put(state, replicated)
     rng = np.asarray(restored.opt['rng'])
     if 'data' in items:
@@ -417,12 +423,7 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
     # A copy, so the next dispatch may donate `state` while orbax writes.
     snap = jax.tree.map(jnp.copy, state)
     mgr.save(nimg, args=ocp.args.Composite(
-        g=ocp.args.StandardSave(snap['g']),
-        d=ocp.args.StandardSave(snap['d']),
-        g_ema=ocp.args.StandardSave(snap['g_ema']),
-        opt=ocp.args.StandardSave({
-            'g_opt': snap['g_opt'], 'd_opt': snap['d_opt'], 'rng': rng,
-            **({'aug': snap['aug']} if hp.ada_policy else {})}),
+        **_state_items(snap, rng, ocp.args.StandardSave),
         meta=ocp.args.JsonSave(meta),
         data=data.save_arg()))
 
