@@ -26,11 +26,16 @@
 #            channels_last float32 and bf16 autocast (resnet_step_torch.py).
 #   loop     the Head CT model of configs/study.py:gpu (fmap 4096/256, ADA,
 #            mirroring) in the training loop at 64x64, float32 and bfloat16.
+#   resnet_tune  the JAX ResNet-50 bf16 step in variants: 1x1 convs as
+#            convolutions (--nopointwise_dot) and batch 256.
 #   study    one cell (repeat 0, fold 0) of configs/study.py:gpu on
 #            $HEAD_CT: its two GANs, their quality metrics and the four
 #            classifier arms; wall time, the GANs' metrics.jsonl (SWD
 #            against kimg), quality and G_ema grids packed into
-#            $OUT/study_cell.tgz.
+#            $OUT/study_cell_<STUDY_RES>.tgz. STUDY_RES=128 grows the GANs
+#            one stage further (to 128x128, 88 kimg; quality metrics at
+#            128x128, the classifier still at 64x64); STUDY_ARGS adds
+#            overrides (--config.a.b=v ...).
 # img/s everywhere; TFLOP/s from convolution + matmul FLOPs counted from
 # the jaxprs (benchmarks/flops.py). Each step has a time limit (seconds,
 # LIMIT_<section> overrides) and the script goes on after a failed or
@@ -136,6 +141,18 @@ section_resnet() {
   fi
 }
 
+section_resnet_tune() {
+  local variant
+  for variant in "--nopointwise_dot --batch_size=$RN_BATCH" \
+      "--batch_size=$((2 * RN_BATCH))" \
+      "--nopointwise_dot --batch_size=$((2 * RN_BATCH))"; do
+    # shellcheck disable=SC2086
+    step resnet_jax_bf16_tune "${LIMIT_resnet:-90}" python3 \
+        benchmarks/resnet_step.py $RN --resolution=$RN_RES --channels=3 \
+        --dtype=bfloat16 --steps=10 --warmup=3 $variant
+  done
+}
+
 section_loop() {
   local top=64 k=16
   [ "$QUICK" = 1 ] && { top=16; k=1; }
@@ -149,14 +166,26 @@ section_study() {
     say "study: set HEAD_CT=/path/to/head_ct to run one study cell"
     return
   fi
-  local w=$TMPW/study extra=()
-  [ "$QUICK" = 1 ] && extra=(--config.gan.model.fmap_base=64
+  local res=${STUDY_RES:-64} extra=()
+  local w=$TMPW/study_$res
+  [ "$QUICK" = 1 ] && extra+=(--config.gan.model.fmap_base=64
       --config.gan.model.fmap_max=16 --config.gan.total_kimg=0.9
       --config.gan.sched.lod_training_kimg=0.1
       --config.gan.sched.lod_transition_kimg=0.1
       --config.gan.sched.tick_kimg=0.3 --config.gan.checkpoint_kimg=0.3
       --config.classifier.num_filters=8 --config.classifier.num_epochs=1)
-  step study_cell "${LIMIT_study:-240}" python3 main.py \
+  case $res in
+    64) ;;
+    128) extra+=(--config.data.storage_size=128
+        --config.data.synthetic_size=128 --config.gan.model.resolution=128
+        --config.gan.sched.minibatch_dict=4:64,8:64,16:64,32:32,64:32,128:16)
+      if [ "$QUICK" = 1 ]; then extra+=(--config.gan.total_kimg=1.1)
+      else extra+=(--config.gan.total_kimg=88); fi ;;
+    *) say "study: STUDY_RES must be 64 or 128, not '$res'"; return ;;
+  esac
+  # shellcheck disable=SC2206
+  [ -n "${STUDY_ARGS:-}" ] && extra+=($STUDY_ARGS)
+  step study_cell_$res "${LIMIT_study:-240}" python3 main.py \
       --config=configs/study.py:gpu --workdir="$w" \
       --config.data.name=head_ct --config.data.dir="$HEAD_CT" \
       --config.shard=0/15 ${extra[@]+"${extra[@]}"}
@@ -164,7 +193,7 @@ section_study() {
   (cd "$w" && find . \( -path './repeat0/fold0/samples' -o -name checkpoints \
       \) -prune -o \( -name '*.json*' -o -name '*.png' -o -name '*.csv' \
       -o -name '*.md' \) -size -4096k -print0 \
-      | tar czf "$OUT/study_cell.tgz" --null -T -) 2>&1 | tee -a "$LOG"
+      | tar czf "$OUT/study_cell_$res.tgz" --null -T -) 2>&1 | tee -a "$LOG"
 }
 
 for s in $SECTIONS; do
