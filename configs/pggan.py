@@ -149,10 +149,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data_on_device = 'auto'
   config.data_device_max_mb = 512
   # Compile every stage of the run ahead, in this many background threads,
-  # beside each other and beside training (-1 = auto: half the CPU cores,
-  # at most one per stage; 0 = compile each stage when it starts). On a GPU
-  # compilation dominates short runs: ~45 s per stage measured on an H100
-  # for configs/study.py:gpu's GAN, one after another.
+  # beside each other and beside training (0 = compile each stage when it
+  # starts). -1 = auto: on the CPU half the cores, at most one per stage;
+  # on a GPU 0, because XLA's autotuning while compiling locks the device
+  # and stalls training: measured on an H100 with configs/study.py:gpu's
+  # GAN, 8 threads left it at 1 kimg after 5.5 minutes, where compiling
+  # each stage when it starts took 43-61 s per stage.
   config.compile_ahead = -1
   # Persistent XLA compilation cache ('' = leave JAX's setting alone, e.g.
   # the study's); only compilations slower than the threshold are stored.

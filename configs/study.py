@@ -213,11 +213,13 @@ def _gpu(config: ml_collections.ConfigDict) -> None:
   8x8-32x32; at its 230 s limit it was 56.5 of 72 kimg in, its G_ema at
   32x32 showing a bright skull ring and grey parenchyma with dark central
   shapes where ventricles lie, blurred, and varied head shapes (SWD at
-  32x32 41.8 at 48 kimg, 33.8 at 56). Since then all stages compile ahead
-  in parallel threads (not yet timed on a GPU), and each class's training
-  images are padded on the device to a power of two (Head CT's 67-68 a
-  class and fold: 128), so the other 29 GANs reuse the first one's
-  programs from the persistent compilation cache. The loop at 64x64
+  32x32 41.8 at 48 kimg, 33.8 at 56). Compiling all stages ahead in 8
+  threads, tried later, stalled training on the GPU (1 kimg in 5.5 min;
+  XLA's autotuning locks the device), so there stages compile when they
+  start (config.gan.compile_ahead). Each class's training images are
+  padded on the device to a power of two (Head CT's 67-68 a class and
+  fold: 128), so the other 29 GANs can reuse the first one's programs
+  from the persistent compilation cache (not yet timed). The loop at 64x64
   reached 1,463 img/s in float32 (179 TFLOP/s of convolutions;
   benchmarks/pggan_loop.py). The study's 10-minute budget is not shown
   yet.

@@ -269,15 +269,29 @@ def _state_items(state: dict, rng, wrap) -> dict:
   return {**{k: wrap(state[k]) for k in _NETS}, 'opt': wrap(opt)}
 
 
-def _compile_workers(cfg, num_stages: int) -> int:
-  """Background compile threads: config.compile_ahead, 0 = off, -1 = auto
-  (half the CPU cores this process may use, at most one per stage)."""
+def _compile_workers(cfg, num_stages: int, backend: str) -> int:
+  """Background compile threads: config.compile_ahead, 0 = off, -1 = auto.
+
+  Auto is half the CPU cores this process may use (at most one per stage)
+  on the CPU, and 0 elsewhere: on a GPU, XLA autotunes kernels while it
+  compiles, holding the device's lock exclusively, and every running
+  program waits for it. Measured on an H100 (configs/study.py:gpu): with
+  the stages compiling in 8 threads the GAN made two dispatches (1 kimg)
+  in 5.5 minutes.
+  """
   n = cfg.compile_ahead
   if not isinstance(n, int) or n < -1:
     raise UserInputError(f'config.compile_ahead={n!r} must be -1 (auto), 0 '
                          '(off) or a number of compile threads')
   if n == -1:
-    n = min(num_stages, max(1, len(os.sched_getaffinity(0)) // 2))
+    n = (min(num_stages, max(1, len(os.sched_getaffinity(0)) // 2))
+         if backend == 'cpu' else 0)
+  elif n > 0 and backend != 'cpu':
+    logging.warning(
+        'config.compile_ahead=%d on %s: XLA autotunes while compiling and '
+        'running programs wait for it, so training may stall until every '
+        'stage is compiled (measured on an H100); 0 is the default there.',
+        n, backend)
   return n
 
 
@@ -459,7 +473,7 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
                                  cfg.sched.lod_transition_kimg)
   compiler = _Compiler(
       dict(g_graph=g_graph, d_graph=d_graph, hp=hp), dict(g_graph=g_graph),
-      workers=_compile_workers(cfg, len(stages)))
+      workers=_compile_workers(cfg, len(stages), jax.default_backend()))
   ticks = concurrent.futures.ThreadPoolExecutor(1)
   pending_ticks = collections.deque()
   jsonl = os.path.join(workdir, 'metrics.jsonl')
