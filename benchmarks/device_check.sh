@@ -28,6 +28,13 @@
 #            mirroring) in the training loop at 64x64, float32 and bfloat16.
 #   resnet_tune  the JAX ResNet-50 bf16 step in variants: 1x1 convs as
 #            convolutions (--nopointwise_dot) and batch 256.
+#   compile_flags  the loop section's GAN (float32 and bfloat16) under
+#            XLA_FLAGS variants that may shorten its compilation (fresh
+#            compilation cache each): none, --xla_gpu_autotune_level=1 (no
+#            buffer checks while autotuning), and
+#            --xla_gpu_enable_triton_gemm=false (no Triton GEMM tilings to
+#            autotune). (--xla_gpu_autotune_level=0, no autotuning, made its
+#            kernels ~75x slower on an H100.)
 #   study    one cell (repeat 0, fold 0) of configs/study.py:gpu on
 #            $HEAD_CT: its two GANs, their quality metrics and the four
 #            classifier arms; wall time, the GANs' metrics.jsonl (SWD
@@ -159,6 +166,19 @@ section_loop() {
   step loop_headct "${LIMIT_loop:-150}" python3 benchmarks/pggan_loop.py \
       --res=$top $HC --batch=$HC_BATCH --k=$k --dispatches=$DISP \
       --dtypes=float32,bfloat16 --mirror --ada
+}
+
+section_compile_flags() {
+  local top=64 k=16 flag i=0
+  [ "$QUICK" = 1 ] && { top=16; k=1; }
+  for flag in "" --xla_gpu_autotune_level=1 \
+      --xla_gpu_enable_triton_gemm=false; do
+    i=$((i + 1))
+    XLA_FLAGS="${XLA_FLAGS:-}${flag:+ $flag}" JAX_COMPILATION_CACHE_DIR=$TMPW/cc$i \
+        step "compile_flags[$flag]" "${LIMIT_loop:-150}" python3 \
+        benchmarks/pggan_loop.py --res=$top $HC --batch=$HC_BATCH --k=$k \
+        --dispatches=$DISP --dtypes=float32,bfloat16 --mirror --ada
+  done
 }
 
 section_study() {
