@@ -70,13 +70,8 @@ def image_hashes(original: np.ndarray) -> tuple[str, np.ndarray]:
   return sha, np.packbits(bits.reshape(-1))
 
 
-def duplicate_groups(shas: list[str], phashes: np.ndarray, ids: list[str],
-                     threshold: int) -> list[list[str]]:
-  """Groups (size >= 2) of exact or near-duplicate images, by id.
-
-  `shas` and `phashes` (packed bits, [N, HASH_BYTES]) from `image_hashes`.
-  """
-  n = len(ids)
+def _union_find(n: int):
+  """(find, union) over 0 .. n-1; every set's root is its smallest index."""
   parent = list(range(n))
 
   def find(i):
@@ -85,12 +80,25 @@ def duplicate_groups(shas: list[str], phashes: np.ndarray, ids: list[str],
       i = parent[i]
     return i
 
+  def union(i, j):
+    a, b = find(i), find(j)
+    parent[max(a, b)] = min(a, b)
+
+  return find, union
+
+
+def duplicate_groups(shas: list[str], phashes: np.ndarray, ids: list[str],
+                     threshold: int) -> list[list[str]]:
+  """Groups (size >= 2) of exact or near-duplicate images, by id.
+
+  `shas` and `phashes` (packed bits, [N, HASH_BYTES]) from `image_hashes`.
+  """
+  n = len(ids)
+  find, union = _union_find(n)
   bits = np.unpackbits(np.asarray(phashes, np.uint8), axis=-1)
   first = {}
   for i, s in enumerate(shas):
-    if s in first:
-      parent[find(i)] = find(first[s])
-    first.setdefault(s, i)
+    union(i, first.setdefault(s, i))
   if threshold >= 0 and n > 1:
     b = bits.astype(np.int32)
     # Hamming distances in row blocks: bits minus agreements (ones + zeros).
@@ -99,7 +107,7 @@ def duplicate_groups(shas: list[str], phashes: np.ndarray, ids: list[str],
       dist = b.shape[1] - (blk @ b.T + (1 - blk) @ (1 - b).T)
       for i, j in zip(*np.nonzero(dist <= threshold)):
         if start + i < j:
-          parent[find(j)] = find(start + i)
+          union(start + i, j)
   groups = {}
   for i in range(n):  # members and groups in source (id) order
     groups.setdefault(find(i), []).append(i)
@@ -177,20 +185,12 @@ def split_fingerprint(manifest: dict) -> str:
 
 
 def _join_patients(units: np.ndarray, patients: list[str]) -> np.ndarray:
-  """Units merged with patient groups (union-find; root = first index)."""
-  parent = list(range(len(units)))
-
-  def find(i):
-    while parent[i] != i:
-      parent[i] = parent[parent[i]]
-      i = parent[i]
-    return i
-
+  """Units merged with patient groups (root = first index)."""
+  find, union = _union_find(len(units))
   for keys in (units.tolist(), list(patients)):
     first = {}
     for i, k in enumerate(keys):
-      a, b = find(i), find(first.setdefault(k, i))
-      parent[max(a, b)] = min(a, b)
+      union(i, first.setdefault(k, i))
   return np.array([find(i) for i in range(len(units))])
 
 
