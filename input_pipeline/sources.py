@@ -87,6 +87,43 @@ def ignored(name: str) -> bool:
   return name.startswith('.') or name.lower() in _JUNK
 
 
+def list_image_folder(root: str, key: str, *, allow_flat: bool = True
+                      ) -> dict[str | None, list[str]]:
+  """{class: sorted image paths} of DIR/<class>/*, or {None: paths} of a
+  flat DIR/* (only with allow_flat). Hidden entries and non-images (e.g.
+  the sampler's manifest.json) are skipped. `key` names the config key in
+  the one-line errors."""
+  if not root or not os.path.isdir(root):
+    raise UserInputError(f'config.{key}={root!r} is not a directory')
+
+  def images_in(folder):
+    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
+                  if not ignored(f) and f.lower().endswith(IMAGE_EXTS)
+                  and os.path.isfile(os.path.join(folder, f)))
+
+  subdirs = sorted(d for d in os.listdir(root) if not ignored(d)
+                   and os.path.isdir(os.path.join(root, d)))
+  classes = {d: images_in(os.path.join(root, d)) for d in subdirs}
+  loose = images_in(root)
+  if any(classes.values()):
+    if loose:
+      raise UserInputError(
+          f'config.{key}={root!r} has both images ({loose[0]}) and class '
+          'subfolders; use one layout: DIR/<class>/*.png or DIR/*.png')
+    for d, paths in classes.items():
+      if not paths:
+        raise UserInputError(
+            f'{os.path.join(root, d)}: class {d!r} has no PNG/JPEG images')
+    return classes
+  if not allow_flat:
+    raise UserInputError(f'config.{key}={root!r}: no class subfolders with '
+                         'PNG/JPEG images (DIR/<class>/*.png)')
+  if not loose:
+    raise UserInputError(f'config.{key}={root!r}: no PNG/JPEG images '
+                         '(DIR/<class>/*.png or DIR/*.png)')
+  return {None: loose}
+
+
 def walk_files(folder: str) -> list[str]:
   """Every file under `folder`, as sorted '/'-separated relative paths.
 

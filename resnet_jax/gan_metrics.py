@@ -398,12 +398,6 @@ def quality_gate(metrics: dict[str, Any],
 # --------------------------------------------------------------------- CLI
 
 
-def _image_files(folder: str) -> list[str]:
-  return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                if f.lower().endswith(sources.IMAGE_EXTS)
-                and not f.startswith('.'))
-
-
 def load_image_folder(path: str, resolution: int, *, key: str,
                       allow_flat: bool = False):
   """DIR/<class>/*.{png,jpg,jpeg} (or, with allow_flat, DIR/*.png).
@@ -415,28 +409,10 @@ def load_image_folder(path: str, resolution: int, *, key: str,
   """
   if not path:
     raise UserInputError(f'config.{key} is required')
-  if not os.path.isdir(path):
-    raise UserInputError(f'config.{key}={path!r} is not a directory')
-  classes = sorted(d for d in os.listdir(path) if not d.startswith('.')
-                   and os.path.isdir(os.path.join(path, d)))
-  top = _image_files(path)
-  if classes and top:
-    raise UserInputError(f'config.{key}={path!r} holds both class folders '
-                         'and images; use one layout')
-  paths, labels = [], []
-  if classes:
-    for label, c in enumerate(classes):
-      found = _image_files(os.path.join(path, c))
-      if not found:
-        raise UserInputError(f'{os.path.join(path, c)}: class {c!r} has no '
-                             'PNG/JPEG images')
-      paths += found
-      labels += [label] * len(found)
-  elif top and allow_flat:
-    paths = top
-  else:
-    raise UserInputError(
-        f'config.{key}={path!r}: no class subfolders with PNG/JPEG images')
+  found = sources.list_image_folder(path, key, allow_flat=allow_flat)
+  classes = [c for c in found if c is not None]
+  paths = [p for c in found for p in found[c]]
+  labels = [label for label, c in enumerate(classes) for _ in found[c]]
   images = np.stack([preprocess.load_square(p, resolution)[0]
                      for p in paths])
   return (transforms.to_float(images),

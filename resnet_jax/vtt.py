@@ -41,7 +41,7 @@ from input_pipeline import files
 from input_pipeline import images as images_lib
 from input_pipeline import preprocess
 from input_pipeline.errors import UserInputError
-from input_pipeline.sources import IMAGE_EXTS
+from input_pipeline import sources
 from resnet_jax import vtt_page
 
 REAL, SYNTHETIC = 'real', 'synthetic'
@@ -52,37 +52,6 @@ REQUIRED_COLUMNS = ('reader_id', 'image_id', 'answer', 'confidence')
 
 
 # ---------------------------------------------------------------- make ---
-
-
-def list_folder(root: str, key: str) -> dict[str | None, list[str]]:
-  """{class: sorted image paths} of DIR/<class>/*, or {None: paths} of a
-  flat DIR/*. Hidden entries and non-images (manifest.json) are skipped."""
-  if not root or not os.path.isdir(root):
-    raise UserInputError(f'config.{key}={root!r} is not a directory')
-
-  def images_in(folder):
-    return sorted(os.path.join(folder, f) for f in os.listdir(folder)
-                  if not f.startswith('.') and f.lower().endswith(IMAGE_EXTS)
-                  and os.path.isfile(os.path.join(folder, f)))
-
-  subdirs = sorted(d for d in os.listdir(root) if not d.startswith('.')
-                   and os.path.isdir(os.path.join(root, d)))
-  classes = {d: images_in(os.path.join(root, d)) for d in subdirs}
-  loose = images_in(root)
-  if any(classes.values()):
-    if loose:
-      raise UserInputError(
-          f'config.{key}={root!r} has both images ({loose[0]}) and class '
-          'subfolders; use one layout: DIR/<class>/*.png or DIR/*.png')
-    for d, paths in classes.items():
-      if not paths:
-        raise UserInputError(
-            f'{os.path.join(root, d)}: class {d!r} has no PNG/JPEG images')
-    return classes
-  if not loose:
-    raise UserInputError(f'config.{key}={root!r}: no PNG/JPEG images '
-                         '(DIR/<class>/*.png or DIR/*.png)')
-  return {None: loose}
 
 
 def _pick(paths: list, n: int, rng: np.random.Generator, what: str,
@@ -174,8 +143,8 @@ def make_test(real_dir: str, synthetic_dir: str, num_images: int,
   """Writes outdir/index.html and outdir/key.json; returns the key."""
   if display_size < 0:
     raise UserInputError(f'config.display_size={display_size}: must be >= 0')
-  real = list_folder(real_dir, 'real_dir')
-  synthetic = list_folder(synthetic_dir, 'synthetic_dir')
+  real = sources.list_image_folder(real_dir, 'real_dir')
+  synthetic = sources.list_image_folder(synthetic_dir, 'synthetic_dir')
   rng = np.random.default_rng(seed)
   drawn = draw(real, synthetic, num_images, rng, real_dir, synthetic_dir)
   drawn = [drawn[i] for i in rng.permutation(len(drawn))]
