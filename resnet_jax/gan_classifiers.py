@@ -31,7 +31,6 @@ from flax import nnx
 from sklearn import metrics as skm
 
 from input_pipeline import sharding
-from input_pipeline.errors import UserInputError
 from resnet_jax import models
 from resnet_jax import train
 
@@ -39,7 +38,6 @@ from resnet_jax import train
 # on the CPU, and plenty for ~100 images at 64x64.
 MODELS = dict(models.MODELS, resnet10=functools.partial(
     models.ResNet, stage_sizes=(1, 1, 1, 1), block_cls=models.ResNetBlock))
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 @dataclasses.dataclass
@@ -55,16 +53,8 @@ class Classifier:
 
 def create_model(cfg: ml_collections.ConfigDict, num_classes: int,
                  num_channels: int, seed: int) -> nnx.Module:
-  if cfg.model not in MODELS:
-    raise UserInputError(f'config.metrics.classifier.model={cfg.model!r} is '
-                         f'not one of {sorted(MODELS)}')
-  if cfg.dtype not in _DTYPES:
-    raise UserInputError(f'config.metrics.classifier.dtype={cfg.dtype!r} is '
-                         f'not one of {sorted(_DTYPES)}')
-  return MODELS[cfg.model](
-      num_classes=num_classes, num_filters=cfg.num_filters,
-      num_channels=num_channels, dtype=_DTYPES[cfg.dtype],
-      rngs=nnx.Rngs(seed))
+  return train.create_model(cfg, num_channels, num_classes, seed=seed,
+                            registry=MODELS, key='config.metrics.classifier')
 
 
 def num_steps(cfg: ml_collections.ConfigDict) -> int:

@@ -52,19 +52,24 @@ _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def create_model(config: ml_collections.ConfigDict, num_channels: int,
-                 num_classes: int = 2) -> nnx.Module:
-  if config.model not in models.MODELS:
-    raise UserInputError(f'config.model={config.model!r} is not one of '
-                         f'{sorted(models.MODELS)}')
+                 num_classes: int = 2, *, seed: int | None = None,
+                 registry=None, key: str = 'config') -> nnx.Module:
+  """config.model from `registry` (models.MODELS) at config.dtype, seeded
+  with `seed` (default config.seed); `key` names the config block in the
+  one-line errors."""
+  registry = models.MODELS if registry is None else registry
+  if config.model not in registry:
+    raise UserInputError(f'{key}.model={config.model!r} is not one of '
+                         f'{sorted(registry)}')
   if config.dtype not in _DTYPES:
-    raise UserInputError(f'config.dtype={config.dtype!r} is not one of '
+    raise UserInputError(f'{key}.dtype={config.dtype!r} is not one of '
                          f'{sorted(_DTYPES)}')
-  return models.MODELS[config.model](
+  return registry[config.model](
       num_classes=num_classes, num_filters=config.num_filters,
       num_channels=num_channels, dtype=_DTYPES[config.dtype],
       # 1x1 convs as dots: same parameters and maths, faster on XLA:CPU.
       pointwise_dot=config.get('pointwise_dot', True),
-      rngs=nnx.Rngs(config.seed))
+      rngs=nnx.Rngs(config.seed if seed is None else seed))
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
