@@ -403,6 +403,23 @@ def test_tiny_no_leakage(tiny_study):
     assert test == set(splits['folds'][m['fold']]['test'])
 
 
+def test_gan_curves_benchmark_reads_the_study(tiny_study):
+  workdir, _, _ = tiny_study
+  proc = subprocess.run(
+      [sys.executable, 'benchmarks/gan_curves.py', workdir], cwd=ROOT,
+      capture_output=True, text=True, timeout=60, check=False)
+  assert proc.returncode == 0, proc.stderr
+  rows = [l for l in proc.stdout.splitlines() if l.startswith('| tiny |')]
+  # 2 cells x (2 classes + all), each from its gan_metrics.json.
+  assert len(rows) == 6, proc.stdout
+  m = json.load(open(os.path.join(workdir, 'repeat0', 'fold1', 'quality',
+                                  'normal', 'gan_metrics.json')))
+  assert any(f"| tiny | repeat0/fold1 | normal | {m['swd']:.1f} |" in r
+             for r in rows), proc.stdout
+  curves = [l for l in proc.stdout.splitlines() if l.startswith('tiny ')]
+  assert len(curves) == 4 and all('SWD ' in c for c in curves), curves
+
+
 def test_tiny_rerun_is_noop(tiny_study):
   workdir, _, first = tiny_study
   watched = []

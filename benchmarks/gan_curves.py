@@ -1,0 +1,93 @@
+r"""Compares GAN settings on curves: study workdirs in, one table out.
+
+  python benchmarks/gan_curves.py W_off W_ada W_diffaug [--cells=all]
+
+Each W is a study workdir (configs/study.py) run with one setting. For every
+finished cell (repeat, fold) and GAN it prints the SWD curve against kimg
+(W/repeat*/fold*/gan/<class>/metrics.jsonl, against training images, with
+ADA's p where ADA ran) and a markdown table of the cell's quality metrics
+against that fold's held-out test images (quality/<class>/gan_metrics.json):
+SWD, KID, C2ST with its 95% interval, precision / recall, mean pairwise
+MS-SSIM of synthetic vs real images (mode collapse), and the quality gate.
+
+Runs that differ in one setting, on the same folds and with two or more
+seeds (--config.seed), show whether a difference exceeds seed-to-seed
+spread. Measured with it (2-core CPU, 2026-11-26): the CPU-sized
+comparison in the README, "Choosing GAN settings on curves", e.g.
+
+  python main.py --config=configs/study.py --workdir=W_off \
+    --config.data.name=head_ct --config.data.dir=DIR --config.num_repeats=1 \
+    --config.folds='(0,)' --config.arms="('gan',)" \
+    --config.data.storage_size=32 --config.data.synthetic_size=32 \
+    --config.classifier.data.resolution=32 --config.gan.model.resolution=32 \
+    --config.gan.model.fmap_base=1024 --config.gan.model.fmap_max=64 \
+    --config.gan.sched.lod_training_kimg=3 \
+    --config.gan.sched.lod_transition_kimg=3 --config.gan.sched.tick_kimg=1.5 \
+    --config.gan.total_kimg=21 --config.gan.checkpoint_kimg=7
+  (W_ada: add --config.gan.augment.mode=ada --config.gan.augment.speed_kimg=2.1;
+   W_diffaug: --config.gan.diffaug=translation,cutout; a second seed:
+   --config.seed=1.)
+"""
+
+import argparse
+import glob
+import json
+import math
+import os
+
+
+def _curve(path: str) -> str:
+  rows = [json.loads(line) for line in open(path) if line.strip()]
+  swd = ' '.join(f"{r['kimg']:.1f}:{r.get('swd', math.nan):.0f}" for r in rows)
+  if any('aug/p' in r for r in rows):
+    swd += '   ADA p: ' + ' '.join(f"{r.get('aug/p', 0.0):.2f}" for r in rows)
+  return swd
+
+
+def _row(name: str, cell: str, cls: str, m: dict) -> str:
+  gate = m.get('gate') or {}
+  verdict = ('pass' if gate.get('passed') else
+             'fail: ' + '; '.join(r.split(':')[0] for r in gate.get('reasons',
+                                                                     [])))
+  c2st = m.get('c2st_accuracy')
+  c2st = (f"{c2st:.2f} [{m['c2st_ci_low']:.2f}, {m['c2st_ci_high']:.2f}]"
+          if c2st is not None else '—')
+  return (f"| {name} | {cell} | {cls} | {m['swd']:.1f} | "
+          f"{m['kid']:.3f} ± {m['kid_std']:.3f} | {c2st} | "
+          f"{m['precision']:.2f} / {m['recall']:.2f} | "
+          f"{m['ms_ssim_synthetic']:.2f} / {m['ms_ssim_real']:.2f} | "
+          f'{verdict} |')
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('workdirs', nargs='+')
+  a = p.parse_args()
+  table = ['| run | cell | class | SWD | KID | C2ST [95% CI] | '
+           'precision / recall | MS-SSIM synthetic / real | gate |',
+           '|---|---|---|---|---|---|---|---|---|']
+  curves = []
+  for w in a.workdirs:
+    name = os.path.basename(os.path.normpath(w))
+    cells = sorted(glob.glob(os.path.join(w, 'repeat*', 'fold*')))
+    if not cells:
+      raise SystemExit(f'{w}: no repeat*/fold* cells (not a study workdir)')
+    for cell_dir in cells:
+      cell = os.path.relpath(cell_dir, w)
+      for path in sorted(glob.glob(os.path.join(cell_dir, 'gan', '*',
+                                                'metrics.jsonl'))):
+        gan = os.path.basename(os.path.dirname(path))
+        curves.append(f'{name} {cell} {gan}: SWD {_curve(path)}')
+      for path in sorted(glob.glob(os.path.join(cell_dir, 'quality', '*',
+                                                'gan_metrics.json'))):
+        with open(path) as f:
+          m = json.load(f)
+        table.append(_row(name, cell, os.path.basename(os.path.dirname(path)),
+                          m))
+  print('\n'.join(table))
+  print('\nSWD of G_ema against training images, kimg:SWD at each tick')
+  print('\n'.join(curves))
+
+
+if __name__ == '__main__':
+  main()
