@@ -41,8 +41,10 @@
 #            against kimg), quality and G_ema grids packed into
 #            $OUT/study_cell_<STUDY_RES>.tgz. STUDY_RES=128 grows the GANs
 #            one stage further (to 128x128, 88 kimg; quality metrics at
-#            128x128, the classifier still at 64x64); STUDY_ARGS adds
-#            overrides (--config.a.b=v ...).
+#            128x128, the classifier still at 64x64; raise LIMIT_study:
+#            the 64x64 cell's first GAN alone took more than its 240 s on
+#            an H100); STUDY_ARGS adds overrides (--config.a.b=v ...,
+#            split on blanks).
 # img/s everywhere; TFLOP/s from convolution + matmul FLOPs counted from
 # the jaxprs (benchmarks/flops.py). Each step has a time limit (seconds,
 # LIMIT_<section> overrides) and the script goes on after a failed or
@@ -154,7 +156,8 @@ section_resnet_tune() {
       "--batch_size=$((2 * RN_BATCH))" \
       "--nopointwise_dot --batch_size=$((2 * RN_BATCH))"; do
     # shellcheck disable=SC2086
-    step resnet_jax_bf16_tune "${LIMIT_resnet:-90}" python3 \
+    step "resnet_jax_bf16[$variant]" \
+        "${LIMIT_resnet_tune:-${LIMIT_resnet:-90}}" python3 \
         benchmarks/resnet_step.py $RN --resolution=$RN_RES --channels=3 \
         --dtype=bfloat16 --steps=10 --warmup=3 $variant
   done
@@ -175,7 +178,8 @@ section_compile_flags() {
       --xla_gpu_enable_triton_gemm=false; do
     i=$((i + 1))
     XLA_FLAGS="${XLA_FLAGS:-}${flag:+ $flag}" JAX_COMPILATION_CACHE_DIR=$TMPW/cc$i \
-        step "compile_flags[$flag]" "${LIMIT_loop:-150}" python3 \
+        step "compile_flags[$flag]" \
+        "${LIMIT_compile_flags:-${LIMIT_loop:-150}}" python3 \
         benchmarks/pggan_loop.py --res=$top $HC --batch=$HC_BATCH --k=$k \
         --dispatches=$DISP --dtypes=float32,bfloat16 --mirror --ada
   done
@@ -203,8 +207,9 @@ section_study() {
       else extra+=(--config.gan.total_kimg=88); fi ;;
     *) say "study: STUDY_RES must be 64 or 128, not '$res'"; return ;;
   esac
-  # shellcheck disable=SC2206
-  [ -n "${STUDY_ARGS:-}" ] && extra+=($STUDY_ARGS)
+  local args=()
+  read -ra args <<<"${STUDY_ARGS:-}"
+  extra+=(${args[@]+"${args[@]}"})
   step study_cell_$res "${LIMIT_study:-240}" python3 main.py \
       --config=configs/study.py:gpu --workdir="$w" \
       --config.data.name=head_ct --config.data.dir="$HEAD_CT" \

@@ -1,6 +1,6 @@
 r"""Compares GAN settings on curves: study workdirs in, one table out.
 
-  python benchmarks/gan_curves.py W_off W_ada W_diffaug [--cells=all]
+  python benchmarks/gan_curves.py W_off W_ada W_diffaug
 
 Each W is a study workdir (configs/study.py) run with one setting. For every
 finished cell (repeat, fold) and GAN it prints the SWD curve against kimg
@@ -38,10 +38,16 @@ import os
 
 def _curve(path: str) -> str:
   rows = [json.loads(line) for line in open(path) if line.strip()]
-  swd = ' '.join(f"{r['kimg']:.1f}:{r.get('swd', math.nan):.0f}" for r in rows)
+  swd = ' '.join(f"{r['kimg']:.1f}:{r.get('swd', math.nan):.0f}"
+                 for r in rows)
   if any('aug/p' in r for r in rows):
     swd += '   ADA p: ' + ' '.join(f"{r.get('aug/p', 0.0):.2f}" for r in rows)
   return swd
+
+
+def _f(x, fmt: str = '.2f') -> str:
+  """A metric, or '—' where gan_metrics left it undefined (None)."""
+  return '—' if x is None else format(x, fmt)
 
 
 def _row(name: str, cell: str, cls: str, m: dict) -> str:
@@ -52,11 +58,11 @@ def _row(name: str, cell: str, cls: str, m: dict) -> str:
   c2st = m.get('c2st_accuracy')
   c2st = (f"{c2st:.2f} [{m['c2st_ci_low']:.2f}, {m['c2st_ci_high']:.2f}]"
           if c2st is not None else '—')
-  return (f"| {name} | {cell} | {cls} | {m['swd']:.1f} | "
-          f"{m['kid']:.3f} ± {m['kid_std']:.3f} | {c2st} | "
-          f"{m['precision']:.2f} / {m['recall']:.2f} | "
-          f"{m['ms_ssim_synthetic']:.2f} / {m['ms_ssim_real']:.2f} | "
-          f'{verdict} |')
+  g = lambda k, fmt='.2f': _f(m.get(k), fmt)
+  return (f"| {name} | {cell} | {cls} | {g('swd', '.1f')} | "
+          f"{g('kid', '.3f')} ± {g('kid_std', '.3f')} | {c2st} | "
+          f"{g('precision')} / {g('recall')} | "
+          f"{g('ms_ssim_synthetic')} / {g('ms_ssim_real')} | {verdict} |")
 
 
 def main():

@@ -150,8 +150,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data_device_max_mb = 512
   # Compile every stage of the run ahead, in this many background threads,
   # beside each other and beside training (0 = compile each stage when it
-  # starts). -1 = auto: on the CPU half the cores, at most one per stage;
-  # on a GPU 0, because XLA's autotuning while compiling locks the device
+  # starts). -1 = auto: half the CPU cores, at most one per stage, but 0
+  # on a GPU, because XLA's autotuning while compiling locks the device
   # and stalls training: measured on an H100 with configs/study.py:gpu's
   # GAN, 8 threads left it at 1 kimg after 5.5 minutes, where compiling
   # each stage when it starts took 43-61 s per stage.

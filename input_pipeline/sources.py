@@ -107,9 +107,10 @@ def list_image_folder(root: str, key: str, *, allow_flat: bool = True
   loose = images_in(root)
   if any(classes.values()):
     if loose:
+      layouts = 'DIR/<class>/*.png' + (' or DIR/*.png' if allow_flat else '')
       raise UserInputError(
           f'config.{key}={root!r} has both images ({loose[0]}) and class '
-          'subfolders; use one layout: DIR/<class>/*.png or DIR/*.png')
+          f'subfolders; use one layout: {layouts}')
     for d, paths in classes.items():
       if not paths:
         raise UserInputError(

@@ -272,26 +272,26 @@ def _state_items(state: dict, rng, wrap) -> dict:
 def _compile_workers(cfg, num_stages: int, backend: str) -> int:
   """Background compile threads: config.compile_ahead, 0 = off, -1 = auto.
 
-  Auto is half the CPU cores this process may use (at most one per stage)
-  on the CPU, and 0 elsewhere: on a GPU, XLA autotunes kernels while it
+  Auto is half the CPU cores this process may use (at most one per
+  stage), except on a GPU, where it is 0: XLA autotunes kernels while it
   compiles, holding the device's lock exclusively, and every running
   program waits for it. Measured on an H100 (configs/study.py:gpu): with
   the stages compiling in 8 threads the GAN made two dispatches (1 kimg)
-  in 5.5 minutes.
+  in 5.5 minutes. (TPUs keep the threads: not measured there.)
   """
   n = cfg.compile_ahead
   if not isinstance(n, int) or n < -1:
     raise UserInputError(f'config.compile_ahead={n!r} must be -1 (auto), 0 '
                          '(off) or a number of compile threads')
   if n == -1:
-    n = (min(num_stages, max(1, len(os.sched_getaffinity(0)) // 2))
-         if backend == 'cpu' else 0)
-  elif n > 0 and backend != 'cpu':
+    n = (0 if backend == 'gpu' else
+         min(num_stages, max(1, len(os.sched_getaffinity(0)) // 2)))
+  elif n > 0 and backend == 'gpu':
     logging.warning(
-        'config.compile_ahead=%d on %s: XLA autotunes while compiling and '
-        'running programs wait for it, so training may stall until every '
-        'stage is compiled (measured on an H100); 0 is the default there.',
-        n, backend)
+        'config.compile_ahead=%d on a GPU: XLA autotunes while compiling '
+        'and running programs wait for it, so training may stall until '
+        'every stage is compiled (measured on an H100); auto (-1) is 0 '
+        'there.', n)
   return n
 
 

@@ -10,6 +10,7 @@ import csv
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -417,7 +418,14 @@ def test_gan_curves_benchmark_reads_the_study(tiny_study):
   assert any(f"| tiny | repeat0/fold1 | normal | {m['swd']:.1f} |" in r
              for r in rows), proc.stdout
   curves = [l for l in proc.stdout.splitlines() if l.startswith('tiny ')]
-  assert len(curves) == 4 and all('SWD ' in c for c in curves), curves
+  assert len(curves) == 4, curves
+  # One kimg:SWD pair per tick of the GAN's metrics.jsonl, its last SWD.
+  ticks = [json.loads(l) for l in open(os.path.join(
+      workdir, 'repeat0', 'fold0', 'gan', 'normal', 'metrics.jsonl'))]
+  pairs = re.findall(r' (\d+\.\d):(\d+)', next(
+      c for c in curves if c.startswith('tiny repeat0/fold0 normal:')))
+  assert len(pairs) == len(ticks) >= 2, (pairs, ticks)
+  assert int(pairs[-1][1]) == round(ticks[-1]['swd']), (pairs, ticks[-1])
 
 
 def test_tiny_rerun_is_noop(tiny_study):
