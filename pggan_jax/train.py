@@ -276,8 +276,8 @@ def _compile_workers(cfg, num_stages: int, backend: str) -> int:
   stage), except on a GPU, where it is 0: XLA autotunes kernels while it
   compiles, holding the device's lock exclusively, and every running
   program waits for it. Measured on an H100 (configs/study.py:gpu): with
-  the stages compiling in 8 threads the GAN made two dispatches (1 kimg)
-  in 5.5 minutes. (TPUs keep the threads: not measured there.)
+  the stages compiling in 8 threads the GAN finished one dispatch (1
+  kimg) in 5.5 minutes. (TPUs keep the threads: not measured there.)
   """
   n = cfg.compile_ahead
   if not isinstance(n, int) or n < -1:
