@@ -193,18 +193,19 @@ section_study() {
   local res=${STUDY_RES:-64} extra=()
   local w=$TMPW/study_$res
   [ "$QUICK" = 1 ] && extra+=(--config.gan.model.fmap_base=64
-      --config.gan.model.fmap_max=16 --config.gan.total_kimg=0.9
+      --config.gan.model.fmap_max=16
       --config.gan.sched.lod_training_kimg=0.1
       --config.gan.sched.lod_transition_kimg=0.1
       --config.gan.sched.tick_kimg=0.3 --config.gan.checkpoint_kimg=0.3
       --config.classifier.num_filters=8 --config.classifier.num_epochs=1)
+  # total_kimg: a stabilise phase at 4x4, then a fade-in and a stabilise
+  # phase per further stage (QUICK: 0.1 kimg phases; :gpu's are 8 kimg).
   case $res in
-    64) ;;
+    64) [ "$QUICK" = 1 ] && extra+=(--config.gan.total_kimg=0.9) ;;
     128) extra+=(--config.data.storage_size=128
         --config.data.synthetic_size=128 --config.gan.model.resolution=128
-        --config.gan.sched.minibatch_dict=4:64,8:64,16:64,32:32,64:32,128:16)
-      if [ "$QUICK" = 1 ]; then extra+=(--config.gan.total_kimg=1.1)
-      else extra+=(--config.gan.total_kimg=88); fi ;;
+        --config.gan.sched.minibatch_dict=4:64,8:64,16:64,32:32,64:32,128:16
+        --config.gan.total_kimg=$([ "$QUICK" = 1 ] && echo 1.1 || echo 88)) ;;
     *) say "study: STUDY_RES must be 64 or 128, not '$res'"; return ;;
   esac
   local args=()

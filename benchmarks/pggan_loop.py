@@ -9,8 +9,9 @@ Per resolution and dtype: `steps.train_iterations` as train.py runs it, the
 training split resident on the device (`--num_images` random images,
 replicated), minibatches and flips drawn on the device, K iterations (critic
 step + generator step + EMA update) per dispatch, alpha = 0.5 (fade-in path
-included). All resolutions compile first (`--compile_threads` at once;
-the compile column is each one's wall time). After one warm-up dispatch, `--dispatches` dispatches are timed
+included). All resolutions compile first, `--compile_threads` at a time
+(default 1, one after another; the compile column is each one's wall
+time). After one warm-up dispatch, `--dispatches` dispatches are timed
 back to back and the result is read back once: img/s = images shown to D
 per second (batch x d_repeats x iterations). `--batch=4:128,8:128,16:64` sets
 a minibatch per resolution. `--compare_steps` also times the iteration-at-
@@ -18,9 +19,10 @@ a-time dispatch of d_step, g_step and ema_update (the loop before
 train_iterations), on the same machine in the same run. `--ada` turns ADA on
 (policy bgc, p adapted from 0.2). TFLOP/s: the d_step and g_step
 convolution and matmul FLOPs counted from their jaxprs (flops.py), times
-the iterations, over the loop's time. Prints a table; one channel. On a CPU use --k=1, as train.py does there: XLA:CPU runs
-convolutions inside a loop body ~15x slower (jax-ml/jax#12868). Needs only
-jax, flax, optax and numpy (runs on the offline GPU host as it is).
+the iterations, over the loop's time. Prints a table; one channel. On a
+CPU use --k=1, as train.py does there: XLA:CPU runs convolutions inside a
+loop body ~15x slower (jax-ml/jax#12868). Needs only jax, flax, optax and
+numpy (runs on the offline GPU host as it is).
 """
 
 import argparse
@@ -175,8 +177,8 @@ def main():
               'key': jax.random.key(0), 'data_key': jax.random.key(1)}
       kw = dict(g_graph=g_graph, d_graph=d_graph, stage=stage, hp=hp)
       setups.append((r, batch, data, plan, kw))
-    # Every resolution compiles at once, in threads (as train.py's
-    # compile_ahead); each is then timed alone.
+    # Every resolution compiles first, --compile_threads at a time; each is
+    # then timed alone.
     with concurrent.futures.ThreadPoolExecutor(a.compile_threads) as pool:
       compiled = [pool.submit(_compile, state, data, plan, kw, batch)
                   for _, batch, data, plan, kw in setups]
