@@ -120,6 +120,9 @@ def _check_config(config) -> None:
         f'config.data.storage_size={config.data.storage_size}')
   if config.iters_per_dispatch < 0:
     raise UserInputError('config.iters_per_dispatch must be >= 0 (0 = auto)')
+  if config.dtype not in ('float32', 'bfloat16'):
+    raise UserInputError(f'config.dtype={config.dtype!r} is not float32 or '
+                         'bfloat16 (parameters and Adam stay float32)')
   if config.augment.mode not in ('off', 'ada', 'fixed'):
     raise UserInputError(f'config.augment.mode={config.augment.mode!r} is '
                          "not 'off', 'ada' or 'fixed'")

@@ -307,6 +307,10 @@ def _build(base) -> dict[str, Case]:
       'pggan :tiny at resolution 12',
       ['--config=configs/pggan.py:tiny', tfds, '--config.model.resolution=12'],
       'config.model.resolution')
+  cases['gan_dtype'] = Case(
+      'pggan :tiny in float16',
+      ['--config=configs/pggan.py:tiny', tfds, '--config.dtype=float16'],
+      "config.dtype='float16' is not float32 or bfloat16")
   cases['resolution_above_storage'] = Case(
       'classifier at 64 px, stored 32 px',
       ['--config=configs/resnet.py:tiny', tfds, '--config.data.resolution=64'],
@@ -465,7 +469,7 @@ CASES = (
     'dicom_without_pixel_data', 'dicom_compressed_no_plugin',
     'dicom_not_dicom', 'dicom_ambiguous_stem', 'unknown_config_key',
     'unknown_variant', 'bad_value_type', 'unknown_data_name',
-    'gan_resolution_not_pow2', 'resolution_above_storage',
+    'gan_resolution_not_pow2', 'gan_dtype', 'resolution_above_storage',
     'sample_no_checkpoint', 'synthetic_wrong_classes',
     'classifier_other_config', 'workdir_in_use', 'messy_folder_valid',
     'dicom_scanner_export_valid')
