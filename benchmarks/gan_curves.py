@@ -5,7 +5,9 @@ r"""Compares GAN settings on curves: study workdirs in, one table out.
 Each W is a study workdir (configs/study.py) run with one setting. For every
 finished cell (repeat, fold) and GAN it prints the SWD curve against kimg
 (W/repeat*/fold*/gan/<class>/metrics.jsonl, against training images, with
-ADA's p where ADA ran) and a markdown table of the cell's quality metrics
+ADA's p where ADA ran, and from 16x16 on the mean pairwise MS-SSIM of
+G_ema's samples beside that of the training images: diversity) and a
+markdown table of the cell's quality metrics
 against that fold's held-out test images (quality/<class>/gan_metrics.json):
 SWD, KID, C2ST with its 95% interval, precision / recall, mean pairwise
 MS-SSIM of synthetic vs real images (mode collapse), and the quality gate.
@@ -42,6 +44,10 @@ def _curve(path: str) -> str:
                  for r in rows)
   if any('aug/p' in r for r in rows):
     swd += '   ADA p: ' + ' '.join(f"{r.get('aug/p', 0.0):.2f}" for r in rows)
+  if any('ms_ssim' in r for r in rows):
+    swd += '   MS-SSIM G_ema/real: ' + ' '.join(
+        f"{r['kimg']:.1f}:{r['ms_ssim']:.2f}/{r['ms_ssim_real']:.2f}"
+        for r in rows if 'ms_ssim' in r)
   return swd
 
 

@@ -174,6 +174,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.metrics.swd_images = 256
   config.metrics.swd_patches_per_image = 64
   config.metrics.swd_directions = 512
+  # Diversity per tick: mean MS-SSIM over this many random pairs of those
+  # G_ema samples ('ms_ssim'), beside the same for the real images
+  # ('ms_ssim_real'); from 16x16 on, 0 = off. Mode collapse shows as
+  # ms_ssim well above ms_ssim_real. ~0.1 s at 32x32, 0.6 s at 128x128 on
+  # one CPU core, in the tick thread.
+  config.metrics.ms_ssim_pairs = 100
 
   if arg == 'tiny':
     config.data.synthetic_per_class = 16

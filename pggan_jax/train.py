@@ -303,8 +303,15 @@ _GRID_CELL = 128
 
 
 def _tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
-              is_main: bool) -> dict:
-  """Worker thread: reads G_ema's samples back, saves the grid, SWD."""
+              is_main: bool, ms_ssim_pairs: int = 0,
+              real_ms_ssim: dict | None = None) -> dict:
+  """Worker thread: reads G_ema's samples back, saves the grid, SWD.
+
+  With ms_ssim_pairs > 0, also the mean pairwise MS-SSIM of the SWD samples
+  ('ms_ssim', diversity: mode collapse drives it up) and of the SWD reals
+  ('ms_ssim_real', computed once per resolution and cached in
+  real_ms_ssim), from 16x16 on (the SSIM window needs 11 pixels).
+  """
   fakes = np.asarray(fakes)
   out = {}
   if is_main:
@@ -321,6 +328,13 @@ def _tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
     # Patches must fit the image (3x3 at 4x4); SWD levels stop at 16x16.
     kw = dict(swd_kw, patch_size=min(swd_kw['patch_size'], res - 1 | 1))
     out.update(quality.sliced_wasserstein(reals, fakes[grid_size:], **kw))
+    if ms_ssim_pairs > 0 and res >= 16 and len(reals) >= 2:
+      out['ms_ssim'] = quality.mean_pairwise_ms_ssim(
+          fakes[grid_size:], num_pairs=ms_ssim_pairs, seed=swd_kw['seed'])
+      if res not in real_ms_ssim:
+        real_ms_ssim[res] = quality.mean_pairwise_ms_ssim(
+            reals, num_pairs=ms_ssim_pairs, seed=swd_kw['seed'])
+      out['ms_ssim_real'] = real_ms_ssim[res]
   return out
 
 
@@ -457,6 +471,7 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
   swd_kw = dict(patches_per_image=cfg.metrics.swd_patches_per_image,
                 patch_size=7, num_directions=cfg.metrics.swd_directions,
                 num_repeats=4, seed=cfg.seed)
+  real_ms_ssim = {}  # resolution -> MS-SSIM of the SWD reals (tick thread)
   metrics = _Metrics()
   at = schedule.schedule_fn(cfg, jax.device_count())
   half_life = schedule.ema_half_life_kimg(cfg)
@@ -560,7 +575,8 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
              if num_swd and is_main else None)
     path = os.path.join(workdir, 'samples', f'fakes_{nimg:09d}.png')
     pending_ticks.append((ticks.submit(
-        _tick_job, fakes, len(grid_z), reals, swd_kw, path, is_main),
+        _tick_job, fakes, len(grid_z), reals, swd_kw, path, is_main,
+        cfg.metrics.get('ms_ssim_pairs', 0), real_ms_ssim),
         rec, nimg))
 
   # Ctrl-C / SIGTERM: save and stop between dispatches, never inside one.

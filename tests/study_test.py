@@ -422,10 +422,18 @@ def test_gan_curves_benchmark_reads_the_study(tiny_study):
   # One kimg:SWD pair per tick of the GAN's metrics.jsonl, its last SWD.
   ticks = [json.loads(l) for l in open(os.path.join(
       workdir, 'repeat0', 'fold0', 'gan', 'normal', 'metrics.jsonl'))]
-  pairs = re.findall(r' (\d+\.\d):(\d+)', next(
-      c for c in curves if c.startswith('tiny repeat0/fold0 normal:')))
+  curve = next(c for c in curves if c.startswith('tiny repeat0/fold0 normal:'))
+  pairs = re.findall(r' (\d+\.\d):(\d+)', curve.split(' MS-SSIM ')[0])
   assert len(pairs) == len(ticks) >= 2, (pairs, ticks)
   assert int(pairs[-1][1]) == round(ticks[-1]['swd']), (pairs, ticks[-1])
+  # Diversity per tick from 16x16 on (the GANs end at 16x16): G_ema's and
+  # the training images' mean pairwise MS-SSIM.
+  div = [t for t in ticks if 'ms_ssim' in t]
+  assert div and all(t['resolution'] >= 16 for t in div), ticks
+  assert all(t['resolution'] < 16 for t in ticks if t not in div), ticks
+  for t in div:
+    assert 0.0 < t['ms_ssim'] < 1.0 and 0.0 < t['ms_ssim_real'] < 1.0, t
+  assert f"{div[-1]['kimg']:.1f}:{div[-1]['ms_ssim']:.2f}/" in curve
 
 
 def test_tiny_rerun_is_noop(tiny_study):
