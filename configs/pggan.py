@@ -27,8 +27,10 @@ r"""PGGAN (WGAN-GP, progressive growing) on head CT slices.
     phase; for a GPU.
 
 Every tick writes a G_ema grid (W/samples) and one line of W/metrics.jsonl:
-kimg, img/s, resolution, alpha, losses and the SWD of G_ema samples against
-training images (config.metrics); TensorBoard gets the same.
+kimg, img/s, resolution, alpha, losses, the SWD of G_ema samples against
+training images and, from 16x16 on, the mean pairwise MS-SSIM of those
+samples beside that of the training images (diversity; config.metrics);
+TensorBoard gets the same.
 
 One GAN per class: --config.data.class_filter=0 (or 1). One conditional GAN
 for all classes: --config.model.conditional=True.
