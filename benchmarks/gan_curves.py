@@ -2,15 +2,16 @@ r"""Compares GAN settings on curves: study workdirs in, one table out.
 
   python benchmarks/gan_curves.py W_off W_ada W_diffaug
 
-Each W is a study workdir (configs/study.py) run with one setting. For every
-finished cell (repeat, fold) and GAN it prints the SWD curve against kimg
-(W/repeat*/fold*/gan/<class>/metrics.jsonl, against training images, with
+Each W is a study workdir (configs/study.py) run with one setting, or a
+PGGAN workdir (configs/pggan.py: its curve only). For every finished cell
+(repeat, fold) and GAN it prints the curves against kimg from
+W/repeat*/fold*/gan/<class>/metrics.jsonl: SWD against training images,
 ADA's p where ADA ran, and from 16x16 on the mean pairwise MS-SSIM of
-G_ema's samples beside that of the training images: diversity) and a
-markdown table of the cell's quality metrics
-against that fold's held-out test images (quality/<class>/gan_metrics.json):
-SWD, KID, C2ST with its 95% interval, precision / recall, mean pairwise
-MS-SSIM of synthetic vs real images (mode collapse), and the quality gate.
+G_ema's samples beside that of the training images (diversity). Then a
+markdown table of the cell's quality metrics against that fold's held-out
+test images (quality/<class>/gan_metrics.json): SWD, KID, C2ST with its
+95% interval, precision / recall, mean pairwise MS-SSIM of synthetic vs
+real images (mode collapse), and the quality gate.
 
 Runs that differ in one setting, on the same folds and with two or more
 seeds (--config.seed), show whether a difference exceeds seed-to-seed
@@ -81,9 +82,13 @@ def main():
   curves = []
   for w in a.workdirs:
     name = os.path.basename(os.path.normpath(w))
+    if os.path.isfile(os.path.join(w, 'metrics.jsonl')):  # one PGGAN run
+      curves.append(f'{name}: SWD {_curve(os.path.join(w, "metrics.jsonl"))}')
+      continue
     cells = sorted(glob.glob(os.path.join(w, 'repeat*', 'fold*')))
     if not cells:
-      raise SystemExit(f'{w}: no repeat*/fold* cells (not a study workdir)')
+      raise SystemExit(f'{w}: neither a PGGAN workdir (metrics.jsonl) nor a '
+                       'study workdir (repeat*/fold* cells)')
     for cell_dir in cells:
       cell = os.path.relpath(cell_dir, w)
       for path in sorted(glob.glob(os.path.join(cell_dir, 'gan', '*',
@@ -96,8 +101,10 @@ def main():
           m = json.load(f)
         table.append(_row(name, cell, os.path.basename(os.path.dirname(path)),
                           m))
-  print('\n'.join(table))
-  print('\nSWD of G_ema against training images, kimg:SWD at each tick')
+  if len(table) > 2:  # study cells with quality metrics
+    print('\n'.join(table) + '\n')
+  print('Curves of G_ema against training images at each tick: kimg:SWD; '
+        'from 16x16, kimg:MS-SSIM of G_ema / of the real images')
   print('\n'.join(curves))
 
 

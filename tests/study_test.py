@@ -434,6 +434,13 @@ def test_gan_curves_benchmark_reads_the_study(tiny_study):
   for t in div:
     assert 0.0 < t['ms_ssim'] < 1.0 and 0.0 < t['ms_ssim_real'] < 1.0, t
   assert f"{div[-1]['kimg']:.1f}:{div[-1]['ms_ssim']:.2f}/" in curve
+  # A PGGAN workdir alone: its curves, the same line.
+  gan_dir = os.path.join(workdir, 'repeat0', 'fold0', 'gan', 'normal')
+  proc = subprocess.run(
+      [sys.executable, 'benchmarks/gan_curves.py', gan_dir], cwd=ROOT,
+      capture_output=True, text=True, timeout=60, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert 'normal: ' + curve.split(' normal: ')[1] in proc.stdout.splitlines()
 
 
 def test_tiny_rerun_is_noop(tiny_study):
