@@ -37,8 +37,8 @@
 #            kernels ~75x slower on an H100.)
 #   study    one cell (repeat 0, fold 0) of configs/study.py:gpu on
 #            $HEAD_CT: its two GANs, their quality metrics and the four
-#            classifier arms; wall time, the GANs' metrics.jsonl (SWD
-#            against kimg), quality and G_ema grids packed into
+#            classifier arms; wall time, the GANs' metrics.jsonl (SWD and
+#            MS-SSIM against kimg), quality and G_ema grids packed into
 #            $OUT/study_cell_<STUDY_RES>.tgz. STUDY_RES=128 grows the GANs
 #            one stage further (to 128x128, 112 kimg; quality metrics at
 #            128x128, the classifier still at 64x64; raise LIMIT_study:
@@ -200,13 +200,15 @@ section_study() {
       --config.classifier.num_filters=8 --config.classifier.num_epochs=1)
   # total_kimg: a stabilise phase at 4x4, then a fade-in and a stabilise
   # phase per further stage (QUICK: 0.1 kimg phases; :gpu's are 8 kimg),
-  # and :gpu's 32 kimg last phase: 96 kimg at 64x64, 112 at 128x128.
+  # and :gpu's 32 kimg last phase: 96 kimg at 64x64, 112 at 128x128 (ADA's
+  # speed a tenth of that, as :gpu's).
   case $res in
     64) [ "$QUICK" = 1 ] && extra+=(--config.gan.total_kimg=0.9) ;;
     128) extra+=(--config.data.storage_size=128
         --config.data.synthetic_size=128 --config.gan.model.resolution=128
         --config.gan.sched.minibatch_dict=4:64,8:64,16:64,32:32,64:32,128:16
-        --config.gan.total_kimg=$([ "$QUICK" = 1 ] && echo 1.1 || echo 112)) ;;
+        --config.gan.total_kimg=$([ "$QUICK" = 1 ] && echo 1.1 || echo 112)
+        --config.gan.augment.speed_kimg=11.2) ;;
     *) say "study: STUDY_RES must be 64 or 128, not '$res'"; return ;;
   esac
   local args=()

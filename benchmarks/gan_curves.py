@@ -1,4 +1,4 @@
-r"""Compares GAN settings on curves: study workdirs in, one table out.
+r"""Compares GAN settings on curves: study or PGGAN workdirs in, curves out.
 
   python benchmarks/gan_curves.py W_off W_ada W_diffaug
 
@@ -41,13 +41,16 @@ import os
 
 def _curve(path: str) -> str:
   rows = [json.loads(line) for line in open(path) if line.strip()]
-  swd = ' '.join(f"{r['kimg']:.1f}:{r.get('swd', math.nan):.0f}"
+  # '*': a tick during a fade-in, where G_ema still blends in the previous
+  # resolution's (upsampled, smoother) output.
+  fade = lambda r: '*' if r.get('alpha', 1.0) < 1.0 else ''
+  swd = ' '.join(f"{r['kimg']:.1f}:{r.get('swd', math.nan):.0f}{fade(r)}"
                  for r in rows)
   if any('aug/p' in r for r in rows):
     swd += '   ADA p: ' + ' '.join(f"{r.get('aug/p', 0.0):.2f}" for r in rows)
   if any('ms_ssim' in r for r in rows):
     swd += '   MS-SSIM G_ema/real: ' + ' '.join(
-        f"{r['kimg']:.1f}:{r['ms_ssim']:.2f}/{r['ms_ssim_real']:.2f}"
+        f"{r['kimg']:.1f}:{r['ms_ssim']:.2f}/{r['ms_ssim_real']:.2f}{fade(r)}"
         for r in rows if 'ms_ssim' in r)
   return swd
 
@@ -104,7 +107,8 @@ def main():
   if len(table) > 2:  # study cells with quality metrics
     print('\n'.join(table) + '\n')
   print('Curves of G_ema against training images at each tick: kimg:SWD; '
-        'from 16x16, kimg:MS-SSIM of G_ema / of the real images')
+        'from 16x16, kimg:MS-SSIM of G_ema / of the real images; '
+        '* = during a fade-in')
   print('\n'.join(curves))
 
 

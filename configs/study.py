@@ -210,17 +210,20 @@ def _gpu(config: ml_collections.ConfigDict) -> None:
 
   The long last phase is read off the CPU's diversity curves (README,
   "Diversity needs a long last phase"): on Head CT per-class GANs at 32x32
-  (batch 16), G_ema's MS-SSIM was 0.3-0.4 above the real images' when the
+  (batch 16), G_ema's MS-SSIM was 0.2-0.4 above the real images' when the
   last phase began, fell most over its first 560-750 steps and kept
   falling slowly up to 2,250; SWD levelled off after about 560. 8 kimg at
-  batch 32 is 250 steps. Measured on an H100 earlier, the loop at 64x64
-  ran at 1,463 img/s in float32, so the extra 24 kimg cost about 16 s a
-  GAN (8 min over the study's 30 GANs), not yet timed.
+  batch 32 is 250 steps. ADA's speed stays a tenth of the run, so p now
+  moves a third slower in the growing phases too (those CPU runs used
+  mirroring only). Measured on an H100 earlier, the loop at 64x64 ran at
+  1,463 img/s in float32, so the extra 24 kimg cost about 16 s a GAN (8
+  min over the study's 30 GANs) at that speed; these GANs compute in
+  bfloat16, whose loop speed is not measured yet.
 
   Measured on one H100 (benchmarks/device_check.sh, HEAD_CT=... SECTIONS=
   study): repeat 0 fold 0's first GAN (67 'normal' images) compiled each
   stage for 43-61 s, one after another, and trained 8 kimg in 1-3 s at
-  8x8-32x32; at its 230 s limit it was 56.5 of 72 kimg in, its G_ema at
+  8x8-32x32; at its 230 s limit it was 56.5 of the then 72 kimg in, its G_ema at
   32x32 showing a bright skull ring and grey parenchyma with dark central
   shapes where ventricles lie, blurred, and varied head shapes (SWD at
   32x32 41.8 at 48 kimg, 33.8 at 56). Compiling all stages ahead in 8

@@ -18,9 +18,11 @@ the checkpoint so a resumed run does not add a reset.
 Data: a small training split is loaded once per stage and kept on the
 device, minibatches and mirror flips drawn there (`config.data_on_device`);
 otherwise grain streams the batches of each dispatch. At every tick: a
-G_ema grid and the sliced Wasserstein distance of G_ema samples to a fixed
-set of training images (pggan_jax/quality.py), computed on the host in a
-worker thread while training goes on; checkpoints are saved asynchronously.
+G_ema grid, the sliced Wasserstein distance of G_ema samples to a fixed
+set of training images (pggan_jax/quality.py) and, from 16x16 on, the mean
+pairwise MS-SSIM of those samples and of those images (diversity), computed
+on the host in a worker thread while training goes on; checkpoints are
+saved asynchronously.
 
 The workdir is locked for the run, and one that holds checkpoints of
 another config is refused, naming the keys that differ
@@ -44,7 +46,7 @@ workdir/
                    word 'device')
   samples/         fakes_<nimg>.png grids from G_ema on fixed latents
   metrics.jsonl    one JSON object per tick: kimg, img/s, resolution, alpha,
-                   swd, swd/<res>, losses, ...
+                   swd, swd/<res>, ms_ssim, ms_ssim_real, losses, ...
   events.out...    TensorBoard (process 0)
 """
 
@@ -303,8 +305,8 @@ _GRID_CELL = 128
 
 
 def _tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
-              is_main: bool, ms_ssim_pairs: int = 0,
-              real_ms_ssim: dict | None = None) -> dict:
+              is_main: bool, ms_ssim_pairs: int,
+              real_ms_ssim: dict) -> dict:
   """Worker thread: reads G_ema's samples back, saves the grid, SWD.
 
   With ms_ssim_pairs > 0, also the mean pairwise MS-SSIM of the SWD samples

@@ -426,13 +426,17 @@ def test_gan_curves_benchmark_reads_the_study(tiny_study):
   pairs = re.findall(r' (\d+\.\d):(\d+)', curve.split(' MS-SSIM ')[0])
   assert len(pairs) == len(ticks) >= 2, (pairs, ticks)
   assert int(pairs[-1][1]) == round(ticks[-1]['swd']), (pairs, ticks[-1])
-  # Diversity per tick from 16x16 on (the GANs end at 16x16): G_ema's and
-  # the training images' mean pairwise MS-SSIM.
+  # Diversity per tick from 16x16 on: G_ema's and the training images' mean
+  # pairwise MS-SSIM, the latter one value per resolution (fixed reals).
   div = [t for t in ticks if 'ms_ssim' in t]
   assert div and all(t['resolution'] >= 16 for t in div), ticks
   assert all(t['resolution'] < 16 for t in ticks if t not in div), ticks
   for t in div:
     assert 0.0 < t['ms_ssim'] < 1.0 and 0.0 < t['ms_ssim_real'] < 1.0, t
+  for res in {t['resolution'] for t in div}:
+    assert len({t['ms_ssim_real'] for t in div if t['resolution'] == res}
+              ) == 1, div
+  assert any(t['ms_ssim'] != t['ms_ssim_real'] for t in div), div
   assert f"{div[-1]['kimg']:.1f}:{div[-1]['ms_ssim']:.2f}/" in curve
   # A PGGAN workdir alone: its curves, the same line.
   gan_dir = os.path.join(workdir, 'repeat0', 'fold0', 'gan', 'normal')
