@@ -215,19 +215,19 @@ def _gpu(config: ml_collections.ConfigDict) -> None:
   falling slowly up to 2,250 (where both seeds' GANs passed the gate);
   SWD levelled off after about 560-750. 8 kimg at batch 32 is 250 steps;
   1,000 is a compromise with the 10-minute budget, to be checked on the
-  GPU's own curves (metrics.jsonl's ms_ssim). ADA's speed stays a tenth of the run, so p now
-  moves a third slower in the growing phases too (those CPU runs used
-  mirroring only). Measured on an H100 earlier, the loop at 64x64 ran at
-  1,463 img/s in float32, so the extra 24 kimg cost about 16 s a GAN (8
-  min over the study's 30 GANs) at that speed; these GANs compute in
-  bfloat16, whose loop speed is not measured yet.
+  GPU's own curves (metrics.jsonl's ms_ssim). ADA's speed stays a tenth
+  of the run, so p now moves a quarter slower in the growing phases too
+  (those CPU runs used mirroring only). Measured on an H100 earlier, the
+  loop at 64x64 ran at 1,463 img/s in float32, so the extra 24 kimg cost
+  about 16 s a GAN (8 min over the study's 30 GANs) at that speed; these
+  GANs compute in bfloat16, whose loop speed is not measured yet.
 
   Measured on one H100 (benchmarks/device_check.sh, HEAD_CT=... SECTIONS=
   study): repeat 0 fold 0's first GAN (67 'normal' images) compiled each
   stage for 43-61 s, one after another, and trained 8 kimg in 1-3 s at
-  8x8-32x32; at its 230 s limit it was 56.5 of the then 72 kimg in, its G_ema at
-  32x32 showing a bright skull ring and grey parenchyma with dark central
-  shapes where ventricles lie, blurred, and varied head shapes (SWD at
+  8x8-32x32; at its 230 s limit it was 56.5 of the then 72 kimg in, its
+  G_ema at 32x32 showing a bright skull ring and grey parenchyma with dark
+  central shapes where ventricles lie, blurred, and varied head shapes (SWD at
   32x32 41.8 at 48 kimg, 33.8 at 56). Compiling all stages ahead in 8
   threads, tried later, stalled training on the GPU (1 kimg in 5.5 min;
   XLA's autotuning locks the device), so there stages compile when they
