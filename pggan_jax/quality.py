@@ -21,7 +21,8 @@ _BINOMIAL = np.array([1., 4., 6., 4., 1.], np.float32) / 16.
 
 # Wang et al. 2003, Table/§3: per-scale exponents, finest scale first.
 _MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
-_SSIM_WINDOW = 11
+# Gaussian window side: MS-SSIM needs images at least this wide.
+SSIM_WINDOW = 11
 _SSIM_SIGMA = 1.5
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
 
@@ -200,7 +201,7 @@ def sliced_wasserstein(real, fake, *, patches_per_image: int = 64,
 
 
 def _gaussian_window() -> np.ndarray:
-  r = np.arange(_SSIM_WINDOW, dtype=np.float64) - (_SSIM_WINDOW - 1) / 2
+  r = np.arange(SSIM_WINDOW, dtype=np.float64) - (SSIM_WINDOW - 1) / 2
   g = np.exp(-0.5 * np.square(r / _SSIM_SIGMA))
   return g / g.sum()
 
@@ -232,12 +233,12 @@ def _ssim_terms(x: np.ndarray, y: np.ndarray,
 def num_ms_ssim_scales(size: int) -> int:
   """Scales (<= 5) whose image side still holds the 11-pixel window."""
   scales, side = 0, size
-  while scales < len(_MS_SSIM_WEIGHTS) and side >= _SSIM_WINDOW:
+  while scales < len(_MS_SSIM_WEIGHTS) and side >= SSIM_WINDOW:
     scales += 1
     side //= 2
   if scales == 0:
     raise ValueError(f'images of side {size} are smaller than the '
-                     f'{_SSIM_WINDOW}-pixel SSIM window')
+                     f'{SSIM_WINDOW}-pixel SSIM window')
   return scales
 
 

@@ -312,7 +312,7 @@ def _tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
   With ms_ssim_pairs > 0, also the mean pairwise MS-SSIM of the SWD samples
   ('ms_ssim', diversity: mode collapse drives it up) and of the SWD reals
   ('ms_ssim_real', computed once per resolution and cached in
-  real_ms_ssim), from 16x16 on (the SSIM window needs 11 pixels).
+  real_ms_ssim), from 16x16 on (quality.SSIM_WINDOW: 11 pixels).
   """
   fakes = np.asarray(fakes)
   out = {}
@@ -330,7 +330,7 @@ def _tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
     # Patches must fit the image (3x3 at 4x4); SWD levels stop at 16x16.
     kw = dict(swd_kw, patch_size=min(swd_kw['patch_size'], res - 1 | 1))
     out.update(quality.sliced_wasserstein(reals, fakes[grid_size:], **kw))
-    if ms_ssim_pairs > 0 and res >= 16 and len(reals) >= 2:
+    if ms_ssim_pairs > 0 and res >= quality.SSIM_WINDOW and len(reals) >= 2:
       out['ms_ssim'] = quality.mean_pairwise_ms_ssim(
           fakes[grid_size:], num_pairs=ms_ssim_pairs, seed=swd_kw['seed'])
       if res not in real_ms_ssim:

@@ -236,7 +236,7 @@ def evaluate(real_train: np.ndarray, real_train_labels: np.ndarray,
       patch_size=min(s.patch_size, (side - 1) | 1),
       num_directions=s.num_directions, num_repeats=s.num_repeats,
       min_resolution=s.min_resolution, seed=seed))
-  if side >= 11:
+  if side >= quality.SSIM_WINDOW:
     out['ms_ssim_synthetic'] = quality.mean_pairwise_ms_ssim(
         synthetic, num_pairs=cfg.ms_ssim_pairs, seed=seed)
     out['ms_ssim_real'] = quality.mean_pairwise_ms_ssim(
@@ -244,7 +244,8 @@ def evaluate(real_train: np.ndarray, real_train_labels: np.ndarray,
         num_pairs=cfg.ms_ssim_pairs, seed=seed)
   else:
     out['ms_ssim_synthetic'] = out['ms_ssim_real'] = None
-    out['ms_ssim_note'] = f'{side}px images: MS-SSIM needs >= 11'
+    out['ms_ssim_note'] = (f'{side}px images: MS-SSIM needs >= '
+                           f'{quality.SSIM_WINDOW}')
 
   # Feature network: trained on the real training labels when there are
   # two or more classes, else random (see gan_classifiers.random_network).
