@@ -110,7 +110,8 @@ def resolve_config(config, prepared) -> ml_collections.ConfigDict:
   return cfg
 
 
-def _check_config(config) -> None:
+def check_config(config) -> None:
+  """The GAN's own keys and schedule, before any data is read."""
   m, s = config.model, config.sched
   try:
     networks.num_stages(m.resolution)
@@ -349,7 +350,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   if not workdir:
     raise UserInputError('--workdir is required for config.task=pggan')
-  _check_config(config)
+  check_config(config)
   with workdir_lib.claim(workdir, job='pggan', outputs=OUTPUTS,
                          ignore=IGNORED_KEYS) as claim:
     return _train_and_evaluate(config, workdir, claim)

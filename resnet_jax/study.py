@@ -34,10 +34,12 @@ persistent compilation cache also carries compiled steps across runs.
 """
 
 import collections
+import contextlib
 import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from typing import Any
@@ -207,6 +209,64 @@ def data_summary(prepared, data: ml_collections.ConfigDict,
       'duplicate_groups': len(groups),
       'duplicate_images': int(sum(len(g) for g in groups)),
   }
+
+
+def study_keys(message: str, block: str) -> str:
+  """A sub-run's error message with its config keys named as the study's.
+
+  A GAN, classifier or quality run names its own keys ('config.dtype'); in
+  the study those are 'config.<block>.dtype'. Shared data keys keep their
+  name (the study copies config.data into every sub-run), except those each
+  sub-run keeps for itself (CONSUMER_DATA_KEYS).
+  """
+  def rename(m: re.Match) -> str:
+    key = m.group(1)
+    parts = key.split('.')
+    if parts[0] == 'data' and len(parts) > 1 and (
+        parts[1] not in CONSUMER_DATA_KEYS):
+      return m.group(0)
+    return f'config.{block}.{key}'
+  return re.sub(r'\bconfig\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)', rename,
+                message)
+
+
+@contextlib.contextmanager
+def _keys_of(block: str):
+  """Re-raises a sub-run's UserInputError with study_keys(..., block)."""
+  try:
+    yield
+  except UserInputError as e:
+    raise UserInputError(study_keys(str(e), block)) from None
+
+
+def _in_block(block: str, fn):
+  """fn, whose UserInputErrors name the study's keys (study_keys)."""
+  def wrapped(*args, **kwargs):
+    with _keys_of(block):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
+def check_sub_configs(config: ml_collections.ConfigDict,
+                      arms: list[str]) -> None:
+  """The GAN's and the classifier's own keys, before anything trains.
+
+  Otherwise a bad value there (say config.gan.dtype) would stop the study
+  only when the first GAN or arm starts, possibly hours in.
+  """
+  from pggan_jax import train as pggan_train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train as resnet_train  # pylint: disable=g-import-not-at-top
+  if any('gan' in a for a in arms):
+    sub = sub_config(config.gan, config.data, seed=config.seed,
+                     data__class_filter=-1)
+    if config.gan_mode == 'conditional':
+      _set_conditional(sub)
+    with _keys_of('gan'):
+      pggan_train.check_config(sub)
+  with _keys_of('classifier'):
+    for arm in arms:
+      resnet_train.check_config(sub_config(
+          config.classifier, config.data, seed=config.seed, arm=arm))
 
 
 def _check_config(config: ml_collections.ConfigDict) -> list[str]:
@@ -406,7 +466,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   if not workdir:
     raise UserInputError('--workdir is required for config.task=study')
-  _check_config(config)
+  check_sub_configs(config, _check_config(config))
   shard_i, shard_n = parse_shard(config.shard)
   if config.shard and not config.merge:
     job = f'study shard {config.shard}'
@@ -469,7 +529,10 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # bump that leaves them unchanged does not invalidate finished steps.
   data_fp = prepared0.content_fingerprint
 
-  train_gan = lambda c, d: _metrics(pggan_train.train_and_evaluate(c, d))
+  train_gan = _in_block('gan', lambda c, d: _metrics(
+      pggan_train.train_and_evaluate(c, d)))
+  train_arm = _in_block('classifier', lambda c, d, cell_arm: {'row': _row(
+      *cell_arm, resnet_train.train_and_evaluate(c, d))})
   # The quality markers the report may read (a stale one never enters it).
   quality_hashes = {}
   # Repeat-major: every fold of the first repeat finishes before the next
@@ -527,7 +590,8 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
           steps.run(os.path.join(done, 'quality.json'),
                     f'{tag} synthetic-image quality',
                     quality_hashes[(repeat, fold)],
-                    _quality, config, prep, fold, samples_dir,
+                    _in_block('quality', _quality), config, prep, fold,
+                    samples_dir,
                     os.path.join(cell, 'quality'), seed,
                     dirs=(os.path.join(cell, 'quality'),))
 
@@ -542,9 +606,8 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                         samples_hash if 'gan' in arm else '')
         steps.run(os.path.join(done, f'arm_{ARM_DIRS[arm]}.json'),
                   f'{tag} arm {arm}', h,
-                  lambda c, d, a, r=repeat, f=fold, s=seed: {'row': _row(
-                      r, f, s, a, resnet_train.train_and_evaluate(c, d))},
-                  sub, arm_dir, arm, dirs=(arm_dir,))
+                  train_arm, sub, arm_dir, (repeat, fold, seed, arm),
+                  dirs=(arm_dir,))
   progress.bar.close()
   if config.merge and steps.missing:
     raise UserInputError(

@@ -172,8 +172,6 @@ def predict(state: TrainState, eval_graphdef, images: np.ndarray,
 
 def _arm_data_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """Iterator keywords for config.arm (augmentation and synthetic mixing)."""
-  if config.arm not in ARMS:
-    raise UserInputError(f'config.arm={config.arm!r} is not one of {ARMS}')
   augment = ml_collections.ConfigDict(config.data.augment.to_dict())
   augment.enabled = 'classic' in config.arm
   synthetic_dir, ratio = '', 0.0
@@ -184,21 +182,46 @@ def _arm_data_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
       raise UserInputError(
           f"config.data.synthetic_dir is empty but config.arm='{config.arm}' "
           'needs synthetic images')
-    if not 0.0 < ratio < 1.0:
-      raise UserInputError(
-          f'config.data.synthetic_ratio={ratio} must be in (0, 1) for '
-          f"config.arm='{config.arm}'")
   return dict(augment=augment, synthetic_dir=synthetic_dir,
               synthetic_ratio=ratio)
 
 
 SYNTHETIC_MODES = ('add', 'equal_compute')
+OPTIMIZERS = ('sgd', 'adamw')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The classifier's own keys, before any data is read or model built."""
+  if config.arm not in ARMS:
+    raise UserInputError(f'config.arm={config.arm!r} is not one of {ARMS}')
+  ratio = config.data.synthetic_ratio
+  if 'gan' in config.arm and not 0.0 < ratio < 1.0:
+    raise UserInputError(
+        f'config.data.synthetic_ratio={ratio} must be in (0, 1) for '
+        f"config.arm='{config.arm}'")
+  if config.model not in models.MODELS:
+    raise UserInputError(f'config.model={config.model!r} is not one of '
+                         f'{sorted(models.MODELS)}')
+  if config.dtype not in _DTYPES:
+    raise UserInputError(f'config.dtype={config.dtype!r} is not one of '
+                         f'{sorted(_DTYPES)}')
+  if config.optimizer not in OPTIMIZERS:
+    raise UserInputError(f'config.optimizer={config.optimizer!r} is not '
+                         f'one of {list(OPTIMIZERS)}')
+  if config.kimg <= 0 and config.num_epochs <= 0:
+    raise UserInputError('set config.kimg or config.num_epochs to > 0')
+  mode = config.get('synthetic_mode', 'add')
+  if mode not in SYNTHETIC_MODES:
+    raise UserInputError(f'config.synthetic_mode={mode!r} is not one of '
+                         f'{list(SYNTHETIC_MODES)}')
+  sharding.check_batch_size(config.batch_size)
+  sharding.check_batch_size(config.eval_batch_size, 'eval_batch_size')
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   """Steps from config.kimg (if > 0) else config.num_epochs.
 
-  kimg / epochs count *real* images. In a 'gan' arm a fraction
+  check_config has checked that one of them is set. kimg / epochs count *real* images. In a 'gan' arm a fraction
   data.synthetic_ratio of each batch is synthetic: with
   config.synthetic_mode='add' (the design of Frid-Adar et al. 2018 and Han
   et al. 2019) the run is 1 / (1 - ratio) times longer, so it shows the same
@@ -208,15 +231,9 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   """
   if config.kimg > 0:
     images = config.kimg * 1000
-  elif config.num_epochs > 0:
-    images = config.num_epochs * num_train
   else:
-    raise UserInputError('set config.kimg or config.num_epochs to > 0')
-  mode = config.get('synthetic_mode', 'add')
-  if mode not in SYNTHETIC_MODES:
-    raise UserInputError(f'config.synthetic_mode={mode!r} is not one of '
-                         f'{list(SYNTHETIC_MODES)}')
-  if 'gan' in config.arm and mode == 'add':
+    images = config.num_epochs * num_train
+  if 'gan' in config.arm and config.get('synthetic_mode', 'add') == 'add':
     images /= 1.0 - float(config.data.synthetic_ratio)
   return max(1, int(np.ceil(images / config.batch_size)))
 
@@ -283,9 +300,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   if os.path.exists(results_path):
     with open(results_path) as f:
       return json.load(f)
+  check_config(config)
   data_kwargs = _arm_data_kwargs(config)
-  sharding.check_batch_size(config.batch_size)
-  sharding.check_batch_size(config.eval_batch_size, 'eval_batch_size')
   if config.data.fold < 0:
     raise UserInputError('config.data.fold=-1 has no val/test split; '
                          'use a fold in [0, num_folds)')

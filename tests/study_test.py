@@ -149,11 +149,16 @@ def _install_fakes(monkeypatch, calls):
     return {'val': dict(metrics, threshold=0.4),
             'test': dict(metrics, threshold=0.4)}
 
+  # The studies' up-front config checks stay the real ones.
+  real_checks = {name: importlib.import_module(name).check_config
+                 for name in ('pggan_jax.train', 'resnet_jax.train')}
   fakes = {'pggan_jax.train': {'train_and_evaluate': gan_train},
            'pggan_jax.sample': {'sample': sample},
            'resnet_jax.gan_metrics': {'evaluate': evaluate,
                                       'quality_gate': quality_gate},
            'resnet_jax.train': {'train_and_evaluate': resnet_train}}
+  for name, check in real_checks.items():
+    fakes[name]['check_config'] = check
   for name, attrs in fakes.items():
     module = types.ModuleType(name)
     module.__dict__.update(attrs)
@@ -324,6 +329,68 @@ def test_run_study_rejects_bad_config(tmp_path):
   config.arms = ('none', 'magic')
   with pytest.raises(errors.UserInputError, match='config.arms'):
     study.run_study(config, str(tmp_path))
+
+
+@pytest.mark.parametrize('message, block, expected', [
+    ("config.dtype='float16' is not float32", 'gan',
+     "config.gan.dtype='float16' is not float32"),
+    ('config.augment (ADA) and config.diffaug are both on', 'gan',
+     'config.gan.augment (ADA) and config.gan.diffaug are both on'),
+    ('config.data.storage_size=2 must be >= 4', 'gan',
+     'config.data.storage_size=2 must be >= 4'),
+    ('config.data.synthetic_ratio=1.5 must be in (0, 1)', 'classifier',
+     'config.classifier.data.synthetic_ratio=1.5 must be in (0, 1)'),
+    ("config.metrics.feature_net='x' is not 'auto'", 'quality',
+     "config.quality.metrics.feature_net='x' is not 'auto'"),
+    ('set config.kimg or config.num_epochs to > 0', 'classifier',
+     'set config.classifier.kimg or config.classifier.num_epochs to > 0'),
+])
+def test_study_keys_names_the_studys_key(message, block, expected):
+  assert study.study_keys(message, block) == expected
+
+
+@pytest.mark.parametrize('key, value, match', [
+    ('gan.dtype', 'float16', r"^config\.gan\.dtype='float16' is not"),
+    ('gan.model.resolution', 48, r'^config\.gan\.model\.resolution: '),
+    ('gan.augment.mode', 'always', r'^config\.gan\.augment\.mode='),
+    ('classifier.model', 'resnet7', r"^config\.classifier\.model='resnet7'"),
+    ('classifier.dtype', 'float16', r'^config\.classifier\.dtype='),
+    ('classifier.data.synthetic_ratio', 1.5,
+     r'^config\.classifier\.data\.synthetic_ratio=1\.5 must be in'),
+])
+def test_bad_sub_config_stops_the_study_before_anything_runs(
+    key, value, match, tmp_path, monkeypatch):
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  block, *rest = key.split('.')
+  node = config[block]
+  for k in rest[:-1]:
+    node = node[k]
+  node[rest[-1]] = value
+  workdir = tmp_path / 'study'
+  with pytest.raises(errors.UserInputError, match=match):
+    study.run_study(config, str(workdir))
+  assert not calls
+  assert not os.path.exists(workdir / 'splits.json')
+
+
+def test_sub_run_error_names_the_studys_key(tmp_path, monkeypatch):
+  """A GAN error raised only when the GAN runs still names config.gan.*."""
+  calls = []
+  _install_fakes(monkeypatch, calls)
+
+  def gan_train(config, workdir):
+    del workdir
+    raise errors.UserInputError(
+        f'config.compile_ahead={config.get("compile_ahead")!r} must be -1')
+
+  sys.modules['pggan_jax.train'].train_and_evaluate = gan_train
+  config = _fake_config(tmp_path)
+  config.folds = (0,)
+  with pytest.raises(errors.UserInputError,
+                     match=r'^config\.gan\.compile_ahead='):
+    study.run_study(config, str(tmp_path / 'study'))
 
 
 # ------------------------------------------------------- end to end (tiny)
