@@ -602,7 +602,12 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
             data__synthetic_dir=samples_dir if 'gan' in arm else '',
             **cell_data)
         arm_dir = os.path.join(cell, 'arms', ARM_DIRS[arm])
-        h = config_hash('arm', base, sub,
+        # The synthetic images are named by samples_hash and their folder
+        # by its place in the workdir, so a moved or copied workdir resumes.
+        keyed = sub.copy_and_resolve_references()
+        if keyed.data.synthetic_dir:
+          keyed.data.synthetic_dir = os.path.relpath(samples_dir, workdir)
+        h = config_hash('arm', base, keyed,
                         samples_hash if 'gan' in arm else '')
         steps.run(os.path.join(done, f'arm_{ARM_DIRS[arm]}.json'),
                   f'{tag} arm {arm}', h,

@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -247,6 +248,13 @@ def test_run_study_with_fakes_plumbing_and_resume(tmp_path, monkeypatch):
                          'arm_gan.json'))
   study.run_study(config, workdir)
   assert [c[2] for c in calls[n:]] == ['gan']
+
+  # A copied (or moved) workdir resumes too: nothing runs again.
+  moved = str(tmp_path / 'elsewhere' / 'study')
+  shutil.copytree(workdir, moved)
+  n = len(calls)
+  study.run_study(config, moved)
+  assert len(calls) == n
 
 
 def test_changed_config_is_refused_or_recomputed(tmp_path, monkeypatch):
