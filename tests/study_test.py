@@ -90,7 +90,7 @@ def test_sub_config_copies_shared_data_and_cell_keys():
 
 
 def test_config_variants_build():
-  for variant in (None, 'tiny', 'gpu', 'paper'):
+  for variant in (None, 'tiny', 'cpu32', 'gpu', 'paper'):
     config = study_cfg.get_config(variant)
     assert config.task == 'study'
     assert config.data.storage_size >= config.gan.model.resolution
