@@ -341,18 +341,19 @@ def _tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
   return out
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       resume_ignore: tuple[str, ...] = ()) -> dict:
   """Trains (or resumes) a PGGAN; returns the last metrics.
 
-  Locks `workdir`, refuses one whose checkpoints another config made, and
-  stops cleanly on SIGINT / SIGTERM (see the module docstring).
+  Locks `workdir`, refuses one whose checkpoints another config made (keys
+  matching IGNORED_KEYS or `resume_ignore` aside), and stops cleanly on
+  SIGINT / SIGTERM (see the module docstring).
   """
   if not workdir:
     raise UserInputError('--workdir is required for config.task=pggan')
   check_config(config)
   with workdir_lib.claim(workdir, job='pggan', outputs=OUTPUTS,
-                         ignore=IGNORED_KEYS) as claim:
+                         ignore=(*IGNORED_KEYS, *resume_ignore)) as claim:
     return _train_and_evaluate(config, workdir, claim)
 
 

@@ -27,7 +27,8 @@ and split fingerprints, and the hashes of the steps it uses). A rerun with a
 changed configuration stops with a message naming the step, or, with
 `config.on_config_change='recompute'`, redoes exactly the steps whose hash
 changed (and those that depend on them); finished and changed results are
-never mixed.
+never mixed. Paths are not part of a step's identity: a moved or copied
+workdir (or moved data) resumes.
 
 Everything runs in one process so jit caches are shared between cells; the
 persistent compilation cache also carries compiled steps across runs.
@@ -215,19 +216,21 @@ def study_keys(message: str, block: str) -> str:
   """A sub-run's error message with its config keys named as the study's.
 
   A GAN, classifier or quality run names its own keys ('config.dtype'); in
-  the study those are 'config.<block>.dtype'. Shared data keys keep their
-  name (the study copies config.data into every sub-run), except those each
-  sub-run keeps for itself (CONSUMER_DATA_KEYS).
+  the study those are 'config.<block>.dtype'. Data keys keep their name
+  (the study copies config.data into the GAN's and the classifier's runs,
+  and the quality step reads it directly), except those the GAN and the
+  classifier keep for themselves (CONSUMER_DATA_KEYS). Paths, file names
+  and command-line flags that contain 'config.' are left alone.
   """
   def rename(m: re.Match) -> str:
     key = m.group(1)
     parts = key.split('.')
-    if parts[0] == 'data' and len(parts) > 1 and (
-        parts[1] not in CONSUMER_DATA_KEYS):
+    if parts[0] == 'data' and (block == 'quality' or len(parts) > 1 and
+                               parts[1] not in CONSUMER_DATA_KEYS):
       return m.group(0)
     return f'config.{block}.{key}'
-  return re.sub(r'\bconfig\.([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)', rename,
-                message)
+  return re.sub(r'(?<![\w./\\-])config\.(?!json\b)'
+                r'([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)', rename, message)
 
 
 @contextlib.contextmanager
@@ -236,7 +239,7 @@ def _keys_of(block: str):
   try:
     yield
   except UserInputError as e:
-    raise UserInputError(study_keys(str(e), block)) from None
+    raise type(e)(study_keys(str(e), block)) from e
 
 
 def _in_block(block: str, fn):
@@ -310,9 +313,14 @@ STUDY_CODE_VERSION = 1
 # Keys that do not change a step's result (besides workdir.IGNORED_KEYS):
 # where data comes from is named by the data's content fingerprint, and
 # progress grids / tick metrics are only logged.
-HASH_IGNORED_KEYS = ('data.dir', 'data.labels_csv', 'data.patient_labels_csv',
-                     'grid_size', 'metrics.*', 'sched.tick_kimg',
+PATH_KEYS = ('data.dir', 'data.labels_csv', 'data.patient_labels_csv')
+HASH_IGNORED_KEYS = (*PATH_KEYS, 'grid_size', 'metrics.*', 'sched.tick_kimg',
                      'sched.tick_kimg_dict')
+# What a GAN's or classifier's own resume check ignores inside a study:
+# the step hash has already pinned what these paths hold (the data's
+# content, the samples' place in the workdir), so a partial sub-run resumes
+# after the data or the whole workdir moved.
+RESUME_IGNORED_KEYS = (*PATH_KEYS, 'data.synthetic_dir')
 
 
 def config_hash(*parts: Any) -> str:
@@ -395,13 +403,14 @@ class _Steps:
     logging.warning('%s: configuration changed (%s -> %s); recomputing %s',
                     where, old, new, what)
 
-  def _guard_dir(self, path: str, h: str, what: str) -> None:
+  def _guard_dir(self, path: str, h: str, what: str,
+                 also: tuple[str, ...] = ()) -> None:
     """A step's working dir belongs to one configuration hash."""
     hash_path = os.path.join(path, HASH_FILE)
     if os.path.isdir(path) and os.listdir(path):
       old = (open(hash_path).read().strip() if os.path.isfile(hash_path)
              else None)
-      if old == h:
+      if old in (h, *also):
         return  # a partial run of the same step: it resumes
       self._mismatch(what, path, old, h)
       shutil.rmtree(path)
@@ -409,11 +418,14 @@ class _Steps:
     files.write_text(hash_path, h)
 
   def run(self, marker: str, what: str, h: str, fn, *args,
-          dirs: tuple[str, ...] = ()) -> dict:
-    """fn(*args) unless `marker` holds hash h; the marker keeps the time."""
+          dirs: tuple[str, ...] = (), also: tuple[str, ...] = ()) -> dict:
+    """fn(*args) unless `marker` holds hash h; the marker keeps the time.
+
+    `also`: hashes an earlier version of this code gave the same step.
+    """
     if os.path.exists(marker):
       old = _read_json(marker)
-      if old.get('config_hash') == h:
+      if old.get('config_hash') in (h, *also):
         self.progress.skip(what)
         return old
       if self.check_only:
@@ -425,7 +437,7 @@ class _Steps:
       self.missing.append(what)
       return {}
     for d in dirs:
-      self._guard_dir(d, h, what)
+      self._guard_dir(d, h, what, also)
     self.progress.start(what)
     t0 = time.time()
     out = fn(*args) or {}
@@ -466,7 +478,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   if not workdir:
     raise UserInputError('--workdir is required for config.task=study')
-  check_sub_configs(config, _check_config(config))
+  arms = _check_config(config)
+  if not config.merge:  # a merge trains nothing, maybe on other devices
+    check_sub_configs(config, arms)
   shard_i, shard_n = parse_shard(config.shard)
   if config.shard and not config.merge:
     job = f'study shard {config.shard}'
@@ -530,9 +544,11 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_fp = prepared0.content_fingerprint
 
   train_gan = _in_block('gan', lambda c, d: _metrics(
-      pggan_train.train_and_evaluate(c, d)))
+      pggan_train.train_and_evaluate(c, d,
+                                     resume_ignore=RESUME_IGNORED_KEYS)))
   train_arm = _in_block('classifier', lambda c, d, cell_arm: {'row': _row(
-      *cell_arm, resnet_train.train_and_evaluate(c, d))})
+      *cell_arm, resnet_train.train_and_evaluate(
+          c, d, resume_ignore=RESUME_IGNORED_KEYS))})
   # The quality markers the report may read (a stale one never enters it).
   quality_hashes = {}
   # Repeat-major: every fold of the first repeat finishes before the next
@@ -604,15 +620,18 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
         arm_dir = os.path.join(cell, 'arms', ARM_DIRS[arm])
         # The synthetic images are named by samples_hash and their folder
         # by its place in the workdir, so a moved or copied workdir resumes.
+        # Markers written before hashed the absolute path (`legacy`).
         keyed = sub.copy_and_resolve_references()
+        legacy = ()
         if keyed.data.synthetic_dir:
           keyed.data.synthetic_dir = os.path.relpath(samples_dir, workdir)
+          legacy = (config_hash('arm', base, sub, samples_hash),)
         h = config_hash('arm', base, keyed,
                         samples_hash if 'gan' in arm else '')
         steps.run(os.path.join(done, f'arm_{ARM_DIRS[arm]}.json'),
                   f'{tag} arm {arm}', h,
                   train_arm, sub, arm_dir, (repeat, fold, seed, arm),
-                  dirs=(arm_dir,))
+                  dirs=(arm_dir,), also=legacy)
   progress.bar.close()
   if config.merge and steps.missing:
     raise UserInputError(

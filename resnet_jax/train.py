@@ -46,6 +46,8 @@ from resnet_jax import models
 
 ARMS = ('none', 'classic', 'gan', 'classic+gan')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+OPTIMIZERS = ('sgd', 'adamw')
+SYNTHETIC_MODES = ('add', 'equal_compute')
 
 
 # ------------------------------------------------------------------ model/opt
@@ -87,8 +89,8 @@ def create_optimizer(config: ml_collections.ConfigDict,
         optax.sgd(schedule, momentum=config.momentum, nesterov=True))
   if config.optimizer == 'adamw':
     return optax.adamw(schedule, weight_decay=config.weight_decay, mask=mask)
-  raise UserInputError(
-      f"config.optimizer={config.optimizer!r} is not 'sgd' or 'adamw'")
+  raise UserInputError(f'config.optimizer={config.optimizer!r} is not '
+                       f'one of {list(OPTIMIZERS)}')
 
 
 @struct.dataclass
@@ -186,10 +188,6 @@ def _arm_data_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
               synthetic_ratio=ratio)
 
 
-SYNTHETIC_MODES = ('add', 'equal_compute')
-OPTIMIZERS = ('sgd', 'adamw')
-
-
 def check_config(config: ml_collections.ConfigDict) -> None:
   """The classifier's own keys, before any data is read or model built."""
   if config.arm not in ARMS:
@@ -221,13 +219,13 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
   """Steps from config.kimg (if > 0) else config.num_epochs.
 
-  check_config has checked that one of them is set. kimg / epochs count *real* images. In a 'gan' arm a fraction
-  data.synthetic_ratio of each batch is synthetic: with
-  config.synthetic_mode='add' (the design of Frid-Adar et al. 2018 and Han
-  et al. 2019) the run is 1 / (1 - ratio) times longer, so it shows the same
-  real images as the arms without synthetic ones plus the synthetic ones;
-  with 'equal_compute' it keeps the same number of steps and so replaces
-  that fraction of the real exposures.
+  check_config has checked that one of them is set. kimg / epochs count
+  *real* images. In a 'gan' arm a fraction data.synthetic_ratio of each
+  batch is synthetic: with config.synthetic_mode='add' (the design of
+  Frid-Adar et al. 2018 and Han et al. 2019) the run is 1 / (1 - ratio)
+  times longer, so it shows the same real images as the arms without
+  synthetic ones plus the synthetic ones; with 'equal_compute' it keeps the
+  same number of steps and so replaces that fraction of the real exposures.
   """
   if config.kimg > 0:
     images = config.kimg * 1000
@@ -280,17 +278,21 @@ def _write_predictions(path: str, ids, labels, probs) -> None:
 OUTPUTS = ('checkpoints', 'results.json')
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       resume_ignore: tuple[str, ...] = ()
+                       ) -> dict[str, Any]:
   """Trains on config.data.fold's train split; evaluates val and test.
 
   Returns (and writes to workdir/results.json) {'val', 'test',
   'test_at_val_threshold', 'threshold', ...}; returns the stored results
   without training if results.json already exists. The workdir is locked
   for the run, and a workdir whose checkpoints or results another config
-  made is refused, naming the keys that differ (input_pipeline/workdir.py).
+  made is refused, naming the keys that differ (input_pipeline/workdir.py;
+  keys matching `resume_ignore` aside).
   """
-  with workdir_lib.claim(workdir, config, job='resnet', outputs=OUTPUTS):
+  check_config(config)
+  with workdir_lib.claim(workdir, config, job='resnet', outputs=OUTPUTS,
+                         ignore=resume_ignore):
     return _train_and_evaluate(config, workdir)
 
 
@@ -300,7 +302,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   if os.path.exists(results_path):
     with open(results_path) as f:
       return json.load(f)
-  check_config(config)
   data_kwargs = _arm_data_kwargs(config)
   if config.data.fold < 0:
     raise UserInputError('config.data.fold=-1 has no val/test split; '

@@ -107,6 +107,33 @@ def test_bad_arm_names_the_key(arm, key, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.parametrize('key, value, match', [
+    ('model', 'resnet7', r"^config\.model='resnet7'"),
+    ('dtype', 'float16', r"^config\.dtype='float16'"),
+    ('optimizer', 'adam', r"^config\.optimizer='adam'"),
+    ('synthetic_mode', 'replace', r"^config\.synthetic_mode='replace'"),
+    ('kimg', 0.0, r'^set config\.kimg or config\.num_epochs'),
+])
+def test_check_config_names_the_key(key, value, match):
+  config = _tiny_config()
+  config.num_epochs = 0
+  config[key] = value
+  if key != 'kimg':
+    config.kimg = 1.0
+  with pytest.raises(UserInputError, match=match):
+    train.check_config(config)
+
+
+def test_check_config_synthetic_ratio_only_for_gan_arms():
+  config = _tiny_config()
+  config.data.synthetic_ratio = 1.0
+  train.check_config(config)  # arm 'classic': the ratio is not used
+  config.arm = 'gan'
+  with pytest.raises(UserInputError,
+                     match=r'^config\.data\.synthetic_ratio=1\.0 must be'):
+    train.check_config(config)
+
+
 def test_tiny_end_to_end(tmp_path):
   workdir = str(tmp_path)
   results = train.train_and_evaluate(resnet_config.get_config('tiny'),

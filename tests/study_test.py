@@ -101,7 +101,8 @@ def test_config_variants_build():
 def _install_fakes(monkeypatch, calls):
   """Fake pggan train/sample and resnet train that record their calls."""
 
-  def gan_train(config, workdir):
+  def gan_train(config, workdir, *, resume_ignore=()):
+    assert 'data.synthetic_dir' in resume_ignore
     calls.append(('gan', workdir, config.data.fold, config.data.class_filter,
                   config.seed, config.model.conditional))
     os.makedirs(workdir, exist_ok=True)
@@ -137,7 +138,8 @@ def _install_fakes(monkeypatch, calls):
     return {'passed': metrics['c2st_accuracy'] < 0.95,
             'reasons': ['c2st_accuracy 0.99 >= 0.95']}
 
-  def resnet_train(config, workdir):
+  def resnet_train(config, workdir, *, resume_ignore=()):
+    assert 'data.synthetic_dir' in resume_ignore
     calls.append(('resnet', workdir, config.arm, config.data.fold,
                   config.data.synthetic_dir, config.seed))
     os.makedirs(workdir, exist_ok=True)
@@ -352,6 +354,14 @@ def test_run_study_rejects_bad_config(tmp_path):
      "config.quality.metrics.feature_net='x' is not 'auto'"),
     ('set config.kimg or config.num_epochs to > 0', 'classifier',
      'set config.classifier.kimg or config.classifier.num_epochs to > 0'),
+    ('config.data.resolution=7', 'quality', 'config.data.resolution=7'),
+    # Paths, file names and another run's command line stay as they are.
+    ('/w/gan/normal/config.json holds checkpoints', 'gan',
+     '/w/gan/normal/config.json holds checkpoints'),
+    ('no config.json in W', 'gan', 'no config.json in W'),
+    ('held by main.py --config.seed=3 --config.gan.dtype=x', 'gan',
+     'held by main.py --config.seed=3 --config.gan.dtype=x'),
+    ('/data/my.config.v2/a.png: bad', 'gan', '/data/my.config.v2/a.png: bad'),
 ])
 def test_study_keys_names_the_studys_key(message, block, expected):
   assert study.study_keys(message, block) == expected
@@ -388,8 +398,8 @@ def test_sub_run_error_names_the_studys_key(tmp_path, monkeypatch):
   calls = []
   _install_fakes(monkeypatch, calls)
 
-  def gan_train(config, workdir):
-    del workdir
+  def gan_train(config, workdir, **kwargs):
+    del workdir, kwargs
     raise errors.UserInputError(
         f'config.compile_ahead={config.get("compile_ahead")!r} must be -1')
 
@@ -399,6 +409,22 @@ def test_sub_run_error_names_the_studys_key(tmp_path, monkeypatch):
   with pytest.raises(errors.UserInputError,
                      match=r'^config\.gan\.compile_ahead='):
     study.run_study(config, str(tmp_path / 'study'))
+
+
+def test_sub_run_errors_keep_their_type():
+  with pytest.raises(workdir_lib.WorkdirBusyError, match='config.gan.seed'):
+    with study._keys_of('gan'):
+      raise workdir_lib.WorkdirBusyError('config.seed is busy')
+
+
+def test_steps_accept_the_hash_earlier_code_gave(tmp_path):
+  steps = study._Steps(study._Progress(2), recompute=False)
+  marker = str(tmp_path / 'done.json')
+  study._write_json(marker, {'config_hash': 'old'})
+  assert steps.run(marker, 'step', 'new', pytest.fail,
+                   also=('old',))['config_hash'] == 'old'
+  with pytest.raises(errors.UserInputError, match='another configuration'):
+    steps.run(marker, 'step', 'new', pytest.fail)
 
 
 # ------------------------------------------------------- end to end (tiny)
@@ -537,6 +563,24 @@ def test_tiny_rerun_is_noop(tiny_study):
   # Per cell: 2 GANs, sampling, quality, 4 arms.
   assert proc.stderr.count('skipping finished cell') == 2 * (2 + 1 + 1 + 4)
   print(f'rerun took {seconds:.0f} s (first run {first:.0f} s)')
+
+
+def test_tiny_moved_workdir_resumes_an_unfinished_gan_arm(tiny_study,
+                                                          tmp_path):
+  """A partial 'gan' arm records the samples' old absolute path; after the
+  workdir moved, the study resumes it instead of refusing it."""
+  moved = str(tmp_path / 'moved')
+  shutil.copytree(tiny_study[0], moved)
+  cell = os.path.join(moved, 'repeat0', 'fold0')
+  os.remove(os.path.join(cell, 'done', 'arm_gan.json'))
+  os.remove(os.path.join(cell, 'arms', 'gan', 'results.json'))
+  recorded = json.load(open(os.path.join(cell, 'arms', 'gan',
+                                         'config.json')))
+  assert not recorded['data']['synthetic_dir'].startswith(moved)
+  proc, _ = _run_tiny(moved)
+  assert 'running repeat 0 fold 0 arm gan' in proc.stderr
+  assert proc.stderr.count('skipping finished cell') == 2 * (2 + 1 + 1 + 4) - 1
+  assert os.path.exists(os.path.join(cell, 'arms', 'gan', 'results.json'))
 
 
 def test_shards_then_merge_match_one_process(tmp_path, monkeypatch):
