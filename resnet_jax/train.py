@@ -60,18 +60,23 @@ def create_model(config: ml_collections.ConfigDict, num_channels: int,
   with `seed` (default config.seed); `key` names the config block in the
   one-line errors."""
   registry = models.MODELS if registry is None else registry
-  if config.model not in registry:
-    raise UserInputError(f'{key}.model={config.model!r} is not one of '
-                         f'{sorted(registry)}')
-  if config.dtype not in _DTYPES:
-    raise UserInputError(f'{key}.dtype={config.dtype!r} is not one of '
-                         f'{sorted(_DTYPES)}')
+  _check_model_keys(config, registry, key)
   return registry[config.model](
       num_classes=num_classes, num_filters=config.num_filters,
       num_channels=num_channels, dtype=_DTYPES[config.dtype],
       # 1x1 convs as dots: same parameters and maths, faster on XLA:CPU.
       pointwise_dot=config.get('pointwise_dot', True),
       rngs=nnx.Rngs(config.seed if seed is None else seed))
+
+
+def _check_model_keys(config: ml_collections.ConfigDict, registry,
+                      key: str) -> None:
+  if config.model not in registry:
+    raise UserInputError(f'{key}.model={config.model!r} is not one of '
+                         f'{sorted(registry)}')
+  if config.dtype not in _DTYPES:
+    raise UserInputError(f'{key}.dtype={config.dtype!r} is not one of '
+                         f'{sorted(_DTYPES)}')
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -197,12 +202,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise UserInputError(
         f'config.data.synthetic_ratio={ratio} must be in (0, 1) for '
         f"config.arm='{config.arm}'")
-  if config.model not in models.MODELS:
-    raise UserInputError(f'config.model={config.model!r} is not one of '
-                         f'{sorted(models.MODELS)}')
-  if config.dtype not in _DTYPES:
-    raise UserInputError(f'config.dtype={config.dtype!r} is not one of '
-                         f'{sorted(_DTYPES)}')
+  _check_model_keys(config, models.MODELS, 'config')
   if config.optimizer not in OPTIMIZERS:
     raise UserInputError(f'config.optimizer={config.optimizer!r} is not '
                          f'one of {list(OPTIMIZERS)}')
