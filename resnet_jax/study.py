@@ -607,8 +607,7 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     f'{tag} synthetic-image quality',
                     quality_hashes[(repeat, fold)],
                     _in_block('quality', _quality), config, prep, fold,
-                    samples_dir,
-                    os.path.join(cell, 'quality'), seed,
+                    samples_dir, os.path.join(cell, 'quality'), seed,
                     dirs=(os.path.join(cell, 'quality'),))
 
       for arm in arms:
