@@ -51,10 +51,17 @@ class Classifier:
   trained: bool
 
 
+_KEY = 'config.metrics.classifier'
+
+
+def check_config(cfg: ml_collections.ConfigDict) -> None:
+  train.check_model_keys(cfg, MODELS, _KEY)
+
+
 def create_model(cfg: ml_collections.ConfigDict, num_classes: int,
                  num_channels: int, seed: int) -> nnx.Module:
   return train.create_model(cfg, num_channels, num_classes, seed=seed,
-                            registry=MODELS, key='config.metrics.classifier')
+                            registry=MODELS, key=_KEY)
 
 
 def num_steps(cfg: ml_collections.ConfigDict) -> int:

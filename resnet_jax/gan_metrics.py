@@ -151,6 +151,17 @@ def nearest(queries: np.ndarray, reference: np.ndarray,
 # -------------------------------------------------------------- evaluation
 
 
+FEATURE_NETS = ('auto', 'trained', 'random')
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """The metrics block's own keys, before any image is read."""
+  if config.feature_net not in FEATURE_NETS:
+    raise UserInputError(f'config.metrics.feature_net={config.feature_net!r}'
+                         f' is not one of {list(FEATURE_NETS)}')
+  gan_classifiers.check_config(config.classifier)
+
+
 def _effective(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config with `fast` applied: shorter training, fewer estimates."""
   cfg = ml_collections.ConfigDict(config.to_dict())
@@ -205,6 +216,7 @@ def evaluate(real_train: np.ndarray, real_train_labels: np.ndarray,
     A JSON-safe dict (floats, ints, strings, None, lists).
   """
   t0 = time.time()
+  check_config(config)
   cfg = _effective(config)
   real_train, real_train_labels = _check_images(
       'real_train', real_train, real_train_labels)
@@ -251,9 +263,6 @@ def evaluate(real_train: np.ndarray, real_train_labels: np.ndarray,
   # two or more classes, else random (see gan_classifiers.random_network).
   train_classes = np.unique(real_train_labels)
   mode = cfg.feature_net
-  if mode not in ('auto', 'trained', 'random'):
-    raise UserInputError(f"config.metrics.feature_net={mode!r} is not 'auto',"
-                         " 'trained' or 'random'")
   if mode == 'trained' and len(train_classes) < 2:
     raise UserInputError("config.metrics.feature_net='trained' needs >= 2 "
                          'classes in the real training images')

@@ -252,12 +252,14 @@ def _in_block(block: str, fn):
 
 def check_sub_configs(config: ml_collections.ConfigDict,
                       arms: list[str]) -> None:
-  """The GAN's and the classifier's own keys, before anything trains.
+  """The GAN's, the quality metrics' and the classifier's own keys, before
+  anything trains.
 
   Otherwise a bad value there (say config.gan.dtype) would stop the study
   only when the first GAN or arm starts, possibly hours in.
   """
   from pggan_jax import train as pggan_train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import gan_metrics  # pylint: disable=g-import-not-at-top
   from resnet_jax import train as resnet_train  # pylint: disable=g-import-not-at-top
   if any('gan' in a for a in arms):
     sub = sub_config(config.gan, config.data, seed=config.seed,
@@ -266,6 +268,9 @@ def check_sub_configs(config: ml_collections.ConfigDict,
       _set_conditional(sub)
     with _keys_of('gan'):
       pggan_train.check_config(sub)
+    if config.quality.enabled:
+      with _keys_of('quality'):
+        gan_metrics.check_config(config.quality.metrics)
   with _keys_of('classifier'):
     for arm in arms:
       resnet_train.check_config(sub_config(

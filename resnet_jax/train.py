@@ -60,7 +60,7 @@ def create_model(config: ml_collections.ConfigDict, num_channels: int,
   with `seed` (default config.seed); `key` names the config block in the
   one-line errors."""
   registry = models.MODELS if registry is None else registry
-  _check_model_keys(config, registry, key)
+  check_model_keys(config, registry, key)
   return registry[config.model](
       num_classes=num_classes, num_filters=config.num_filters,
       num_channels=num_channels, dtype=_DTYPES[config.dtype],
@@ -69,8 +69,10 @@ def create_model(config: ml_collections.ConfigDict, num_channels: int,
       rngs=nnx.Rngs(config.seed if seed is None else seed))
 
 
-def _check_model_keys(config: ml_collections.ConfigDict, registry,
-                      key: str) -> None:
+def check_model_keys(config: ml_collections.ConfigDict, registry,
+                     key: str) -> None:
+  """config.model in `registry` and config.dtype known; `key` names the
+  config block in the one-line errors."""
   if config.model not in registry:
     raise UserInputError(f'{key}.model={config.model!r} is not one of '
                          f'{sorted(registry)}')
@@ -202,7 +204,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise UserInputError(
         f'config.data.synthetic_ratio={ratio} must be in (0, 1) for '
         f"config.arm='{config.arm}'")
-  _check_model_keys(config, models.MODELS, 'config')
+  check_model_keys(config, models.MODELS, 'config')
   if config.optimizer not in OPTIMIZERS:
     raise UserInputError(f'config.optimizer={config.optimizer!r} is not '
                          f'one of {list(OPTIMIZERS)}')

@@ -370,3 +370,14 @@ def test_cli_end_to_end(tmp_path):
   assert proc.returncode == 2, proc.stderr[-3000:]
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith('error: config.synthetic_dir'), last
+
+
+@pytest.mark.parametrize('key, value, match', [
+    ('feature_net', 'inception', r"^config\.metrics\.feature_net='inception'"),
+    ('classifier.model', 'vgg', r"^config\.metrics\.classifier\.model='vgg'"),
+    ('classifier.dtype', 'int8', r"^config\.metrics\.classifier\.dtype="),
+])
+def test_check_config_names_the_key(key, value, match):
+  gan_metrics.check_config(_tiny())
+  with pytest.raises(UserInputError, match=match):
+    gan_metrics.check_config(_tiny(**{key: value}))

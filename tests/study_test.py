@@ -154,7 +154,8 @@ def _install_fakes(monkeypatch, calls):
 
   # The studies' up-front config checks stay the real ones.
   real_checks = {name: importlib.import_module(name).check_config
-                 for name in ('pggan_jax.train', 'resnet_jax.train')}
+                 for name in ('pggan_jax.train', 'resnet_jax.train',
+                              'resnet_jax.gan_metrics')}
   fakes = {'pggan_jax.train': {'train_and_evaluate': gan_train},
            'pggan_jax.sample': {'sample': sample},
            'resnet_jax.gan_metrics': {'evaluate': evaluate,
@@ -375,6 +376,10 @@ def test_study_keys_names_the_studys_key(message, block, expected):
     ('classifier.dtype', 'float16', r'^config\.classifier\.dtype='),
     ('classifier.data.synthetic_ratio', 1.5,
      r'^config\.classifier\.data\.synthetic_ratio=1\.5 must be in'),
+    ('quality.metrics.feature_net', 'inception',
+     r"^config\.quality\.metrics\.feature_net='inception'"),
+    ('quality.metrics.classifier.model', 'vgg',
+     r"^config\.quality\.metrics\.classifier\.model='vgg'"),
 ])
 def test_bad_sub_config_stops_the_study_before_anything_runs(
     key, value, match, tmp_path, monkeypatch):
