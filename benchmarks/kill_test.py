@@ -21,9 +21,12 @@ resumed run computes exactly what an uninterrupted one does.
 
 Study (--study K): `configs/study.py:tiny` shrunk (fold 0, arms none and
 gan, GANs to 8x8 on 0.5 kimg, no quality step: 5 steps) run once
-uninterrupted, then killed K times and resumed, each time a random 0-6 s
-after 0-2 more steps have finished (or 5-11 s after start), so kills land
-in start-up, GAN training, checkpoint saves, sampling and the classifiers.
+uninterrupted, then killed K times and resumed, each time at a moment
+drawn from a seeded generator: 0-2 s after start (start-up; 30% of kills,
+and always when one step is left), or 0-20% of a step's reference time
+into a step that is not the last, after 0 or more steps have finished.
+Kills thus land in start-up, GAN training, sampling and the classifiers,
+and never after the run's end (warm steps take 0.1-3.4 s here).
 Every step marker (done/*.json) that existed before a kill must be
 unchanged at the end (a finished step is never recomputed), and
 results.csv must equal the reference's, every column.
@@ -311,7 +314,11 @@ def study_kill_test(n: int, base: str, seed: int = 0, shared: str = '',
   ref, run = os.path.join(base, 'study_ref'), os.path.join(base, 'study')
   ref_seconds = _finish(study_command(ref, shared),
                         os.path.join(base, 'study_ref.log'))
-  total = len(_markers(ref))
+  ref_markers = _markers(ref)
+  total = len(ref_markers)
+  # The reference's steps in the order they ran, and how long each took.
+  ref_step_s = [json.loads(ref_markers[p])['seconds']
+                for p in sorted(ref_markers, key=os.path.getmtime)]
   cmd = study_command(run, shared)
   log = os.path.join(base, 'study.log')
   rng = random.Random(seed + 1)
@@ -320,17 +327,24 @@ def study_kill_test(n: int, base: str, seed: int = 0, shared: str = '',
   while len(kills) < n:
     done_before = _markers(run)
     kept.update(done_before)
-    # After j more steps finish (none: during start-up or the first step),
-    # a random delay into the next.
-    j = rng.randint(0, max(0, min(2, total - len(done_before) - 1)))
-    delay = rng.uniform(0.0, 6.0) + (5.0 if j == 0 else 0.0)
+    left = total - len(done_before)
     offset = os.path.getsize(log) if os.path.exists(log) else 0
     t0 = time.time()
     proc = _start(cmd, log)
     starts += 1
-    _wait_until(lambda: len(_markers(run)) >= len(done_before) + j, proc,
-                300, 0.01)
-    t1 = time.time()
+    startup = left < 2 or rng.random() < 0.3
+    if startup:
+      # Start-up (imports, data, restores) lasts more than 2 s.
+      j, delay, t1 = 0, rng.uniform(0.0, 2.0), t0
+    else:
+      # Into a step that is not the last, after j more have finished, a
+      # random 0-20% of its reference time (the reference compiled, so
+      # its steps took longer): a step follows, so the kill lands.
+      j = rng.randint(0, left - 2)
+      delay = rng.uniform(0.0, 0.2 * ref_step_s[total - left + j])
+      _wait_until(lambda: len(_markers(run)) >= len(done_before) + j and
+                  _study_step(log, offset) != 'start-up', proc, 300, 0.01)
+      t1 = time.time()
     _wait_until(lambda: time.time() - t1 >= delay, proc, delay + 1, 0.01)
     alive = time.time() - t0
     if not _kill(proc):
@@ -346,8 +360,8 @@ def study_kill_test(n: int, base: str, seed: int = 0, shared: str = '',
     if changed:
       problems.append(f'kill {len(kills) + 1}: finished steps recomputed: '
                       f'{changed}')
-    what = (f'{delay:.2f} s after {j} more step(s) finished' if j
-            else f'{delay:.2f} s after start')
+    what = (f'{delay:.2f} s after start' if startup else
+            f'{delay:.2f} s into a step, {j} more step(s) finished')
     during = _study_step(log, offset)
     kills.append({'when': what, 'alive_s': round(alive, 2),
                   'during': during, 'markers': f'{len(now)}/{total}'})
