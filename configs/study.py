@@ -216,7 +216,7 @@ def _cpu32(config: ml_collections.ConfigDict) -> None:
 
   Measured on real Head CT (README, "What :cpu32 found"), shared 2-core
   CPU, XLA_FLAGS=--xla_force_host_platform_device_count=2 (one device per
-  core: 1.7x the GAN loop's speed at 32x32): 15.6-16.0 min per undisturbed
+  core: 1.7x the GAN loop's speed at 32x32): 14.9-16.0 min per undisturbed
   GAN, so about 2 h 45 min for the study; on one device, about 1.7x that.
   """
   config.num_repeats = 1
