@@ -5,6 +5,7 @@ dispatch on `config.task`. All logic lives in importable libraries.
 """
 
 import importlib
+import os
 
 from absl import app
 from absl import flags
@@ -48,6 +49,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logs.quiet_libraries()  # library INFO off unless --verbosity is given
+  # Before any backend starts (see cli.XLA_DEFAULTS).
+  os.environ['XLA_FLAGS'] = cli.xla_flags_with_defaults(
+      os.environ.get('XLA_FLAGS', ''))
   import jax  # pylint: disable=g-import-not-at-top
 
   given = {k: FLAGS[k].value for k in _DIST if FLAGS[k].value is not None}
@@ -59,8 +63,9 @@ def main(argv):
   task = config.get('task')
   if task not in _TASKS:
     cli.fail(f'config.task={task!r} is not one of {sorted(_TASKS)}')
-  logging.info('JAX process %d/%d, local devices: %s', jax.process_index(),
-               jax.process_count(), jax.local_devices())
+  logging.info('JAX process %d/%d, local devices: %s, XLA_FLAGS=%r',
+               jax.process_index(), jax.process_count(), jax.local_devices(),
+               os.environ['XLA_FLAGS'])
   module_name, fn_name = _TASKS[task].split(':')
   fn = getattr(importlib.import_module(module_name), fn_name)
   # Bad input (a file, a label, a config value) or a diverged run: one

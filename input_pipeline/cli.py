@@ -26,6 +26,27 @@ EXIT_INPUT = 2
 EXIT_DIVERGED = 3
 
 
+# XLA flags main.py adds unless XLA_FLAGS already sets them (before JAX
+# starts a backend: XLA reads the variable then). Triton GEMM fusions off:
+# with them, XLA of jax 0.11.2 aborted on an H100 compiling the BN
+# calibration of the quality metrics' random network in
+# configs/study.py:gpu (triton_tiling_propagation.cc: "Check failed:
+# subdim_size_accumulator == dim_size (64 vs. 16)"; the process dies, no
+# Python error). Without them the same study cell ran to the end, its
+# first GAN took 226 s instead of 259 s (less to autotune) and its second,
+# compiled already, 25.4 s against 24.7 s (benchmarks/device_check.sh,
+# SECTIONS=study, 2026-11-27). Matmuls go to cuBLAS instead.
+XLA_DEFAULTS = ('--xla_gpu_enable_triton_gemm=false',)
+
+
+def xla_flags_with_defaults(current: str) -> str:
+  """`current` (an XLA_FLAGS value) plus each of XLA_DEFAULTS whose flag
+  it does not name; the user's own setting of a flag wins."""
+  given = {f.split('=', 1)[0] for f in current.split()}
+  extra = [f for f in XLA_DEFAULTS if f.split('=', 1)[0] not in given]
+  return ' '.join([current.strip(), *extra]).strip()
+
+
 def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
   """Prints `error: message` as a single line on stderr and exits."""
   line = ' '.join(str(message).split())

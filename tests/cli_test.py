@@ -9,6 +9,8 @@ import csv
 import json
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -140,3 +142,38 @@ def test_sample_workdir_errors(tmp_path, config_workdir, flag, message):
   config.output_dir = str(tmp_path / 'o')
   with pytest.raises(UserInputError, match=re.escape(message)):
     sample.sample_from_config(config, flag)
+
+
+@pytest.mark.parametrize('current, expected', [
+    ('', '--xla_gpu_enable_triton_gemm=false'),
+    ('--xla_force_host_platform_device_count=8',
+     '--xla_force_host_platform_device_count=8 '
+     '--xla_gpu_enable_triton_gemm=false'),
+    # The user's own setting wins.
+    ('--xla_gpu_enable_triton_gemm=true', '--xla_gpu_enable_triton_gemm=true'),
+    ('--xla_gpu_enable_triton_gemm', '--xla_gpu_enable_triton_gemm')])
+def test_xla_flags_with_defaults(current, expected):
+  from input_pipeline import cli  # pylint: disable=g-import-not-at-top
+  assert cli.xla_flags_with_defaults(current) == expected
+
+
+@pytest.mark.parametrize('given, expected', [
+    (None, "XLA_FLAGS='--xla_gpu_enable_triton_gemm=false'"),
+    ('--xla_force_host_platform_device_count=2 '
+     '--xla_gpu_enable_triton_gemm=true',
+     "XLA_FLAGS='--xla_force_host_platform_device_count=2 "
+     "--xla_gpu_enable_triton_gemm=true'")])
+def test_main_sets_xla_defaults_before_jax_starts(tmp_path, given, expected):
+  # The flags reach XLA: main.py logs them with the devices it got (two
+  # with the user's device count), then fails on its missing GAN workdir.
+  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+  if given is not None:
+    env['XLA_FLAGS'] = given
+  res = subprocess.run(
+      [sys.executable, 'main.py', '--config=configs/sample.py',
+       '--workdir=/nonexistent_gan', f'--config.output_dir={tmp_path}/o'],
+      cwd=lib.ROOT, env=env, capture_output=True, text=True)
+  assert res.returncode == 2, res.stderr[-2000:]
+  line = next(l for l in res.stderr.splitlines() if 'local devices' in l)
+  assert line.endswith(expected)
+  assert line.count('CpuDevice') == (1 if given is None else 2)
