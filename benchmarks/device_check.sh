@@ -42,9 +42,10 @@
 #            $OUT/study_cell_<STUDY_RES>.tgz. STUDY_RES=128 grows the GANs
 #            one stage further (to 128x128, 112 kimg; quality metrics at
 #            128x128, the classifier still at 64x64; raise LIMIT_study:
-#            the 64x64 cell's first GAN alone took more than its 240 s on
-#            an H100); STUDY_ARGS adds overrides (--config.a.b=v ...,
-#            split on blanks).
+#            the 64x64 cell took 364 s on an H100 with a fresh
+#            compilation cache, 226 s of it in its first GAN);
+#            STUDY_ARGS adds overrides (--config.a.b=v ..., split on
+#            blanks).
 # img/s everywhere; TFLOP/s from convolution + matmul FLOPs counted from
 # the jaxprs (benchmarks/flops.py). Each step has a time limit (seconds,
 # LIMIT_<section> overrides) and the script goes on after a failed or
@@ -214,7 +215,7 @@ section_study() {
   local args=()
   read -ra args <<<"${STUDY_ARGS:-}"
   extra+=(${args[@]+"${args[@]}"})
-  step study_cell_$res "${LIMIT_study:-240}" python3 main.py \
+  step study_cell_$res "${LIMIT_study:-480}" python3 main.py \
       --config=configs/study.py:gpu --workdir="$w" \
       --config.data.name=head_ct --config.data.dir="$HEAD_CT" \
       --config.shard=0/15 ${extra[@]+"${extra[@]}"}

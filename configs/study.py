@@ -29,8 +29,8 @@ r"""The augmentation study: repeated k-fold x {none, classic, gan, classic+gan}.
   python main.py --config=configs/study.py:gpu --workdir=W \
       --config.data.name=head_ct --config.data.dir=/path/to/head_ct
     One GPU: 5 folds x 3 repeats x 4 arms at 64x64 with larger GANs (fmap
-    4096/256, 96 kimg each, ADA) and ResNet-50; see _gpu(). Not yet run
-    whole; one cell's first GAN on an H100 is described in _gpu().
+    4096/256, 96 kimg each, ADA) and ResNet-50; see _gpu(). One cell took
+    5 min 51 s on an H100 (most of it compiling); not yet run whole.
   python main.py --config=configs/study.py:paper --workdir=W \
       --config.data.name=head_ct --config.data.dir=/path/to/head_ct
     Paper scale for a GPU: PGGAN to 256x256, ResNet-50 at 224x224.
@@ -261,21 +261,20 @@ def _gpu(config: ml_collections.ConfigDict) -> None:
   GANs compute in bfloat16, whose loop speed is not measured yet.
 
   Measured on one H100 (benchmarks/device_check.sh, HEAD_CT=... SECTIONS=
-  study): repeat 0 fold 0's first GAN (67 'normal' images) compiled each
-  stage for 43-61 s, one after another, and trained 8 kimg in 1-3 s at
-  8x8-32x32; at its 230 s limit it was 56.5 of the then 72 kimg in, its
-  G_ema at 32x32 showing a bright skull ring and grey parenchyma with dark
-  central shapes where ventricles lie, blurred, and varied head shapes (SWD at
-  32x32 41.8 at 48 kimg, 33.8 at 56). Compiling all stages ahead in 8
-  threads, tried later, stalled training on the GPU (1 kimg in 5.5 min;
-  XLA's autotuning locks the device), so there stages compile when they
-  start (config.gan.compile_ahead). Each class's training images are
-  padded on the device to a power of two (Head CT's 67-68 a class and
-  fold: 128), so the other 29 GANs can reuse the first one's programs
-  from the persistent compilation cache (not yet timed). The loop at 64x64
-  reached 1,463 img/s in float32 (179 TFLOP/s of convolutions;
-  benchmarks/pggan_loop.py). The study's 10-minute budget is not shown
-  yet.
+  study, 2026-11-27; the README's "GPU, TPU and clusters" has the table):
+  repeat 0 fold 0 ran whole in 5 min 51 s with a fresh compilation cache.
+  Its first GAN took 226 s, nearly all of it compiling the five stages one
+  after another (compiling them ahead in 8 threads stalled training: XLA's
+  autotuning locks the device, so config.gan.compile_ahead is off there).
+  Each class's training images are padded on the device to a power of two
+  (Head CT's 67-68 a class and fold: 128), so the second GAN reused the
+  first one's programs from the persistent compilation cache and took
+  25.4 s for its 96 kimg (2,500-2,700 img/s at 64x64 in bfloat16). Both
+  GANs passed the quality gate against the fold's held-out images (C2ST
+  0.75 each, MS-SSIM 0.39 / 0.26 against 0.34 / 0.19 real), SWD still
+  falling slowly at 96 kimg. The other 14 cells, estimated from that cell
+  at 1.5-2 min each, make about 30 minutes: the 10-minute budget is not
+  met.
   """
   gan = config.gan
   gan.model.fmap_base = 4096
