@@ -12,8 +12,9 @@ label smoothing and random horizontal flips.
 
 Compilation is paid once per process: the training length is fixed in kimg
 (not epochs), so every classifier with the same number of classes has the
-same step count, the same optimiser object (`_optimizer` is cached) and the
-same batch shape, and `train.train_step` hits its jit cache.
+same step count, the same optimiser object (`train.create_optimizer` is
+cached) and the same batch shape, and `train.train_step` hits its jit
+cache.
 """
 
 import dataclasses
@@ -25,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import scipy.stats
 from flax import nnx
 from sklearn import metrics as skm
@@ -69,17 +69,6 @@ def num_steps(cfg: ml_collections.ConfigDict) -> int:
   return max(1, math.ceil(cfg.kimg * 1000 / cfg.batch_size))
 
 
-@functools.lru_cache(maxsize=16)
-def _optimizer(optimizer: str, learning_rate: float, momentum: float,
-               weight_decay: float, warmup_fraction: float,
-               total_steps: int) -> optax.GradientTransformation:
-  # Cached: train_step's jit cache is keyed on the (static) optimiser object.
-  cfg = ml_collections.ConfigDict(dict(
-      optimizer=optimizer, learning_rate=learning_rate, momentum=momentum,
-      weight_decay=weight_decay, warmup_fraction=warmup_fraction))
-  return train.create_optimizer(cfg, total_steps)
-
-
 def _batches(n: int, batch_size: int, steps: int, rng: np.random.Generator):
   """Index arrays of `steps` batches: epochs of fresh permutations, so every
   image is seen once per epoch, and sets smaller than a batch still give a
@@ -100,9 +89,7 @@ def fit(images: np.ndarray, labels: np.ndarray, num_classes: int,
   sharding.check_batch_size(cfg.eval_batch_size,
                             'metrics.classifier.eval_batch_size')
   steps = num_steps(cfg)
-  tx = _optimizer(cfg.optimizer, float(cfg.learning_rate),
-                  float(cfg.momentum), float(cfg.weight_decay),
-                  float(cfg.warmup_fraction), steps)
+  tx = train.create_optimizer(cfg, steps)
   model = create_model(cfg, num_classes, images.shape[-1], seed)
   graphdef, eval_graphdef, state = train.init_state(model, tx)
   mesh = sharding.make_mesh()

@@ -60,6 +60,25 @@ def test_train_step_learns_and_is_deterministic():
   jax.tree.map(np.testing.assert_array_equal, state.params, state2.params)
 
 
+def test_equal_runs_in_one_process_reuse_the_traced_step():
+  # A study's arms: the same settings and step count, a fresh config and
+  # model each; the second run must not trace train_step again.
+  def run(total_steps):
+    config = _tiny_config()
+    tx = train.create_optimizer(config, total_steps)
+    graphdef, _, state = train.init_state(train.create_model(config, 1), tx)
+    train.train_step(state, _fake_batch(), graphdef=graphdef, tx=tx,
+                     label_smoothing=0.0)
+    return tx
+
+  first = run(37)
+  traced = train.train_step._cache_size()  # pylint: disable=protected-access
+  assert run(37) is first
+  assert train.train_step._cache_size() == traced  # pylint: disable=protected-access
+  assert run(38) is not first  # another schedule: traced once more
+  assert train.train_step._cache_size() == traced + 1  # pylint: disable=protected-access
+
+
 def test_cross_entropy_label_smoothing_hand_value():
   # Uniform logits over 2 classes: loss = log 2 for any smoothing.
   assert float(train.cross_entropy(jnp.zeros((3, 2)), jnp.array([0, 1, 1]),
