@@ -246,7 +246,7 @@ def render_markdown(rows: Sequence[Row], *, config_json: str = '',
   Args:
     rows: one per repeat x fold x arm (KEY_COLUMNS + METRICS).
     config_json: the study's resolved config.
-    data_summary: `study.data_summary()`: counts, folds, duplicate groups.
+    data_summary: `study_cells.data_summary()`: counts, folds, duplicates.
     timings: {stage: seconds}.
     primary_metric: the metric of the two primary comparisons.
     confidence: level of every interval.
@@ -472,7 +472,7 @@ def _quality_lines(quality: Sequence[Mapping[str, Any]],
 
 
 def _data_lines(summary: Mapping[str, Any]) -> list[str]:
-  """Markdown for study.data_summary(): counts per class, folds, duplicates.
+  """Markdown for study_cells.data_summary(): counts, folds, duplicates.
 
   Folds come per repeat as 'repeats': [{'split_seed', 'folds'}], or as
   'folds': [{role: {class: count}}] of the first repeat, whose split seed is

@@ -27,6 +27,7 @@ from input_pipeline import images
 from input_pipeline import workdir as workdir_lib
 from resnet_jax import report
 from resnet_jax import study
+from resnet_jax import study_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = ('repeat,fold,seed,arm,accuracy,sensitivity,specificity,'
@@ -34,59 +35,6 @@ HEADER = ('repeat,fold,seed,arm,accuracy,sensitivity,specificity,'
 
 
 # ---------------------------------------------------------------- unit tests
-
-
-def _manifest(**kw):
-  m = {'fold': 0, 'seed': 0, 'train': ['a', 'b', 'c'], 'val': ['d'],
-       'test': ['e', 'f'], 'gan_train_ids': {'x': ['a', 'b']}}
-  m.update(kw)
-  return m
-
-
-def test_check_leakage_accepts_clean_split():
-  study.check_leakage(_manifest(), [['a', 'b'], ['e', 'f']])
-
-
-def test_synthetic_counts_follow_training_prevalence():
-  m = {'class_names': ['normal', 'hemorrhage'],
-       'gan_train_ids': {'normal': ['a'] * 60, 'hemorrhage': ['b'] * 20}}
-  assert study.synthetic_counts(m, 400, 'prevalence') == {
-      'normal': 300, 'hemorrhage': 100}
-  assert study.synthetic_counts(m, 400, 'equal') == {
-      'normal': 200, 'hemorrhage': 200}
-  # Largest remainder: the total is kept.
-  m['gan_train_ids']['hemorrhage'] = ['b'] * 19
-  assert sum(study.synthetic_counts(m, 401, 'prevalence').values()) == 401
-
-
-@pytest.mark.parametrize('manifest,groups,match', [
-    (_manifest(gan_train_ids={'x': ['a', 'e']}), [], 'non-train'),
-    (_manifest(gan_train_ids={'x': ['a', 'd']}), [], 'non-train'),
-    (_manifest(test=['e', 'a']), [], 'overlap'),
-    (_manifest(), [['c', 'f']], 'straddles'),
-    (_manifest(), [['c', 'd']], 'straddles'),
-])
-def test_check_leakage_rejects(manifest, groups, match):
-  with pytest.raises(RuntimeError, match=match):
-    study.check_leakage(manifest, groups)
-
-
-def test_sub_config_copies_shared_data_and_cell_keys():
-  config = study_cfg.get_config('tiny')
-  config.data.name = 'head_ct'
-  config.data.dir = '/some/dir'
-  own_res = config.classifier.data.resolution
-  sub = study.sub_config(config.classifier, config.data, seed=7, arm='gan',
-                         data__fold=1, data__synthetic_dir='/s')
-  assert sub.data.name == 'head_ct' and sub.data.dir == '/some/dir'
-  assert sub.data.storage_size == config.data.storage_size
-  assert sub.data.resolution == own_res
-  assert (sub.seed, sub.arm, sub.data.fold) == (7, 'gan', 1)
-  assert sub.data.synthetic_dir == '/s'
-  # The study config itself is untouched.
-  assert config.classifier.seed != 7
-  assert config.classifier.data.synthetic_dir == ''
-  assert config.classifier.data.name == 'synthetic_head_ct'
 
 
 def test_config_variants_build():
@@ -303,7 +251,7 @@ def test_partial_step_dir_of_another_config_is_refused(tmp_path,
   # A killed run of another configuration left an arm directory behind.
   arm_dir = os.path.join(workdir, 'repeat0', 'fold0', 'arms', 'none')
   os.makedirs(arm_dir)
-  with open(os.path.join(arm_dir, study.HASH_FILE), 'w') as f:
+  with open(os.path.join(arm_dir, study_steps.HASH_FILE), 'w') as f:
     f.write('0123456789abcdef')
   with open(os.path.join(arm_dir, 'checkpoint'), 'w') as f:
     f.write('partial')
@@ -340,32 +288,6 @@ def test_run_study_rejects_bad_config(tmp_path):
   config.arms = ('none', 'magic')
   with pytest.raises(errors.UserInputError, match='config.arms'):
     study.run_study(config, str(tmp_path))
-
-
-@pytest.mark.parametrize('message, block, expected', [
-    ("config.dtype='float16' is not float32", 'gan',
-     "config.gan.dtype='float16' is not float32"),
-    ('config.augment (ADA) and config.diffaug are both on', 'gan',
-     'config.gan.augment (ADA) and config.gan.diffaug are both on'),
-    ('config.data.storage_size=2 must be >= 4', 'gan',
-     'config.data.storage_size=2 must be >= 4'),
-    ('config.data.synthetic_ratio=1.5 must be in (0, 1)', 'classifier',
-     'config.classifier.data.synthetic_ratio=1.5 must be in (0, 1)'),
-    ("config.metrics.feature_net='x' is not 'auto'", 'quality',
-     "config.quality.metrics.feature_net='x' is not 'auto'"),
-    ('set config.kimg or config.num_epochs to > 0', 'classifier',
-     'set config.classifier.kimg or config.classifier.num_epochs to > 0'),
-    ('config.data.resolution=7', 'quality', 'config.data.resolution=7'),
-    # Paths, file names and another run's command line stay as they are.
-    ('/w/gan/normal/config.json holds checkpoints', 'gan',
-     '/w/gan/normal/config.json holds checkpoints'),
-    ('no config.json in W', 'gan', 'no config.json in W'),
-    ('held by main.py --config.seed=3 --config.gan.dtype=x', 'gan',
-     'held by main.py --config.seed=3 --config.gan.dtype=x'),
-    ('/data/my.config.v2/a.png: bad', 'gan', '/data/my.config.v2/a.png: bad'),
-])
-def test_study_keys_names_the_studys_key(message, block, expected):
-  assert study.study_keys(message, block) == expected
 
 
 @pytest.mark.parametrize('key, value, match', [
@@ -414,22 +336,6 @@ def test_sub_run_error_names_the_studys_key(tmp_path, monkeypatch):
   with pytest.raises(errors.UserInputError,
                      match=r'^config\.gan\.compile_ahead='):
     study.run_study(config, str(tmp_path / 'study'))
-
-
-def test_sub_run_errors_keep_their_type():
-  with pytest.raises(workdir_lib.WorkdirBusyError, match='config.gan.seed'):
-    with study._keys_of('gan'):
-      raise workdir_lib.WorkdirBusyError('config.seed is busy')
-
-
-def test_steps_accept_the_hash_earlier_code_gave(tmp_path):
-  steps = study._Steps(study._Progress(2), recompute=False)
-  marker = str(tmp_path / 'done.json')
-  study._write_json(marker, {'config_hash': 'old'})
-  assert steps.run(marker, 'step', 'new', pytest.fail,
-                   also=('old',))['config_hash'] == 'old'
-  with pytest.raises(errors.UserInputError, match='another configuration'):
-    steps.run(marker, 'step', 'new', pytest.fail)
 
 
 # ------------------------------------------------------- end to end (tiny)
@@ -631,25 +537,6 @@ def test_bad_shard_is_one_line_error(tmp_path):
   with pytest.raises(errors.UserInputError, match='config.shard'):
     study.run_study(config, str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w')  # refused before writing
-
-
-def test_gate_pools_cells_weighted_by_c2st_test_size():
-  from configs import gan_metrics as gm_cfg
-  cfg = gm_cfg.get_metrics_config('tiny')
-  base = {'class': 'all', 'nn_distance_ratio': 1.0, 'num_exact_copies': 0,
-          'num_synthetic': 100, 'ms_ssim_synthetic': 0.3,
-          'ms_ssim_real': 0.3}
-  # One small cell at 1.0 does not fail a study whose pooled C2ST is 0.7.
-  quality = [dict(base, c2st_accuracy=1.0, c2st_n=20),
-             dict(base, c2st_accuracy=0.6, c2st_n=60),
-             dict(base, class_='normal', c2st_accuracy=1.0, c2st_n=10)]
-  quality[2]['class'] = 'normal'  # per-class rows are not pooled
-  gate = study._gate(quality, cfg)
-  assert gate['passed'] and gate['pooled']['c2st_n'] == 80
-  assert gate['pooled']['c2st_accuracy'] == pytest.approx(0.7)
-  quality[1]['c2st_accuracy'] = 0.96
-  gate = study._gate(quality, cfg)
-  assert not gate['passed'] and 'pooled over 2 cells' in gate['reasons'][0]
 
 
 def test_workdir_lock_whole_study_and_shards(tmp_path, monkeypatch):

@@ -439,15 +439,15 @@ def test_bad_volume_config(tfds_dir, tmp_path, brats, overrides, needle):
 
 
 def test_study_leakage_check_covers_patients():
-  from resnet_jax import study  # pylint: disable=g-import-not-at-top
+  from resnet_jax import study_cells  # pylint: disable=g-import-not-at-top
   ids = ['a/slice_000', 'b/slice_000', 'a/slice_001']
   m = {'fold': 0, 'seed': 0, 'train': ids[:2], 'val': [], 'test': ids[2:],
        'gan_train_ids': {'lesion': ids[:1]}}
   patients = {i: i.split('/')[0] for i in ids}
-  study.check_leakage(m, [])  # without patient information: images only
+  study_cells.check_leakage(m, [])  # without patient information: images only
   with pytest.raises(RuntimeError, match="patient 'a' is in both"):
-    study.check_leakage(m, [], patients)
+    study_cells.check_leakage(m, [], patients)
   with pytest.raises(RuntimeError, match="patient 'a' is in both"):
-    study.check_leakage({**m, 'patients': patients}, [])
-  study.check_leakage({**m, 'test': ['b/slice_000'],
+    study_cells.check_leakage({**m, 'patients': patients}, [])
+  study_cells.check_leakage({**m, 'test': ['b/slice_000'],
                        'train': ['a/slice_000', 'a/slice_001']}, [], patients)
