@@ -258,11 +258,12 @@ def _gpu(config: ml_collections.ConfigDict) -> None:
   (those CPU runs used mirroring only). Measured on an H100 earlier, the
   loop at 64x64 ran at 1,463 img/s in float32, so the extra 24 kimg cost
   about 16 s a GAN (8 min over the study's 30 GANs) at that speed; these
-  GANs compute in bfloat16, whose loop speed is not measured yet.
+  GANs compute in bfloat16, whose loop ran at 2,486 img/s there later.
 
   Measured on one H100 (benchmarks/device_check.sh, HEAD_CT=... SECTIONS=
   study, 2026-11-27; the README's "GPU, TPU and clusters" has the table):
-  repeat 0 fold 0 ran whole in 5 min 51 s with a fresh compilation cache.
+  repeat 0 fold 0 ran whole in 5 min 51 s of steps (364 s for the
+  process) with a fresh compilation cache.
   Its first GAN took 226 s, nearly all of it compiling the five stages one
   after another (compiling them ahead in 8 threads stalled training: XLA's
   autotuning locks the device, so config.gan.compile_ahead is off there).
@@ -273,7 +274,7 @@ def _gpu(config: ml_collections.ConfigDict) -> None:
   GANs passed the quality gate against the fold's held-out images (C2ST
   0.75 each, MS-SSIM 0.39 / 0.26 against 0.34 / 0.19 real), SWD still
   falling slowly at 96 kimg. The other 14 cells, estimated from that cell
-  at 1.5-2 min each, make about 30 minutes: the 10-minute budget is not
+  at about 2 min each, make about 35 minutes: the 10-minute budget is not
   met.
   """
   gan = config.gan

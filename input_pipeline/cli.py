@@ -32,16 +32,20 @@ EXIT_DIVERGED = 3
 # calibration of the quality metrics' random network in
 # configs/study.py:gpu (triton_tiling_propagation.cc: "Check failed:
 # subdim_size_accumulator == dim_size (64 vs. 16)"; the process dies, no
-# Python error). Without them the same study cell ran to the end, its
-# first GAN took 226 s instead of 259 s (less to autotune) and its second,
-# compiled already, 25.4 s against 24.7 s (benchmarks/device_check.sh,
-# SECTIONS=study, 2026-11-27). Matmuls go to cuBLAS instead.
+# Python error). Without them the same study cell ran to the end; its
+# first GAN took 226 s (259 s with them, until the abort; one run each) and
+# its second, compiled already, 25.4 s (24.7 s) (benchmarks/device_check.sh,
+# SECTIONS=study, 2026-11-27). Matmuls go to cuBLAS instead. Only main.py
+# sets them: the benchmarks measure XLA's own defaults.
 XLA_DEFAULTS = ('--xla_gpu_enable_triton_gemm=false',)
 
 
 def xla_flags_with_defaults(current: str) -> str:
   """`current` (an XLA_FLAGS value) plus each of XLA_DEFAULTS whose flag
-  it does not name; the user's own setting of a flag wins."""
+  it does not name; the user's own setting of a flag wins. A value that is
+  not flags (XLA reads it as the name of a file of flags) is left alone."""
+  if current.strip() and not current.strip().startswith('-'):
+    return current
   given = {f.split('=', 1)[0] for f in current.split()}
   extra = [f for f in XLA_DEFAULTS if f.split('=', 1)[0] not in given]
   return ' '.join([current.strip(), *extra]).strip()

@@ -122,7 +122,7 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          prepared0.manifest)
   # The study's own config, for the record; every step checks its own hash.
   study_steps.write_json(os.path.join(workdir, 'config.json'),
-              json.loads(config.to_json_best_effort()))
+                         json.loads(config.to_json_best_effort()))
   # The first run's time (later runs read the cached dataset).
   prep_marker = os.path.join(workdir, 'data_prepared.json')
   if not os.path.exists(prep_marker):

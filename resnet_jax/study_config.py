@@ -117,6 +117,7 @@ def check_sub_configs(config: ml_collections.ConfigDict,
 
 
 def check_config(config: ml_collections.ConfigDict) -> list[str]:
+  """The study's own keys (arms, modes, counts, shard); -> the arms."""
   arms = list(config.arms)
   bad = [a for a in arms if a not in report.ARMS]
   if bad or not arms:
@@ -143,6 +144,7 @@ def check_config(config: ml_collections.ConfigDict) -> list[str]:
 
 
 def selected_folds(config, num_folds: int) -> list[int]:
+  """config.folds, or every fold when it is empty; checked."""
   folds = list(config.folds) if config.folds else list(range(num_folds))
   bad = [f for f in folds if not 0 <= f < num_folds]
   if bad:
@@ -166,6 +168,7 @@ def parse_shard(shard: str) -> tuple[int, int]:
 
 
 def as_merge(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of config that merges (config.merge=True) every shard."""
   merged = config.copy_and_resolve_references()
   with merged.unlocked():
     merged.merge = True

@@ -84,6 +84,7 @@ def pooled_gate(quality: list[dict], metrics_config) -> dict | None:
 
 
 def describe_design(config) -> str:
+  """The report's one-paragraph description of the study's design."""
   mode = config.classifier.get('synthetic_mode', 'add')
   ratio = config.classifier.data.synthetic_ratio
   n_rep, k = int(config.num_repeats), int(config.data.num_folds)

@@ -50,6 +50,7 @@ def write_json(path: str, obj: Any) -> None:
 
 
 def json_default(x):
+  """json.dumps' default: numpy and JAX values as Python ones."""
   if isinstance(x, (np.generic,)):
     return x.item()
   if isinstance(x, np.ndarray):
@@ -60,6 +61,7 @@ def json_default(x):
 
 
 def read_json(path: str) -> Any:
+  """The JSON value in `path`."""
   with open(path) as f:
     return json.load(f)
 

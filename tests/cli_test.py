@@ -151,29 +151,46 @@ def test_sample_workdir_errors(tmp_path, config_workdir, flag, message):
      '--xla_gpu_enable_triton_gemm=false'),
     # The user's own setting wins.
     ('--xla_gpu_enable_triton_gemm=true', '--xla_gpu_enable_triton_gemm=true'),
-    ('--xla_gpu_enable_triton_gemm', '--xla_gpu_enable_triton_gemm')])
+    ('--xla_gpu_enable_triton_gemm', '--xla_gpu_enable_triton_gemm'),
+    # Not flags: XLA reads the value as a file of flags; left alone.
+    ('/etc/xla_flags.txt', '/etc/xla_flags.txt')])
 def test_xla_flags_with_defaults(current, expected):
   from input_pipeline import cli  # pylint: disable=g-import-not-at-top
   assert cli.xla_flags_with_defaults(current) == expected
 
 
+def _main_log(tmp_path, env, defaults=None):
+  """main.py's 'local devices' log line, run on the CPU until it fails on
+  its missing GAN workdir; `defaults` replace cli.XLA_DEFAULTS."""
+  env = {**{k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},
+         'JAX_PLATFORMS': 'cpu', **env}
+  patch = (f'from input_pipeline import cli; cli.XLA_DEFAULTS = {defaults!r}; '
+           if defaults else '')
+  code = (f'import runpy, sys; {patch}sys.argv = ["main.py", '
+          '"--config=configs/sample.py", "--workdir=/nonexistent_gan", '
+          f'"--config.output_dir={tmp_path}/o"]; '
+          'runpy.run_path("main.py", run_name="__main__")')
+  res = subprocess.run([sys.executable, '-c', code], cwd=lib.ROOT, env=env,
+                       capture_output=True, text=True)
+  assert res.returncode == 2, res.stderr[-2000:]
+  return next(l for l in res.stderr.splitlines() if 'local devices' in l)
+
+
 @pytest.mark.parametrize('given, expected', [
-    (None, "XLA_FLAGS='--xla_gpu_enable_triton_gemm=false'"),
-    ('--xla_force_host_platform_device_count=2 '
-     '--xla_gpu_enable_triton_gemm=true',
+    ({}, "XLA_FLAGS='--xla_gpu_enable_triton_gemm=false'"),
+    ({'XLA_FLAGS': '--xla_force_host_platform_device_count=2 '
+                   '--xla_gpu_enable_triton_gemm=true'},
      "XLA_FLAGS='--xla_force_host_platform_device_count=2 "
      "--xla_gpu_enable_triton_gemm=true'")])
-def test_main_sets_xla_defaults_before_jax_starts(tmp_path, given, expected):
-  # The flags reach XLA: main.py logs them with the devices it got (two
-  # with the user's device count), then fails on its missing GAN workdir.
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  if given is not None:
-    env['XLA_FLAGS'] = given
-  res = subprocess.run(
-      [sys.executable, 'main.py', '--config=configs/sample.py',
-       '--workdir=/nonexistent_gan', f'--config.output_dir={tmp_path}/o'],
-      cwd=lib.ROOT, env=env, capture_output=True, text=True)
-  assert res.returncode == 2, res.stderr[-2000:]
-  line = next(l for l in res.stderr.splitlines() if 'local devices' in l)
+def test_main_logs_its_xla_flags(tmp_path, given, expected):
+  line = _main_log(tmp_path, given)
   assert line.endswith(expected)
-  assert line.count('CpuDevice') == (1 if given is None else 2)
+  assert line.count('CpuDevice') == (2 if given else 1)
+
+
+def test_main_sets_xla_defaults_before_jax_starts(tmp_path):
+  # A default main.py adds reaches XLA: with a device-count flag as the
+  # default, the CPU has that many devices.
+  line = _main_log(tmp_path, {},
+                   ('--xla_force_host_platform_device_count=3',))
+  assert line.count('CpuDevice') == 3
