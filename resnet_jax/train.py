@@ -90,6 +90,9 @@ def create_optimizer(config: ml_collections.ConfigDict,
   settings and step counts (a study's arms) reuse the traced step instead
   of tracing it again.
   """
+  if config.optimizer not in OPTIMIZERS:
+    raise UserInputError(f'config.optimizer={config.optimizer!r} is not '
+                         f'one of {list(OPTIMIZERS)}')
   return _optimizer(str(config.optimizer), float(config.learning_rate),
                     float(config.momentum), float(config.weight_decay),
                     float(config.warmup_fraction), int(total_steps))
@@ -108,10 +111,7 @@ def _optimizer(optimizer: str, learning_rate: float, momentum: float,
     return optax.chain(
         optax.add_decayed_weights(weight_decay, mask),
         optax.sgd(schedule, momentum=momentum, nesterov=True))
-  if optimizer == 'adamw':
-    return optax.adamw(schedule, weight_decay=weight_decay, mask=mask)
-  raise UserInputError(f'config.optimizer={optimizer!r} is not '
-                       f'one of {list(OPTIMIZERS)}')
+  return optax.adamw(schedule, weight_decay=weight_decay, mask=mask)
 
 
 @struct.dataclass
