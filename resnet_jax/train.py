@@ -81,6 +81,12 @@ def check_model_keys(config: ml_collections.ConfigDict, registry,
                          f'{sorted(_DTYPES)}')
 
 
+def _check_optimizer(config: ml_collections.ConfigDict) -> None:
+  if config.optimizer not in OPTIMIZERS:
+    raise UserInputError(f'config.optimizer={config.optimizer!r} is not '
+                         f'one of {list(OPTIMIZERS)}')
+
+
 def create_optimizer(config: ml_collections.ConfigDict,
                      total_steps: int) -> optax.GradientTransformation:
   """Linear warmup + cosine decay; weight decay on kernels only.
@@ -90,9 +96,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
   settings and step counts (a study's arms) reuse the traced step instead
   of tracing it again.
   """
-  if config.optimizer not in OPTIMIZERS:
-    raise UserInputError(f'config.optimizer={config.optimizer!r} is not '
-                         f'one of {list(OPTIMIZERS)}')
+  _check_optimizer(config)
   return _optimizer(str(config.optimizer), float(config.learning_rate),
                     float(config.momentum), float(config.weight_decay),
                     float(config.warmup_fraction), int(total_steps))
@@ -219,9 +223,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         f'config.data.synthetic_ratio={ratio} must be in (0, 1) for '
         f"config.arm='{config.arm}'")
   check_model_keys(config, models.MODELS, 'config')
-  if config.optimizer not in OPTIMIZERS:
-    raise UserInputError(f'config.optimizer={config.optimizer!r} is not '
-                         f'one of {list(OPTIMIZERS)}')
+  _check_optimizer(config)
   if config.kimg <= 0 and config.num_epochs <= 0:
     raise UserInputError('set config.kimg or config.num_epochs to > 0')
   mode = config.get('synthetic_mode', 'add')
