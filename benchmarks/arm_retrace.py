@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from configs import resnet as resnet_config
+from input_pipeline import sharding
 from resnet_jax import train
 
 flags.DEFINE_string('model', 'resnet50', 'Model name.')
@@ -42,8 +43,7 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
-  jax.config.update('jax_compilation_cache_dir', tempfile.mkdtemp())
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  sharding.setup_compilation_cache(tempfile.mkdtemp(), 0)
   config = resnet_config.get_config()
   config.model, config.num_filters = FLAGS.model, FLAGS.num_filters
   config.dtype = FLAGS.dtype
