@@ -35,6 +35,11 @@
 #            --xla_gpu_enable_triton_gemm=false (no Triton GEMM tilings to
 #            autotune). (--xla_gpu_autotune_level=0, no autotuning, made its
 #            kernels ~75x slower on an H100.)
+#   feed     configs/study.py:gpu's classifier (ResNet-50, 64x64, bf16,
+#            batch 64) trained with batches streamed by grain, drawn on
+#            the device one and 16 steps per dispatch, and on one fixed
+#            batch (compute alone): img/s of each (classifier_feed.py;
+#            $HEAD_CT's images when set, else the phantoms).
 #   study    one cell (repeat 0, fold 0) of configs/study.py:gpu on
 #            $HEAD_CT: its two GANs, their quality metrics and the four
 #            classifier arms; wall time, the GANs' metrics.jsonl (SWD and
@@ -184,6 +189,14 @@ section_compile_flags() {
         benchmarks/pggan_loop.py --res=$top $HC --batch=$HC_BATCH --k=$k \
         --dispatches=$DISP --dtypes=float32,bfloat16 --mirror --ada
   done
+}
+
+section_feed() {
+  local data=() model=(--model=resnet50 --num_filters=64) steps=128
+  [ -n "${HEAD_CT:-}" ] && data=(--name=head_ct --dir="$HEAD_CT")
+  [ "$QUICK" = 1 ] && { model=(--model=_resnet1 --num_filters=4); steps=8; }
+  step feed "${LIMIT_feed:-120}" python3 benchmarks/classifier_feed.py \
+      ${data[@]+"${data[@]}"} "${model[@]}" --steps=$steps
 }
 
 section_study() {

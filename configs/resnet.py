@@ -75,6 +75,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # the fold's training split. Steps are derived from it.
   config.kimg = 0.0
   config.num_epochs = 30.0
+  # Training batches drawn on the device from images loaded once ('auto' |
+  # 'yes' | 'no'; auto = one process and the fold's training images plus
+  # the arm's synthetic ones, uint8, fit in data_device_max_mb), or
+  # streamed by grain ('no'). The two draw different (equally valid)
+  # batch streams from one seed; see resnet_jax/train_data.py.
+  config.data_on_device = 'auto'
+  config.data_device_max_mb = 1024
+  # Training steps per device dispatch when batches are drawn on the device
+  # (dispatches also end at log, eval and checkpoint steps); 0 = auto: 16,
+  # but 1 on the CPU, where XLA runs convolutions inside a loop body many
+  # times slower (jax-ml/jax#12868).
+  config.steps_per_dispatch = 0
   config.log_every_steps = 10
   # Validation metrics logged every N steps (0 = only at the end). The final
   # model is evaluated (no best-val checkpoint selection).

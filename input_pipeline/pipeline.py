@@ -246,11 +246,13 @@ def load_arrays(prepared: PreparedData,
                 role: str = 'test',
                 resolution: int | None = None,
                 fold: int | None = None,
-                class_filter: int | None = None
+                class_filter: int | None = None,
+                uint8: bool = False
                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
   """A whole split, in id order: (float32 [N,R,R,C] in [-1,1], int32 [N], ids).
 
-  Not sharded by process (evaluation sets are small).
+  uint8=True: the images as stored, uint8 [N,R,R,C]. Not sharded by process
+  (evaluation sets are small).
   """
   resolution = int(_pick(resolution, data.resolution))
   fold = int(_pick(fold, data.fold))
@@ -258,9 +260,10 @@ def load_arrays(prepared: PreparedData,
   _check_resolution(prepared, resolution)
   idx = select_indices(prepared, fold, role, class_filter)
   c = prepared.channels
-  images = np.zeros((len(idx), resolution, resolution, c), np.float32)
+  images = np.zeros((len(idx), resolution, resolution, c),
+                    np.uint8 if uint8 else np.float32)
   for k, i in enumerate(idx):
-    images[k] = transforms.to_float(preprocess.resize_square(
-        prepared.source[i]['image'], resolution))
+    x = preprocess.resize_square(prepared.source[i]['image'], resolution)
+    images[k] = x if uint8 else transforms.to_float(x)
   labels = prepared.labels[idx].astype(np.int32)
   return images, labels, [prepared.ids[i] for i in idx]

@@ -291,7 +291,9 @@ def _bilinear(img: jax.Array, rows: jax.Array, cols: jax.Array,
   return top * (1 - wr) + bot * wr
 
 
-def _geometric(x: jax.Array, prm: Params, fill: float) -> jax.Array:
+def warp(x: jax.Array, prm: Params, fill: float) -> jax.Array:
+  """The geometric part of `prm` (flip, translations, scalings, rotations)
+  applied to NHWC `x` about the image centre: bilinear, `fill` outside."""
   n, h, w, _ = x.shape
   g = inverse_matrix(prm)
   cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
@@ -317,7 +319,7 @@ def apply_params(x: jax.Array, prm: Params, *,
   apply(a + u (b - a)) = apply(a) + u (apply(b) - apply(a)).
   """
   n, h, w, _ = x.shape
-  x = _geometric(x, prm, strengths.fill)
+  x = warp(x, prm, strengths.fill)
   c = prm.contrast.astype(x.dtype)[:, None, None, None]
   b = prm.brightness.astype(x.dtype)[:, None, None, None]
   x = (x + b) * c

@@ -33,6 +33,7 @@ from sklearn import metrics as skm
 from input_pipeline import sharding
 from resnet_jax import models
 from resnet_jax import train
+from resnet_jax import train_data
 
 # ResNet-10 (one basic block per stage): half the cost of ResNet-18 per step
 # on the CPU, and plenty for ~100 images at 64x64.
@@ -95,17 +96,24 @@ def fit(images: np.ndarray, labels: np.ndarray, num_classes: int,
   mesh = sharding.make_mesh()
   state = jax.device_put(state, sharding.replicated(mesh))
   rng = np.random.default_rng(seed)
-  labels = np.asarray(labels, np.int32)
-  loss = None
-  for idx in _batches(len(images), cfg.batch_size, steps, rng):
-    x = images[idx]
-    if cfg.flip:
-      flip = rng.random(len(idx)) < 0.5
-      x = np.where(flip[:, None, None, None], x[:, :, ::-1], x)
-    batch = sharding.shard_batch({'image': x, 'label': labels[idx]}, mesh)
-    state, m = train.train_step(state, batch, graphdef=graphdef, tx=tx,
-                                label_smoothing=float(cfg.label_smoothing))
-    loss = m['loss']
+  idx = _batches(len(images), cfg.batch_size, steps, rng)
+  # Drawn after every batch's indices, as the per-step loop drew them.
+  flip = np.zeros(idx.shape, bool)
+  if cfg.flip:
+    for s in range(steps):
+      flip[s] = rng.random(cfg.batch_size) < 0.5
+  rep = sharding.replicated(mesh)
+  data = jax.device_put({'images': images,
+                         'labels': np.asarray(labels, np.int32),
+                         'idx': idx, 'flip': flip}, rep)
+  draw = train_data.IndexDraw(sharding.data_sharding(mesh))
+  length = train_data.steps_per_dispatch(cfg)
+  for start in range(0, steps, length):
+    state, m = train.train_steps(
+        state, data, jnp.int32(min(length, steps - start)), draw=draw,
+        length=length, graphdef=graphdef, tx=tx,
+        label_smoothing=float(cfg.label_smoothing))
+  loss = m['loss'][(steps - 1) % length]
   if not np.isfinite(float(loss)):
     raise FloatingPointError(f'non-finite classifier loss {float(loss)}')
   return Classifier(eval_graphdef, state.params, state.batch_stats,

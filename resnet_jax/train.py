@@ -43,6 +43,7 @@ from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
 from resnet_jax import metrics
 from resnet_jax import models
+from resnet_jax import train_data
 
 ARMS = ('none', 'classic', 'gan', 'classic+gan')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -149,13 +150,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
-@functools.partial(jax.jit, donate_argnames=('state',),
-                   static_argnames=('graphdef', 'tx', 'label_smoothing'))
-def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
-               tx: optax.GradientTransformation,
-               label_smoothing: float) -> tuple[TrainState, dict]:
-  """One SGD step: (state, {'image','label'}) -> (state, metrics)."""
-
+def _step(state: TrainState, batch: dict, graphdef: nnx.GraphDef,
+          tx: optax.GradientTransformation,
+          label_smoothing: float) -> tuple[TrainState, dict]:
   def loss_fn(params, batch_stats):
     # copy=True: fresh Variables at this trace level (BN writes its stats).
     model = nnx.merge(graphdef, params, batch_stats, copy=True)
@@ -170,6 +167,44 @@ def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
   return new_state, {'loss': loss, 'accuracy': accuracy}
+
+
+@functools.partial(jax.jit, donate_argnames=('state',),
+                   static_argnames=('graphdef', 'tx', 'label_smoothing'))
+def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
+               tx: optax.GradientTransformation,
+               label_smoothing: float) -> tuple[TrainState, dict]:
+  """One SGD step: (state, {'image','label'}) -> (state, metrics)."""
+  return _step(state, batch, graphdef, tx, label_smoothing)
+
+
+@functools.partial(jax.jit, donate_argnames=('state',), static_argnames=(
+    'graphdef', 'tx', 'label_smoothing', 'draw', 'length'))
+def train_steps(state: TrainState, data: Any, n: jax.Array, *,
+                graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+                label_smoothing: float, draw, length: int
+                ) -> tuple[TrainState, dict]:
+  """n <= length steps in one dispatch, each on `draw(data, state.step)`.
+
+  `draw` is a hashable callable (train_data.Draw): the batch of a step is
+  a function of the data on the device and the step, so nothing crosses
+  from the host. Returns the state and the steps' metrics, [length] arrays
+  whose first n entries are set. length = 1 runs no loop (XLA:CPU runs
+  convolutions inside a loop body much slower, jax-ml/jax#12868).
+  """
+  if length == 1:
+    state, m = _step(state, draw(data, state.step), graphdef, tx,
+                     label_smoothing)
+    return state, jax.tree.map(lambda v: v[None], m)
+
+  def body(i, carry):
+    state, ms = carry
+    state, m = _step(state, draw(data, state.step), graphdef, tx,
+                     label_smoothing)
+    return state, jax.tree.map(lambda a, v: a.at[i].set(v), ms, m)
+
+  zeros = {'loss': jnp.zeros((length,)), 'accuracy': jnp.zeros((length,))}
+  return jax.lax.fori_loop(0, n, body, (state, zeros))
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef',))
@@ -232,6 +267,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          f'{list(SYNTHETIC_MODES)}')
   sharding.check_batch_size(config.batch_size)
   sharding.check_batch_size(config.eval_batch_size, 'eval_batch_size')
+  if config.get('steps_per_dispatch', 0) < 0:
+    raise UserInputError('config.steps_per_dispatch must be >= 0 (0 = auto)')
+  if config.get('data_on_device', 'no') not in train_data.MODES:
+    raise UserInputError(f'config.data_on_device={config.data_on_device!r} '
+                         f'is not one of {list(train_data.MODES)}')
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
@@ -347,19 +387,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   tx = create_optimizer(config, total_steps)
   graphdef, eval_graphdef, state = init_state(model, tx)
   state = jax.device_put(state, sharding.replicated(mesh))
-  train_iter = pipeline.create_iterator(
-      prepared, config.data, role='train', resolution=res,
-      batch_size=config.batch_size // jax.process_count(), seed=config.seed,
-      train=True, **data_kwargs)
+  feed = Feed(config, prepared, data_kwargs, mesh)
 
   ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
       max_to_keep=1, save_interval_steps=config.checkpoint_every_steps))
   if mngr.latest_step() is not None:
+    latest = mngr.latest_step()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
+    restored = mngr.restore(latest, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract),
-        data=grain.checkpoint.CheckpointRestore(train_iter)))
+        **feed.restore_args(os.path.join(ckpt_dir, str(latest)))))
     state = restored.state
     logging.info('Resumed from step %d', int(state.step))
 
@@ -368,25 +406,30 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       prepared, config.data, role='val', resolution=res)
   start_step = int(state.step)
   t0 = time.time()
-  pending = []
+  pending, host = [], []  # metrics on the device; per step on the host
   saved = mngr.latest_step()
-  # Ctrl-C / SIGTERM: finish the step, save, stop (exit 130 / 143).
+  step = start_step
+  run = functools.partial(feed.run, graphdef=graphdef, tx=tx,
+                          label_smoothing=config.label_smoothing)
+  # Ctrl-C / SIGTERM: finish the dispatch, save, stop (exit 130 / 143).
   with _progress(start_step, total_steps) as bar, \
       workdir_lib.stop_on_signals('classifier training') as stop:
-    for step in range(start_step + 1, total_steps + 1):
-      batch = sharding.shard_batch(next(train_iter), mesh)
-      state, m = train_step(state, batch, graphdef=graphdef, tx=tx,
-                            label_smoothing=config.label_smoothing)
-      pending.append(m)
-      bar.update(1)
+    while step < total_steps:
+      # A dispatch ends at the next log, eval or checkpoint step.
+      n = min(feed.length, _next_event(step, total_steps, config) - step)
+      state, m = run(state, n)
+      pending.append((m, n))
+      step += n
+      bar.update(n)
       is_log = step % config.log_every_steps == 0 or step == total_steps
       if is_log or step % config.checkpoint_every_steps == 0 or stop:
         # Before every checkpoint too: a saved checkpoint is a good one.
-        pending = jax.device_get(pending)
-        _check_finite(pending, step, total_steps, mngr)
-      if is_log:
-        m = jax.tree.map(lambda *xs: float(np.mean(xs)), *pending)
+        host += _per_step(pending)
         pending = []
+        _check_finite(host, step, total_steps, mngr)
+      if is_log:
+        m = jax.tree.map(lambda *xs: float(np.mean(xs)), *host)
+        host = []
         bar.set_postfix(loss=f"{m['loss']:.3f}")
         _write_scalars(writer, step, {f'train/{k}': v for k, v in m.items()})
       if (config.eval_every_steps and step % config.eval_every_steps == 0
@@ -399,8 +442,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       if (step == total_steps or step % config.checkpoint_every_steps == 0
           or stop):
         mngr.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(train_iter)),
+            state=ocp.args.StandardSave(state), **feed.save_args()),
                   force=step == total_steps or bool(stop))
         saved = step
       if stop:
@@ -433,6 +475,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       'arm': config.arm, 'fold': int(config.data.fold),
       'seed': int(config.seed), 'model': config.model,
       'steps': total_steps, 'num_train': num_train,
+      'batches': feed.mode,
       'num_test': int(len(test_labels)),
       'synthetic_mode': (config.get('synthetic_mode', 'add')
                          if data_kwargs['synthetic_dir'] else None),
@@ -455,6 +498,73 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
                   json.dumps(_to_jsonable(results), indent=2) + '\n')
   logging.info('test: %s', results['test'])
   return _to_jsonable(results)
+
+
+class Feed:
+  """The training batches of one run: drawn on the device or streamed by
+  grain (resnet_jax/train_data.py), behind one `run(state, n)`."""
+
+  def __init__(self, config, prepared, data_kwargs: dict, mesh):
+    self.mode = train_data.choose_mode(
+        config, train_data.nbytes(prepared, config, data_kwargs))
+    if self.mode == 'device':
+      host = train_data.load(prepared, config, data_kwargs)
+      self.draw = train_data.make_draw(config, host, data_kwargs, mesh)
+      self.data = train_data.to_device(host, int(config.seed), mesh)
+      self.length = train_data.steps_per_dispatch(config)
+    else:
+      self.iter = pipeline.create_iterator(
+          prepared, config.data, role='train',
+          batch_size=config.batch_size // jax.process_count(),
+          seed=config.seed, train=True, **data_kwargs)
+      self.length = 1
+    self.mesh = mesh
+    logging.info('classifier batches: %s, %d step(s) per dispatch',
+                 'drawn on the device' if self.mode == 'device'
+                 else 'streamed by grain', self.length)
+
+  def run(self, state, n: int, **kw):
+    """n <= self.length steps -> (state, metrics of [>= n] arrays)."""
+    if self.mode == 'device':
+      return train_steps(state, self.data, jnp.int32(n), draw=self.draw,
+                         length=self.length, **kw)
+    batch = sharding.shard_batch(next(self.iter), self.mesh)
+    return train_step(state, batch, **kw)
+
+  def save_args(self) -> dict:
+    if self.mode == 'device':  # a function of (seed, step): no state
+      return {'draws': ocp.args.JsonSave({'mode': 'device'})}
+    return {'data': grain.checkpoint.CheckpointSave(self.iter)}
+
+  def restore_args(self, step_dir: str) -> dict:
+    if self.mode == 'device':
+      return {}
+    if not os.path.isdir(os.path.join(step_dir, 'data')):
+      logging.warning('the grain stream restarts from its first batch: '
+                      'checkpoint %s was written with batches drawn on the '
+                      'device (the model and optimizer resume exactly)',
+                      step_dir)
+      return {}
+    return {'data': grain.checkpoint.CheckpointRestore(self.iter)}
+
+
+def _next_event(step: int, total_steps: int, config) -> int:
+  """The first log, eval or checkpoint step after `step`."""
+  out = total_steps
+  for every in (config.log_every_steps, config.eval_every_steps,
+                config.checkpoint_every_steps):
+    if every:
+      out = min(out, (step // every + 1) * every)
+  return out
+
+
+def _per_step(pending: list) -> list[dict]:
+  """[(metrics of [k] arrays or scalars, n)] -> one host dict per step."""
+  out = []
+  for m, n in jax.device_get(pending):
+    m = {k: np.atleast_1d(v)[:n] for k, v in m.items()}
+    out.extend({k: float(v[i]) for k, v in m.items()} for i in range(n))
+  return out
 
 
 def _check_finite(pending: list[dict], step: int, total_steps: int,

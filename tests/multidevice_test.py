@@ -8,6 +8,9 @@ with a single CPU device. Each runs, on a ('data',) mesh of all its devices
       generator step, EMA) with configs/pggan.py:tiny at 8x8, batch 8;
   (b) one classifier step (resnet_jax.train.train_step), configs/resnet.py:
       tiny, batch 8;
+  (c) four classifier steps on batches drawn on the device (classic
+      augmentation, half synthetic; resnet_jax.train_data.Draw), two per
+      dispatch (train.train_steps);
 and saves the resulting parameters. The 8-device process also trains a tiny
 PGGAN (train.train_and_evaluate, 0.04 kimg); the 1-device process restores
 its latest checkpoint and resumes it to 0.08 kimg.
@@ -113,6 +116,39 @@ def _resnet_step(mesh):
   return out
 
 
+def _resnet_drawn_steps(mesh):
+  """Four steps, two per dispatch, on batches drawn on the device."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from configs import resnet  # pylint: disable=g-import-not-at-top
+  from input_pipeline import config as data_config  # pylint: disable=g-import-not-at-top
+  from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train_data  # pylint: disable=g-import-not-at-top
+  cfg = resnet.get_config('tiny')
+  tx = train.create_optimizer(cfg, 4)
+  graphdef, _, state = train.init_state(train.create_model(cfg, 1), tx)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  rng = np.random.default_rng(2)
+  host = {'real': rng.integers(0, 256, (12, 32, 32, 1), np.uint8),
+          'real_labels': np.arange(12, dtype=np.int32) % 2,
+          'synthetic': rng.integers(0, 256, (6, 32, 32, 1), np.uint8),
+          'synthetic_labels': np.arange(6, dtype=np.int32) % 2}
+  draw = train_data.Draw(
+      batch_size=8, num_real=12, num_synthetic=6, ratio=0.5,
+      augment=train_data.augment_params(
+          data_config.get_augment_config(True)),
+      sharding=sharding.data_sharding(mesh))
+  data = train_data.to_device(host, 0, mesh)
+  for _ in range(2):
+    state, m = train.train_steps(
+        state, data, np.int32(2), draw=draw, length=2, graphdef=graphdef,
+        tx=tx, label_smoothing=cfg.label_smoothing)
+  out = _flat({'params': state.params, 'batch_stats': state.batch_stats},
+              'drawn')
+  out['drawn_loss'] = np.asarray(m['loss'])
+  return out
+
+
 def _restore_and_resume(workdir):
   """On this process's devices: restore the latest checkpoint, then resume."""
   import jax  # pylint: disable=g-import-not-at-top
@@ -154,7 +190,8 @@ def _worker(outdir, workdir):
   from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
   n = jax.device_count()
-  arrays = {**_pggan_iteration(mesh), **_resnet_step(mesh)}
+  arrays = {**_pggan_iteration(mesh), **_resnet_step(mesh),
+            **_resnet_drawn_steps(mesh)}
   np.savez(os.path.join(outdir, f'steps_{n}.npz'), **arrays)
   info = {'devices': n}
   if n > 1:  # write the checkpoints on 8 devices
@@ -224,6 +261,11 @@ def test_pggan_iteration_matches_on_8_and_1_devices(results):
 def test_classifier_step_matches_on_8_and_1_devices(results):
   many, one, _ = results
   _compare(many, one, 'resnet')
+
+
+def test_classifier_steps_on_drawn_batches_match_on_8_and_1_devices(results):
+  many, one, _ = results
+  _compare(many, one, 'drawn')
 
 
 def test_checkpoint_written_on_8_devices_restores_and_resumes_on_1(results):

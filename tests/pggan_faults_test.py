@@ -137,20 +137,24 @@ def test_signal_saves_a_checkpoint_exits_and_resumes(sig, code, shared,
   assert step == items['meta']['nimg'] >= 1000
 
 
+@pytest.mark.parametrize('on_device', ['yes', 'no'])
 def test_classifier_stops_on_sigint_and_resumes_to_the_same_result(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, on_device):
   cfg = resnet_config.get_config('tiny')
   cfg.data.tfds_dir = str(tmp_path / 'tfds')
+  cfg.data_on_device = on_device
   straight = resnet_train.train_and_evaluate(cfg, str(tmp_path / 'straight'))
-  real_step, calls = resnet_train.train_step, []
+  assert straight['batches'] == ('device' if on_device == 'yes'
+                                 else 'stream')
+  real_run, calls = resnet_train.Feed.run, []
 
   def step_then_ctrl_c(*args, **kwargs):
     calls.append(1)
     if len(calls) == 2:
       signal.raise_signal(signal.SIGINT)  # as Ctrl-C during step 2
-    return real_step(*args, **kwargs)
+    return real_run(*args, **kwargs)
 
-  monkeypatch.setattr(resnet_train, 'train_step', step_then_ctrl_c)
+  monkeypatch.setattr(resnet_train.Feed, 'run', step_then_ctrl_c)
   w = str(tmp_path / 'w')
   handler = signal.getsignal(signal.SIGINT)
   with pytest.raises(workdir.Interrupted) as e:

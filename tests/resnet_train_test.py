@@ -188,21 +188,30 @@ def test_tiny_end_to_end(tmp_path):
       'classic')
 
 
-def test_non_finite_loss_names_step_and_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize('on_device', ['yes', 'no'])
+def test_non_finite_loss_names_step_and_checkpoint(tmp_path, monkeypatch,
+                                                   on_device):
   config = resnet_config.get_config('tiny')
   config.kimg = 0.064  # 8 steps of 8
   config.log_every_steps = 4
   config.checkpoint_every_steps = 2
-  step_fn = train.train_step
+  config.data_on_device = on_device
+  step_fn = train._step
 
-  def nan_from_step_3(state, batch, **kw):
-    state, m = step_fn(state, batch, **kw)
+  def nan_from_step_3(state, batch, *args):
+    state, m = step_fn(state, batch, *args)
     m['loss'] = jnp.where(state.step >= 3, jnp.nan, m['loss'])
     return state, m
 
-  monkeypatch.setattr(train, 'train_step', nan_from_step_3)
-  with pytest.raises(FloatingPointError) as e:
-    train.train_and_evaluate(config, str(tmp_path))
+  # The jitted steps trace `_step` again only with their caches cleared.
+  jax.clear_caches()
+  monkeypatch.setattr(train, '_step', nan_from_step_3)
+  try:
+    with pytest.raises(FloatingPointError) as e:
+      train.train_and_evaluate(config, str(tmp_path))
+  finally:
+    monkeypatch.undo()
+    jax.clear_caches()
   msg = str(e.value)
   # Step 3 is caught at the step-4 log/checkpoint, before step 4 is saved.
   assert 'non-finite loss (nan) at step 3 of 8' in msg

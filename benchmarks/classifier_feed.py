@@ -1,0 +1,102 @@
+"""How fast a classifier arm trains, by how its batches reach the device.
+
+  python benchmarks/classifier_feed.py [--name=head_ct --dir=DIR] \
+      [--model=resnet50 --num_filters=64 --dtype=bfloat16] [--arm=classic]
+
+Times `steps` training steps after a warm-up dispatch, for each feed of
+resnet_jax/train.py (`train.Feed`): batches streamed by grain
+(data_on_device=no) and drawn on the device one step per dispatch and
+`--length` steps per dispatch; and, as the ceiling, `train_step` on one
+fixed batch already on the device (compute alone). Prints img/s and ms per
+step. Defaults: configs/study.py:gpu's classifier (ResNet-50, 64x64, bf16,
+batch 64) on the embedded phantoms.
+"""
+
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import resnet as resnet_config
+from input_pipeline import dataset
+from input_pipeline import sharding
+from resnet_jax import train
+# pylint: enable=g-import-not-at-top,wrong-import-position
+
+flags.DEFINE_string('name', 'synthetic_head_ct', 'config.data.name')
+flags.DEFINE_string('dir', '', 'config.data.dir')
+flags.DEFINE_string('model', 'resnet50', 'Model name.')
+flags.DEFINE_integer('num_filters', 64, 'Stem width.')
+flags.DEFINE_string('dtype', 'bfloat16', 'Compute dtype.')
+flags.DEFINE_integer('resolution', 64, 'Image side (and storage size).')
+flags.DEFINE_integer('batch_size', 64, 'Global batch size.')
+flags.DEFINE_string('arm', 'classic', "'none' or 'classic' (no GAN here).")
+flags.DEFINE_integer('length', 16, 'Steps per dispatch of the last feed.')
+flags.DEFINE_integer('steps', 64, 'Timed steps per feed.')
+FLAGS = flags.FLAGS
+
+
+def main(_):
+  config = resnet_config.get_config()
+  config.data.name, config.data.dir = FLAGS.name, FLAGS.dir
+  config.data.storage_size = config.data.resolution = FLAGS.resolution
+  config.model, config.num_filters = FLAGS.model, FLAGS.num_filters
+  config.dtype, config.batch_size = FLAGS.dtype, FLAGS.batch_size
+  config.arm = FLAGS.arm
+  train.check_config(config)
+  prepared = dataset.prepare(config.data, tempfile.mkdtemp())
+  mesh = sharding.make_mesh()
+  tx = train.create_optimizer(config, 10_000)
+  graphdef, _, state = train.init_state(
+      train.create_model(config, prepared.channels), tx)
+  state = jax.device_put(state, sharding.replicated(mesh))
+  kw = dict(graphdef=graphdef, tx=tx, label_smoothing=0.1)
+  data_kwargs = train._arm_data_kwargs(config)  # pylint: disable=protected-access
+  print(f'{config.model} width {config.num_filters} {config.dtype} '
+        f'{FLAGS.resolution}x{FLAGS.resolution} batch {config.batch_size}, '
+        f'arm {config.arm}, {FLAGS.name}, on {jax.device_count()} '
+        f'{jax.devices()[0].platform} device(s):')
+
+  def timed(run, length):
+    state_ = jax.tree.map(jnp.copy, state)
+    state_, m = run(state_, length)  # compile and warm up
+    jax.block_until_ready(m)
+    done, t = 0, time.perf_counter()
+    while done < FLAGS.steps:
+      n = min(length, FLAGS.steps - done)
+      state_, m = run(state_, n)
+      done += n
+    jax.block_until_ready((state_, m))
+    return (time.perf_counter() - t) / done
+
+  rows = []
+  for name, on_device, length in (
+      ('streamed by grain', 'no', 1),
+      ('drawn on the device, 1 step per dispatch', 'yes', 1),
+      (f'drawn on the device, {FLAGS.length} steps per dispatch', 'yes',
+       FLAGS.length)):
+    config.data_on_device = on_device
+    config.steps_per_dispatch = length
+    feed = train.Feed(config, prepared, data_kwargs, mesh)
+    rows.append((name, timed(lambda s, n: feed.run(s, n, **kw), length)))
+  r, b = FLAGS.resolution, config.batch_size
+  x = np.zeros((b, r, r, prepared.channels), np.float32)
+  fixed = sharding.shard_batch({'image': x, 'label': np.zeros(b, np.int32)},
+                               mesh)
+  rows.append(('one fixed batch on the device (compute alone)',
+               timed(lambda s, n: train.train_step(s, fixed, **kw), 1)))
+  for name, sec in rows:
+    print(f'  {name:50s} {b / sec:9.1f} img/s {1e3 * sec:8.2f} ms/step')
+
+
+if __name__ == '__main__':
+  app.run(main)
