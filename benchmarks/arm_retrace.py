@@ -51,28 +51,26 @@ def main(_):
   batch = {'image': jnp.zeros((b, r, r, 1)),
            'label': jnp.zeros((b,), jnp.int32)}
 
-  def first_call(tx):
+  def first_call(tx, steps):
     graphdef, _, state = train.init_state(train.create_model(config, 1), tx)
     t = time.perf_counter()
-    _, m = train.train_step(state, batch, graphdef=graphdef, tx=tx,
-                            label_smoothing=0.1)
+    _, m = train.train_step(state, batch, train.schedule(config, steps),
+                            graphdef=graphdef, tx=tx, label_smoothing=0.1)
     jax.block_until_ready(m)
     return time.perf_counter() - t
 
   n = FLAGS.steps
   uncached = train._optimizer.__wrapped__  # pylint: disable=protected-access
   rows = [
-      ('cold', train.create_optimizer(config, n)),
-      ('same settings', train.create_optimizer(config, n)),
+      ('cold', train.create_optimizer(config), n),
+      ('same settings', train.create_optimizer(config), n),
       ('same settings, new optimiser object',
-       uncached(config.optimizer, config.learning_rate, config.momentum,
-                config.weight_decay, config.warmup_fraction, n)),
-      ('other step count', train.create_optimizer(config, n + 1))]
+       uncached(config.optimizer, config.momentum, config.weight_decay), n),
+      ('other step count', train.create_optimizer(config), n + 1)]
   print(f'{FLAGS.model} width {FLAGS.num_filters} {FLAGS.dtype} {r}x{r} '
         f'batch {b} on {jax.devices()[0].platform}: first call, s')
-  for name, tx in rows:
-    print(f'  {name:40s} {first_call(tx):7.2f}')
-
+  for name, tx, steps in rows:
+    print(f'  {name:40s} {first_call(tx, steps):7.2f}')
 
 if __name__ == '__main__':
   app.run(main)

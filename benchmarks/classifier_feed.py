@@ -55,11 +55,12 @@ def main(_):
   train.check_config(config)
   prepared = dataset.prepare(config.data, tempfile.mkdtemp())
   mesh = sharding.make_mesh()
-  tx = train.create_optimizer(config, 10_000)
+  tx = train.create_optimizer(config)
   graphdef, _, state = train.init_state(
       train.create_model(config, prepared.channels), tx)
-  state = jax.device_put(state, sharding.replicated(mesh))
+  state = sharding.put_replicated(state, mesh)
   kw = dict(graphdef=graphdef, tx=tx, label_smoothing=0.1)
+  sched = train.schedule(config, 10_000)
   data_kwargs = train._arm_data_kwargs(config)  # pylint: disable=protected-access
   print(f'{config.model} width {config.num_filters} {config.dtype} '
         f'{FLAGS.resolution}x{FLAGS.resolution} batch {config.batch_size}, '
@@ -87,13 +88,14 @@ def main(_):
     config.data_on_device = on_device
     config.steps_per_dispatch = length
     feed = train.Feed(config, prepared, data_kwargs, mesh)
-    rows.append((name, timed(lambda s, n: feed.run(s, n, **kw), length)))
+    rows.append((name, timed(lambda s, n: feed.run(s, n, sched, **kw),
+                                   length)))
   r, b = FLAGS.resolution, config.batch_size
   x = np.zeros((b, r, r, prepared.channels), np.float32)
   fixed = sharding.shard_batch({'image': x, 'label': np.zeros(b, np.int32)},
                                mesh)
   rows.append(('one fixed batch on the device (compute alone)',
-               timed(lambda s, n: train.train_step(s, fixed, **kw), 1)))
+               timed(lambda s, n: train.train_step(s, fixed, sched, **kw), 1)))
   for name, sec in rows:
     print(f'  {name:50s} {b / sec:9.1f} img/s {1e3 * sec:8.2f} ms/step')
 

@@ -70,7 +70,8 @@ def main(argv):
         f'channels={_CHANNELS.value}', flush=True)
   for res in map(int, _RES.value):
     model = train.create_model(config, _CHANNELS.value)
-    tx = train.create_optimizer(config, 1000)
+    tx = train.create_optimizer(config)
+    sched = train.schedule(config, 1000)
     graphdef, _, state = train.init_state(model, tx)
     rng = np.random.default_rng(0)
     batch = {
@@ -78,10 +79,10 @@ def main(argv):
             -1, 1, (_BATCH.value, res, res, _CHANNELS.value)), jnp.float32),
         'label': jnp.asarray(rng.integers(0, 2, _BATCH.value), jnp.int32),
     }
-    step = lambda s: train.train_step(s, batch, graphdef=graphdef, tx=tx,
-                                      label_smoothing=0.0)
-    flops = count_flops(train.train_step, state, batch, graphdef=graphdef,
-                        tx=tx, label_smoothing=0.0)
+    step = lambda s: train.train_step(s, batch, sched, graphdef=graphdef,
+                                      tx=tx, label_smoothing=0.0)
+    flops = count_flops(train.train_step, state, batch, sched,
+                        graphdef=graphdef, tx=tx, label_smoothing=0.0)
     t0 = time.perf_counter()
     state, m = step(state)
     jax.block_until_ready(m)

@@ -29,6 +29,15 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
+def put_replicated(tree, mesh: jax.sharding.Mesh):
+  """`tree` replicated over `mesh`, each leaf with the spec a jitted step
+  gives its outputs (P(None, ...), one entry per axis), so feeding a
+  step's output back in is the same call signature as the first call and
+  does not trace and compile the step a second time."""
+  return jax.device_put(tree, jax.tree.map(
+      lambda x: NamedSharding(mesh, P(*[None] * np.ndim(x))), tree))
+
+
 def check_batch_size(batch_size: int, key: str = 'batch_size') -> None:
   """Global batch must split evenly over devices; fail early and clearly."""
   n = jax.device_count()

@@ -12,9 +12,10 @@ label smoothing and random horizontal flips.
 
 Compilation is paid once per process: the training length is fixed in kimg
 (not epochs), so every classifier with the same number of classes has the
-same step count, the same optimiser object (`train.create_optimizer` is
-cached) and the same batch shape, and `train.train_step` hits its jit
-cache.
+same step count (the shape of its batch-index array), the same optimiser
+object (`train.create_optimizer` is cached) and the same batch shape, and
+`train.train_steps` hits its jit cache. The images go to the device once
+and each step gathers its batch there (`train_data.IndexDraw`).
 """
 
 import dataclasses
@@ -90,11 +91,11 @@ def fit(images: np.ndarray, labels: np.ndarray, num_classes: int,
   sharding.check_batch_size(cfg.eval_batch_size,
                             'metrics.classifier.eval_batch_size')
   steps = num_steps(cfg)
-  tx = train.create_optimizer(cfg, steps)
+  tx = train.create_optimizer(cfg)
   model = create_model(cfg, num_classes, images.shape[-1], seed)
   graphdef, eval_graphdef, state = train.init_state(model, tx)
   mesh = sharding.make_mesh()
-  state = jax.device_put(state, sharding.replicated(mesh))
+  state = sharding.put_replicated(state, mesh)
   rng = np.random.default_rng(seed)
   idx = _batches(len(images), cfg.batch_size, steps, rng)
   # Drawn after every batch's indices, as the per-step loop drew them.
@@ -110,7 +111,8 @@ def fit(images: np.ndarray, labels: np.ndarray, num_classes: int,
   length = train_data.steps_per_dispatch(cfg)
   for start in range(0, steps, length):
     state, m = train.train_steps(
-        state, data, jnp.int32(min(length, steps - start)), draw=draw,
+        state, data, jnp.int32(min(length, steps - start)),
+        train.schedule(cfg, steps), draw=draw,
         length=length, graphdef=graphdef, tx=tx,
         label_smoothing=float(cfg.label_smoothing))
   loss = m['loss'][(steps - 1) % length]

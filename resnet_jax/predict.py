@@ -81,7 +81,7 @@ def load_classifier(workdir: str, run=None):
   channels = int(results.get('channels', 1))
   model = train.create_model(config, channels,
                              len(results.get('class_names', [0, 1])))
-  tx = train.create_optimizer(config, int(results['steps']))
+  tx = train.create_optimizer(config)
   _, eval_graphdef, state = train.init_state(model, tx)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))

@@ -88,35 +88,59 @@ def _check_optimizer(config: ml_collections.ConfigDict) -> None:
                          f'one of {list(OPTIMIZERS)}')
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     total_steps: int) -> optax.GradientTransformation:
-  """Linear warmup + cosine decay; weight decay on kernels only.
+def create_optimizer(
+    config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """SGD-Nesterov or AdamW at unit learning rate; weight decay on kernels.
 
-  Equal settings give the same object (cached): `train_step`'s jit cache is
-  keyed on it (a static argument), so the runs of one process with equal
-  settings and step counts (a study's arms) reuse the traced step instead
-  of tracing it again.
+  The learning rate, linear warmup + cosine decay, multiplies the updates
+  inside the step (`learning_rate`), from `schedule(config, total_steps)`
+  passed as an argument: so its length and peak are traced values, and
+  equal optimiser settings give the same (cached) object whatever the
+  length. `train_step`'s jit cache is keyed on it (a static argument), so
+  every run of one process with equal model and optimiser settings (a
+  study's arms, folds and repeats) reuses one compiled step. The optimiser
+  state keeps its schedule step count, so checkpoints keep their layout.
   """
   _check_optimizer(config)
-  return _optimizer(str(config.optimizer), float(config.learning_rate),
-                    float(config.momentum), float(config.weight_decay),
-                    float(config.warmup_fraction), int(total_steps))
+  return _optimizer(str(config.optimizer), float(config.momentum),
+                    float(config.weight_decay))
 
 
 @functools.lru_cache(maxsize=32)
-def _optimizer(optimizer: str, learning_rate: float, momentum: float,
-               weight_decay: float, warmup_fraction: float,
-               total_steps: int) -> optax.GradientTransformation:
-  warmup = min(int(round(warmup_fraction * total_steps)), total_steps - 1)
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, warmup, max(total_steps, warmup + 1), 0.0)
+def _optimizer(optimizer: str, momentum: float,
+               weight_decay: float) -> optax.GradientTransformation:
+  unit = lambda count: 1.0  # scaled by `learning_rate` in the step
   # Decay conv/dense kernels, not BatchNorm scales/biases or the head bias.
   mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
   if optimizer == 'sgd':
     return optax.chain(
         optax.add_decayed_weights(weight_decay, mask),
-        optax.sgd(schedule, momentum=momentum, nesterov=True))
-  return optax.adamw(schedule, weight_decay=weight_decay, mask=mask)
+        optax.sgd(unit, momentum=momentum, nesterov=True))
+  return optax.adamw(unit, weight_decay=weight_decay, mask=mask)
+
+
+def schedule(config: ml_collections.ConfigDict, total_steps: int) -> dict:
+  """The learning-rate schedule's arguments for `total_steps` steps:
+  peak config.learning_rate after a linear warmup over
+  config.warmup_fraction of the steps, then cosine decay to 0."""
+  total_steps = int(total_steps)
+  warmup = min(int(round(config.warmup_fraction * total_steps)),
+               total_steps - 1)
+  return {'peak': np.float32(config.learning_rate),
+          'warmup': np.int32(max(warmup, 0)),
+          'decay': np.int32(max(total_steps, warmup + 1) - max(warmup, 0))}
+
+
+def learning_rate(step: jax.Array, sched: dict) -> jax.Array:
+  """optax.warmup_cosine_decay_schedule(0, peak, warmup, warmup + decay)
+  at `step`, with traced arguments."""
+  s = step.astype(jnp.float32)
+  warmup = sched['warmup'].astype(jnp.float32)
+  decay = sched['decay'].astype(jnp.float32)
+  rise = sched['peak'] * s / jnp.maximum(warmup, 1.0)
+  t = jnp.clip(s - warmup, 0.0, decay) / decay
+  fall = sched['peak'] * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+  return jnp.where(s < warmup, rise, fall)
 
 
 @struct.dataclass
@@ -150,8 +174,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
-def _step(state: TrainState, batch: dict, graphdef: nnx.GraphDef,
-          tx: optax.GradientTransformation,
+def _step(state: TrainState, batch: dict, sched: dict,
+          graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
           label_smoothing: float) -> tuple[TrainState, dict]:
   def loss_fn(params, batch_stats):
     # copy=True: fresh Variables at this trace level (BN writes its stats).
@@ -163,6 +187,8 @@ def _step(state: TrainState, batch: dict, graphdef: nnx.GraphDef,
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params, state.batch_stats)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  lr = learning_rate(state.step, sched)
+  updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), updates)
   params = optax.apply_updates(state.params, updates)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
   new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
@@ -171,16 +197,16 @@ def _step(state: TrainState, batch: dict, graphdef: nnx.GraphDef,
 
 @functools.partial(jax.jit, donate_argnames=('state',),
                    static_argnames=('graphdef', 'tx', 'label_smoothing'))
-def train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
-               tx: optax.GradientTransformation,
+def train_step(state: TrainState, batch: dict, sched: dict, *,
+               graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                label_smoothing: float) -> tuple[TrainState, dict]:
-  """One SGD step: (state, {'image','label'}) -> (state, metrics)."""
-  return _step(state, batch, graphdef, tx, label_smoothing)
+  """One step: (state, {'image','label'}, schedule(...)) -> (state, metrics)."""
+  return _step(state, batch, sched, graphdef, tx, label_smoothing)
 
 
 @functools.partial(jax.jit, donate_argnames=('state',), static_argnames=(
     'graphdef', 'tx', 'label_smoothing', 'draw', 'length'))
-def train_steps(state: TrainState, data: Any, n: jax.Array, *,
+def train_steps(state: TrainState, data: Any, n: jax.Array, sched: dict, *,
                 graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                 label_smoothing: float, draw, length: int
                 ) -> tuple[TrainState, dict]:
@@ -193,13 +219,13 @@ def train_steps(state: TrainState, data: Any, n: jax.Array, *,
   convolutions inside a loop body much slower, jax-ml/jax#12868).
   """
   if length == 1:
-    state, m = _step(state, draw(data, state.step), graphdef, tx,
+    state, m = _step(state, draw(data, state.step), sched, graphdef, tx,
                      label_smoothing)
     return state, jax.tree.map(lambda v: v[None], m)
 
   def body(i, carry):
     state, ms = carry
-    state, m = _step(state, draw(data, state.step), graphdef, tx,
+    state, m = _step(state, draw(data, state.step), sched, graphdef, tx,
                      label_smoothing)
     return state, jax.tree.map(lambda a, v: a.at[i].set(v), ms, m)
 
@@ -384,9 +410,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   mesh = sharding.make_mesh()
 
   model = create_model(config, prepared.channels)
-  tx = create_optimizer(config, total_steps)
+  tx = create_optimizer(config)
+  sched = schedule(config, total_steps)
   graphdef, eval_graphdef, state = init_state(model, tx)
-  state = jax.device_put(state, sharding.replicated(mesh))
+  state = sharding.put_replicated(state, mesh)
   feed = Feed(config, prepared, data_kwargs, mesh)
 
   ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
@@ -409,7 +436,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   pending, host = [], []  # metrics on the device; per step on the host
   saved = mngr.latest_step()
   step = start_step
-  run = functools.partial(feed.run, graphdef=graphdef, tx=tx,
+  run = functools.partial(feed.run, sched=sched, graphdef=graphdef, tx=tx,
                           label_smoothing=config.label_smoothing)
   # Ctrl-C / SIGTERM: finish the dispatch, save, stop (exit 130 / 143).
   with _progress(start_step, total_steps) as bar, \
@@ -509,8 +536,8 @@ class Feed:
         config, train_data.nbytes(prepared, config, data_kwargs))
     if self.mode == 'device':
       host = train_data.load(prepared, config, data_kwargs)
-      self.draw = train_data.make_draw(config, host, data_kwargs, mesh)
-      self.data = train_data.to_device(host, int(config.seed), mesh)
+      self.draw, self.data = train_data.make_stream(config, host,
+                                                    data_kwargs, mesh)
       self.length = train_data.steps_per_dispatch(config)
     else:
       self.iter = pipeline.create_iterator(
@@ -523,13 +550,13 @@ class Feed:
                  'drawn on the device' if self.mode == 'device'
                  else 'streamed by grain', self.length)
 
-  def run(self, state, n: int, **kw):
+  def run(self, state, n: int, sched: dict, **kw):
     """n <= self.length steps -> (state, metrics of [>= n] arrays)."""
     if self.mode == 'device':
-      return train_steps(state, self.data, jnp.int32(n), draw=self.draw,
-                         length=self.length, **kw)
+      return train_steps(state, self.data, jnp.int32(n), sched,
+                         draw=self.draw, length=self.length, **kw)
     batch = sharding.shard_batch(next(self.iter), self.mesh)
-    return train_step(state, batch, **kw)
+    return train_step(state, batch, sched, **kw)
 
   def save_args(self) -> dict:
     if self.mode == 'device':  # a function of (seed, step): no state

@@ -75,70 +75,112 @@ def steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
   return 1 if jax.default_backend() == 'cpu' else 16
 
 
-def _interleave(j: jax.Array, ratio: float):
+def padded_count(n: int) -> int:
+  """The device array's image count for n images: the next power of two,
+  so folds with a few images more or less share compiled programs."""
+  return 1 << max(n - 1, 0).bit_length()
+
+
+def _interleave(j: jax.Array, ratio: jax.Array):
   """Stream positions j -> (is_synthetic, real index, synthetic index).
 
   The indices count the real / synthetic positions before j, so for the
   position's own kind they are its index in that stream, and for B
-  consecutive positions they lie in a window of B + 1 values.
+  consecutive positions they lie in a window of B + 1 values. ratio 0:
+  all real.
   """
-  if not ratio:
-    return jnp.zeros(j.shape, bool), j, jnp.zeros_like(j)
   jf = j.astype(jnp.float32)
   before = jnp.floor(jf * ratio).astype(jnp.int32)  # synthetic before j
   upto = jnp.floor((jf + 1) * ratio).astype(jnp.int32)
   return upto > before, j - before, before
 
 
-def _epoch_order(key: jax.Array, k: jax.Array, n: int, spans: int):
-  """Index into n images of stream positions k (epochs of permutations).
+def _epoch_order(key: jax.Array, k: jax.Array, n: jax.Array, size: int,
+                 spans: int):
+  """Index into the first n of `size` images of stream indices k, in
+  epochs of permutations (n traced).
 
-  The positions lie within `spans` consecutive epochs from the first one's;
-  only those epochs' permutations are drawn.
+  The indices lie within `spans` consecutive epochs from the first one's;
+  only those epochs' permutations are drawn (a sort of random keys, the
+  padding's sorted last).
   """
   first = k.min() // n
-  epochs = first + jnp.arange(spans)
-  perms = jax.vmap(lambda e: jax.random.permutation(
-      jax.random.fold_in(key, e), n))(epochs)
+
+  def order(e):
+    u = jax.random.uniform(jax.random.fold_in(key, e), (size,))
+    return jnp.argsort(jnp.where(jnp.arange(size) < n, u, 2.0))
+
+  perms = jax.vmap(order)(first + jnp.arange(spans))
   return perms[k // n - first, k % n]
+
+
+def _spans(batch_size: int, n: int) -> int:
+  """Epochs that B + 1 consecutive indices into n images can span."""
+  return math.ceil(batch_size / max(n, 1)) + 1
 
 
 @dataclasses.dataclass(frozen=True)
 class Draw:
   """Batch `step` of an arm's stream: a static (hashable) argument of
-  `train.train_steps`; the images and the seed's key are its data."""
+  `train.train_steps`. Everything an arm or fold changes (images, counts,
+  synthetic ratio, augmentation) is in its data, so the arms and folds of a
+  study share compiled programs (one with synthetic images, one without)."""
   batch_size: int
-  num_real: int
-  num_synthetic: int
-  ratio: float
-  # (flip_prob, rotate_deg, translate, zoom, brightness, contrast), or ()
-  # for no classic augmentation.
-  augment: tuple[float, ...]
+  real_spans: int
+  synthetic_spans: int
   sharding: jax.sharding.NamedSharding
 
   def __call__(self, data: dict, step: jax.Array) -> dict:
     b = self.batch_size
     j = step * b + jnp.arange(b, dtype=jnp.int32)
-    synthetic, k_real, k_synthetic = _interleave(j, self.ratio)
+    synthetic, k_real, k_synthetic = _interleave(j, data['ratio'])
     key = data['key']
-    # B + 1 consecutive indices span at most ceil(B / n) + 1 epochs.
     real = _epoch_order(jax.random.fold_in(key, _REAL), k_real,
-                        self.num_real, math.ceil(b / self.num_real) + 1)
-    images = data['real'][real]
-    labels = data['real_labels'][real]
-    if self.num_synthetic:
-      fake = _epoch_order(jax.random.fold_in(key, _SYNTHETIC), k_synthetic,
-                          self.num_synthetic,
-                          math.ceil(b / self.num_synthetic) + 1)
-      s = synthetic[:, None, None, None]
-      images = jnp.where(s, data['synthetic'][fake], images)
-      labels = jnp.where(synthetic, data['synthetic_labels'][fake], labels)
+                        data['num_real'], data['real'].shape[0],
+                        self.real_spans)
+    fake = _epoch_order(jax.random.fold_in(key, _SYNTHETIC), k_synthetic,
+                        data['num_synthetic'], data['synthetic'].shape[0],
+                        self.synthetic_spans)
+    s = synthetic[:, None, None, None]
+    images = jnp.where(s, data['synthetic'][fake], data['real'][real])
+    labels = jnp.where(synthetic, data['synthetic_labels'][fake],
+                       data['real_labels'][real])
     x = images.astype(jnp.float32) * (1 / 127.5) - 1.0
-    if self.augment:
-      x = classic_augment(x, jax.vmap(lambda i: jax.random.fold_in(
-          jax.random.fold_in(key, _AUGMENT), i))(j), self.augment)
+    keys = jax.vmap(lambda i: jax.random.fold_in(
+        jax.random.fold_in(key, _AUGMENT), i))(j)
+    x = jax.lax.cond(data['augment_on'], classic_augment, lambda x, *_: x,
+                     x, keys, data['augment'])
     batch = {'image': x, 'label': labels.astype(jnp.int32)}
     return jax.sharding.reshard(batch, self.sharding)
+
+
+def stream(host: dict, *, batch_size: int, ratio: float,
+           augment: tuple[float, ...], seed: int, mesh) -> tuple[Draw, dict]:
+  """(Draw, its data on the device) for host uint8 arrays {'real',
+  'real_labels'} and, when ratio > 0, {'synthetic', 'synthetic_labels'};
+  augment: `augment_params`, () for none."""
+  n = len(host['real'])
+  pad = lambda x: sharding.pad_rows(x, padded_count(len(x)))
+  if ratio:
+    m = len(host['synthetic'])
+    synthetic, synthetic_labels = host['synthetic'], host['synthetic_labels']
+  else:  # never read
+    m, synthetic, synthetic_labels = 1, host['real'][:1], host['real_labels'][:1]
+  data = {'real': pad(host['real']), 'real_labels': pad(host['real_labels']),
+          'num_real': np.int32(n),
+          'synthetic': pad(synthetic),
+          'synthetic_labels': pad(synthetic_labels),
+          'num_synthetic': np.int32(m), 'ratio': np.float32(ratio),
+          'augment': np.array(augment or (0.0,) * 6, np.float32),
+          'augment_on': np.bool_(bool(augment))}
+  rep = sharding.replicated(mesh)
+  data = jax.device_put(data, rep)
+  data['key'] = jax.device_put(jax.random.key(seed), rep)
+  # Usually 2 each (n >= B), whatever the fold.
+  draw = Draw(batch_size=batch_size, real_spans=_spans(batch_size, n),
+              synthetic_spans=_spans(batch_size, m) if ratio else 2,
+              sharding=sharding.data_sharding(mesh))
+  return draw, data
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,14 +198,14 @@ class IndexDraw:
 
 
 def classic_augment(x: jax.Array, keys: jax.Array,
-                    params: tuple[float, ...]) -> jax.Array:
-  """transforms.Augment on the device: NHWC float in [-1, 1], a key each."""
+                    params: jax.Array) -> jax.Array:
+  """transforms.Augment on the device: NHWC float in [-1, 1], a key each;
+  params: `augment_params` (traced or not)."""
   u = jax.vmap(lambda k: jax.random.uniform(k, (7,)))(keys)
   return apply_classic(x, u, params)
 
 
-def apply_classic(x: jax.Array, u: jax.Array,
-                  params: tuple[float, ...]) -> jax.Array:
+def apply_classic(x: jax.Array, u: jax.Array, params) -> jax.Array:
   """transforms.Augment's maps for its uniform draws u [N, 7].
 
   Flip with probability flip_prob; rotation uniform in +-rotate_deg, zoom
@@ -171,12 +213,13 @@ def apply_classic(x: jax.Array, u: jax.Array,
   about the centre (bilinear, -1 outside); contrast about -1 uniform in
   1 +- contrast, then brightness uniform in +-brightness, clipped.
   """
-  flip_prob, rotate_deg, translate, zoom, brightness, contrast = params
+  flip_prob, rotate_deg, translate, zoom, brightness, contrast = (
+      params[i] for i in range(6))
   n, h, w, _ = x.shape
   sym = 2 * u - 1
   prm = augment_lib.identity_params(n)._replace(
       flip=(u[:, 0] < flip_prob).astype(jnp.float32),
-      rotate_pre=sym[:, 1] * math.radians(rotate_deg),
+      rotate_pre=sym[:, 1] * (rotate_deg * (math.pi / 180)),
       scale=1 + sym[:, 2] * zoom,
       xfrac=sym[:, 3:5] * translate * jnp.array([w, h], jnp.float32))
   x = augment_lib.warp(x, prm, fill=-1.0)
@@ -219,8 +262,9 @@ def nbytes(prepared, config: ml_collections.ConfigDict,
 
 def load(prepared, config: ml_collections.ConfigDict,
          data_kwargs: dict) -> dict:
-  """Host arrays of the arm's stream: {'real', 'real_labels', 'synthetic',
-  'synthetic_labels'}, uint8 images at config.data.resolution."""
+  """Host arrays of the arm's stream, uint8 images at config.data.resolution:
+  {'real', 'real_labels'}, and {'synthetic', 'synthetic_labels'} when the
+  arm mixes synthetic images in."""
   data = config.data
   images, labels, _ = pipeline.load_arrays(
       prepared, data, role='train', uint8=True)
@@ -231,27 +275,15 @@ def load(prepared, config: ml_collections.ConfigDict,
         _classes(prepared, data), int(data.resolution), prepared.channels)
     out['synthetic'] = np.stack([e['image'] for e in synth])
     out['synthetic_labels'] = np.array([e['label'] for e in synth], np.int32)
-  else:  # never read: Draw.num_synthetic = 0
-    out['synthetic'] = images[:1]
-    out['synthetic_labels'] = labels[:1]
   return out
 
 
-def to_device(host: dict, seed: int, mesh) -> dict:
-  """The arrays replicated over `mesh`, with the seed's key."""
-  rep = sharding.replicated(mesh)
-  out = {k: jax.device_put(v, rep) for k, v in host.items()}
-  out['key'] = jax.device_put(jax.random.key(seed), rep)
-  return out
-
-
-def make_draw(config: ml_collections.ConfigDict, host: dict,
-              data_kwargs: dict, mesh) -> Draw:
+def make_stream(config: ml_collections.ConfigDict, host: dict,
+                data_kwargs: dict, mesh) -> tuple[Draw, dict]:
+  """`stream` for an arm: config.batch_size and seed, the arm's ratio and
+  classic augmentation."""
   ratio = (float(data_kwargs['synthetic_ratio'])
            if _uses_synthetic(data_kwargs) else 0.0)
-  return Draw(batch_size=int(config.batch_size),
-              num_real=len(host['real']),
-              num_synthetic=len(host['synthetic']) if ratio else 0,
-              ratio=ratio,
-              augment=augment_params(data_kwargs['augment']),
-              sharding=sharding.data_sharding(mesh))
+  return stream(host, batch_size=int(config.batch_size), ratio=ratio,
+                augment=augment_params(data_kwargs['augment']),
+                seed=int(config.seed), mesh=mesh)

@@ -100,7 +100,7 @@ def _resnet_step(mesh):
   from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
   cfg = resnet.get_config('tiny')
-  tx = train.create_optimizer(cfg, 4)
+  tx = train.create_optimizer(cfg)
   graphdef, _, state = train.init_state(train.create_model(cfg, 1), tx)
   state = jax.device_put(state, sharding.replicated(mesh))
   rng = np.random.default_rng(1)
@@ -108,7 +108,8 @@ def _resnet_step(mesh):
       {'image': rng.normal(size=(8, 32, 32, 1)).astype(np.float32),
        'label': np.arange(8, dtype=np.int32) % 2}, mesh)
   # 4 steps: warmup round(0.1 * 4) = 0, so step 1 has the peak rate.
-  state, m = train.train_step(state, batch, graphdef=graphdef, tx=tx,
+  state, m = train.train_step(state, batch, train.schedule(cfg, 4),
+                              graphdef=graphdef, tx=tx,
                               label_smoothing=cfg.label_smoothing)
   out = _flat({'params': state.params, 'batch_stats': state.batch_stats},
               'resnet')
@@ -125,7 +126,7 @@ def _resnet_drawn_steps(mesh):
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
   from resnet_jax import train_data  # pylint: disable=g-import-not-at-top
   cfg = resnet.get_config('tiny')
-  tx = train.create_optimizer(cfg, 4)
+  tx = train.create_optimizer(cfg)
   graphdef, _, state = train.init_state(train.create_model(cfg, 1), tx)
   state = jax.device_put(state, sharding.replicated(mesh))
   rng = np.random.default_rng(2)
@@ -133,15 +134,13 @@ def _resnet_drawn_steps(mesh):
           'real_labels': np.arange(12, dtype=np.int32) % 2,
           'synthetic': rng.integers(0, 256, (6, 32, 32, 1), np.uint8),
           'synthetic_labels': np.arange(6, dtype=np.int32) % 2}
-  draw = train_data.Draw(
-      batch_size=8, num_real=12, num_synthetic=6, ratio=0.5,
-      augment=train_data.augment_params(
-          data_config.get_augment_config(True)),
-      sharding=sharding.data_sharding(mesh))
-  data = train_data.to_device(host, 0, mesh)
+  draw, data = train_data.stream(
+      host, batch_size=8, ratio=0.5, augment=train_data.augment_params(
+          data_config.get_augment_config(True)), seed=0, mesh=mesh)
   for _ in range(2):
     state, m = train.train_steps(
-        state, data, np.int32(2), draw=draw, length=2, graphdef=graphdef,
+        state, data, np.int32(2), train.schedule(cfg, 4), draw=draw,
+        length=2, graphdef=graphdef,
         tx=tx, label_smoothing=cfg.label_smoothing)
   out = _flat({'params': state.params, 'batch_stats': state.batch_stats},
               'drawn')

@@ -98,12 +98,11 @@ def _draw_data(n_real=10, n_synth=6, ratio=0.0, augment=(), batch=4,
   # Each image's first pixel names it.
   host['real'][:, 0, 0, 0] = np.arange(n_real)
   host['synthetic'][:, 0, 0, 0] = 100 + np.arange(n_synth)
-  mesh = sharding.make_mesh()
-  draw = train_data.Draw(batch_size=batch, num_real=n_real,
-                         num_synthetic=n_synth if ratio else 0, ratio=ratio,
-                         augment=augment,
-                         sharding=sharding.data_sharding(mesh))
-  return draw, train_data.to_device(host, seed, mesh)
+  if not ratio:
+    del host['synthetic'], host['synthetic_labels']
+  return train_data.stream(host, batch_size=batch, ratio=ratio,
+                           augment=augment, seed=seed,
+                           mesh=sharding.make_mesh())
 
 
 def _ids(batch):
@@ -129,10 +128,10 @@ def test_draw_real_images_come_in_epochs(batch):
 
 def test_draw_gan_arm_keeps_the_real_order_and_labels():
   plain, data = _draw_data(batch=4)
-  mixed, _ = _draw_data(batch=8, ratio=0.5)
+  mixed, mixed_data = _draw_data(batch=8, ratio=0.5)
   real = np.concatenate([_ids(jax.jit(plain)(data, jnp.int32(s)))
                          for s in range(6)])
-  batches = [jax.jit(mixed)(data, jnp.int32(s)) for s in range(6)]
+  batches = [jax.jit(mixed)(mixed_data, jnp.int32(s)) for s in range(6)]
   ids = np.concatenate([_ids(b) for b in batches])
   labels = np.concatenate([np.asarray(b['label']) for b in batches])
   synthetic = ids >= 100
@@ -148,9 +147,10 @@ def test_draw_gan_arm_keeps_the_real_order_and_labels():
 def test_draw_augments_each_position_its_own_way():
   aug = train_data.augment_params(data_config.get_augment_config(True))
   draw, data = _draw_data(batch=4, augment=aug)
-  plain, _ = _draw_data(batch=4)
+  plain, plain_data = _draw_data(batch=4)
+  assert draw == plain  # one compiled program for both arms
   a = np.asarray(jax.jit(draw)(data, jnp.int32(0))['image'])
-  b = np.asarray(jax.jit(plain)(data, jnp.int32(0))['image'])
+  b = np.asarray(jax.jit(plain)(plain_data, jnp.int32(0))['image'])
   assert a.shape == b.shape and not np.allclose(a, b)
   assert a.min() >= -1 and a.max() <= 1
 
@@ -165,11 +165,12 @@ def test_several_steps_per_dispatch_equal_one_at_a_time():
   results = []
   for length, plan in ((1, [1] * 6), (4, [4, 2])):
     model = train.create_model(config, 1)
-    tx = train.create_optimizer(config, 6)
+    tx = train.create_optimizer(config)
     graphdef, _, state = train.init_state(model, tx)
     state = jax.device_put(state, sharding.replicated(sharding.make_mesh()))
     for n in plan:
-      state, m = train.train_steps(state, data, jnp.int32(n), draw=draw,
+      state, m = train.train_steps(state, data, jnp.int32(n),
+                                   train.schedule(config, 6), draw=draw,
                                    length=length, graphdef=graphdef, tx=tx,
                                    label_smoothing=0.1)
     results.append((state, float(m['loss'][plan[-1] - 1])))
@@ -224,3 +225,30 @@ def test_tiny_trains_on_device_and_streamed(tmp_path, arm):
   assert out['no']['batches'] == 'stream'
   assert out['yes']['steps'] == out['no']['steps'] == (
       8 if 'gan' in arm else 4)
+
+
+def test_arms_folds_and_lengths_share_compiled_steps(tmp_path):
+  """A study's classifiers compile twice, whatever the arm, fold, seed or
+  length: once without synthetic images and once with them (and a step's
+  output state fed back in does not compile it again)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  syn = tmp_path / 'syn'
+  for c, name in enumerate(('normal', 'hemorrhage')):
+    os.makedirs(syn / name)
+    for i in range(5):
+      Image.fromarray(np.full((32, 32), 40 + 100 * c + i, np.uint8)).save(
+          syn / name / f'{i}.png')
+  sizes = [train.train_steps._cache_size()]  # pylint: disable=protected-access
+  runs = [('none', 0, 0.032), ('classic', 0, 0.032), ('classic', 1, 0.048),
+          ('none', 1, 0.04), ('gan', 0, 0.032), ('classic+gan', 1, 0.04)]
+  for i, (arm, fold, kimg) in enumerate(runs):
+    config = resnet_config.get_config('tiny')
+    config.arm, config.data.fold, config.kimg = arm, fold, kimg
+    config.seed = i
+    config.data_on_device = 'yes'
+    config.data.synthetic_dir = str(syn)
+    config.data.allow_unverified_synthetic = True
+    train.train_and_evaluate(config, str(tmp_path / str(i)))
+    sizes.append(train.train_steps._cache_size())  # pylint: disable=protected-access
+  assert sizes[1:5] == [sizes[0] + 1] * 4
+  assert sizes[5] == sizes[6] == sizes[0] + 2

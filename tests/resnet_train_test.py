@@ -36,13 +36,14 @@ def _fake_batch(seed=0, n=8, res=16):
 def _run_steps(num_steps, seed=0):
   config = _tiny_config()
   config.seed = seed
-  tx = train.create_optimizer(config, total_steps=100)
+  tx = train.create_optimizer(config)
   graphdef, _, state = train.init_state(train.create_model(config, 1), tx)
   params0 = jax.tree.map(np.array, state.params)
   batch = _fake_batch()
   losses = []
   for _ in range(num_steps):
-    state, m = train.train_step(state, batch, graphdef=graphdef, tx=tx,
+    state, m = train.train_step(state, batch, train.schedule(config, 100),
+                                graphdef=graphdef, tx=tx,
                                 label_smoothing=0.0)
     losses.append(float(m['loss']))
   return params0, state, losses
@@ -61,22 +62,74 @@ def test_train_step_learns_and_is_deterministic():
 
 
 def test_equal_runs_in_one_process_reuse_the_traced_step():
-  # A study's arms: the same settings and step count, a fresh config and
-  # model each; the second run must not trace train_step again.
-  def run(total_steps):
+  # A study's arms, folds and repeats: the same model and optimiser
+  # settings, a fresh config and model each, any step count or peak rate;
+  # only the first run traces train_step.
+  def run(total_steps, lr=0.1):
     config = _tiny_config()
-    tx = train.create_optimizer(config, total_steps)
+    config.learning_rate = lr
+    tx = train.create_optimizer(config)
     graphdef, _, state = train.init_state(train.create_model(config, 1), tx)
-    train.train_step(state, _fake_batch(), graphdef=graphdef, tx=tx,
-                     label_smoothing=0.0)
+    train.train_step(state, _fake_batch(), train.schedule(config, total_steps),
+                     graphdef=graphdef, tx=tx, label_smoothing=0.0)
     return tx
 
   first = run(37)
   traced = train.train_step._cache_size()  # pylint: disable=protected-access
   assert run(37) is first
+  assert run(38) is first and run(38, lr=0.05) is first
   assert train.train_step._cache_size() == traced  # pylint: disable=protected-access
-  assert run(38) is not first  # another schedule: traced once more
-  assert train.train_step._cache_size() == traced + 1  # pylint: disable=protected-access
+  config = _tiny_config()
+  config.momentum = 0.8  # another optimiser: traced once more
+  assert train.create_optimizer(config) is not first
+
+
+@pytest.mark.parametrize('total, warmup_fraction', [
+    (100, 0.1), (7, 0.0), (1, 0.1), (10, 0.5), (3, 0.9)])
+def test_learning_rate_is_optax_warmup_cosine(total, warmup_fraction):
+  config = _tiny_config()
+  config.learning_rate = 0.3
+  config.warmup_fraction = warmup_fraction
+  sched = train.schedule(config, total)
+  warmup = min(int(round(warmup_fraction * total)), total - 1)
+  want = optax.warmup_cosine_decay_schedule(
+      0.0, 0.3, warmup, max(total, warmup + 1), 0.0)
+  for step in range(total + 2):
+    np.testing.assert_allclose(
+        float(train.learning_rate(jnp.int32(step), sched)),
+        float(want(step)), rtol=1e-6, atol=1e-8, err_msg=f'step {step}')
+
+
+def test_unit_rate_optimiser_scaled_in_the_step_is_the_scheduled_one():
+  """Scaling the unit-rate updates by the schedule (what train_step does)
+  gives optax's own scheduled SGD-Nesterov and AdamW updates."""
+  config = _tiny_config()
+  config.weight_decay = 0.01
+  params = {'w': jnp.ones((3, 2)), 'b': jnp.ones((2,))}
+  grads = [jax.tree.map(lambda p, i=i: p * (0.3 + i), params)
+           for i in range(4)]
+  for optimizer in ('sgd', 'adamw'):
+    config.optimizer = optimizer
+    sched = train.schedule(config, 4)
+    rate = optax.warmup_cosine_decay_schedule(
+        0.0, config.learning_rate, int(sched['warmup']),
+        int(sched['warmup'] + sched['decay']), 0.0)
+    mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+    ref = (optax.chain(optax.add_decayed_weights(config.weight_decay, mask),
+                       optax.sgd(rate, momentum=config.momentum,
+                                 nesterov=True))
+           if optimizer == 'sgd' else
+           optax.adamw(rate, weight_decay=config.weight_decay, mask=mask))
+    tx = train.create_optimizer(config)
+    a, b = tx.init(params), ref.init(params)
+    assert jax.tree.structure(a) == jax.tree.structure(b)  # checkpoints
+    for step, g in enumerate(grads):
+      u, a = tx.update(g, a, params)
+      lr = train.learning_rate(jnp.int32(step), sched)
+      u = jax.tree.map(lambda x: x * lr, u)
+      v, b = ref.update(g, b, params)
+      for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(v)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-9)
 
 
 def test_cross_entropy_label_smoothing_hand_value():
