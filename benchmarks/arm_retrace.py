@@ -7,14 +7,17 @@ First-call times (s) of resnet_jax.train.train_step, each with a fresh
 model as a run makes it, with the persistent compilation cache on (as in
 a study): cold; the same settings again (create_optimizer returns the
 cached optimiser, so the traced step is reused); the same settings with a
-new optimiser object (what every arm paid before it was cached: a new
-trace, lowering and a cache load); another step count (another schedule,
-so a compilation).
+new optimiser object (what every arm paid before the optimiser was cached:
+a new trace, lowering and a cache load); another step count (the schedule
+is an argument of the step, so nothing is compiled again: an arm of
+another length, a fold of another size).
 
-Measured on the shared 2-core CPU (2026-11-27): configs/study.py:gpu's
-ResNet-50 (64x64, bf16, batch 64): cold 11.6, same settings 3.6 (= one
-step), new object 6.2, other step count 10.7; the CPU default's ResNet-18
-width 16 (64x64, batch 32): 2.9, 0.06, 0.75, 2.7.
+Measured on the shared 2-core CPU (2026-11-27, with the schedule an
+argument): configs/study.py:gpu's ResNet-50 (64x64, bf16, batch 64): cold
+13.7, same settings 4.2 (= one step), new object 7.4, other step count
+3.9; the CPU default's ResNet-18 width 16 (64x64, batch 32): 3.3, 0.07,
+1.0, 0.07. Before, with the schedule's length compiled into the step,
+another step count cost a compilation: 10.7 and 2.7 s.
 """
 
 import os

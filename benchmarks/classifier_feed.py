@@ -10,6 +10,16 @@ resnet_jax/train.py (`train.Feed`): batches streamed by grain
 fixed batch already on the device (compute alone). Prints img/s and ms per
 step. Defaults: configs/study.py:gpu's classifier (ResNet-50, 64x64, bf16,
 batch 64) on the embedded phantoms.
+
+Measured on the shared 2-core CPU (2026-11-27; --name=head_ct, fold 0,
+arm classic, --steps=128), img/s streamed by grain / drawn on the device /
+drawn, 16 steps per dispatch / compute alone:
+  --model=resnet18 --num_filters=16 --dtype=float32 --batch_size=32 (the
+      CPU default's classifier): 431 / 470 / 121 / 534
+  --model=_resnet1 --num_filters=4 --dtype=float32 (almost no compute, so
+      what feeding costs): 2,671 / 4,699 / 2,593 / 5,825
+(16 steps per dispatch is slow on the CPU, where XLA runs convolutions
+inside a loop body slowly; the CPU's auto is 1.)
 """
 
 import os

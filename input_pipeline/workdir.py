@@ -19,7 +19,9 @@ Keys that do not change what a run computes are not compared
 (`IGNORED_KEYS`, fnmatch patterns over dotted keys): how often it logs,
 evaluates or checkpoints, how many checkpoints it keeps, grain read
 workers, where the TFDS and XLA caches live, background compilation.
-A job passes more with `ignore=`.
+A job passes more with `ignore=`, and with `absent=` the value that a key
+added since an older config.json was written stands for there (the value
+that reproduces the older runs; ANY: every value does).
 
 `stop_on_signals` turns SIGINT (Ctrl-C) and SIGTERM (a scheduler's
 preemption notice) into a request that a training loop reads between
@@ -41,7 +43,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Iterator, NoReturn, Sequence
+from typing import Any, Iterator, Mapping, NoReturn, Sequence
 
 from absl import logging
 
@@ -56,6 +58,9 @@ IGNORED_KEYS = (
     'checkpoint_kimg', 'keep_checkpoints', 'data.num_workers',
     'data.tfds_dir', 'jax_cache_dir', 'jax_cache_min_compile_secs',
     'compile_ahead')
+# `absent=` value meaning: any value of the key now reproduces what a run
+# written before the key existed computed.
+ANY = object()
 # What a run leaves in its workdir that a rerun would resume or return.
 DEFAULT_OUTPUTS = ('checkpoints', 'results.json')
 
@@ -171,18 +176,25 @@ def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
   return out
 
 
-def differences(old: Any, new: Any, ignore: Sequence[str] = ()
+def differences(old: Any, new: Any, ignore: Sequence[str] = (),
+                absent: Mapping[str, Any] | None = None
                ) -> list[tuple[str, Any, Any]]:
   """(key, old value, new value) for every dotted key that differs.
 
   A key present on one side only differs too (its missing value is
-  '<absent>'). Keys matching IGNORED_KEYS or `ignore` are skipped.
+  '<absent>'), unless `old` lacks a key of `absent` whose value there is
+  the new one's (or ANY). Keys matching IGNORED_KEYS or `ignore` are
+  skipped.
   """
   a, b = flatten(old), flatten(new)
   patterns = (*IGNORED_KEYS, *ignore)
+  absent = absent or {}
   out = []
   for key in sorted(set(a) | set(b)):
     if any(fnmatch.fnmatchcase(key, p) for p in patterns):
+      continue
+    if key not in a and key in absent and (
+        absent[key] is ANY or absent[key] == b.get(key)):
       continue
     va, vb = a.get(key, '<absent>'), b.get(key, '<absent>')
     if va != vb:
@@ -201,7 +213,8 @@ def _outputs_present(workdir: str, outputs: Sequence[str]) -> list[str]:
 
 def check_config(workdir: str, config: Any, *,
                  outputs: Sequence[str] = DEFAULT_OUTPUTS,
-                 ignore: Sequence[str] = ()) -> None:
+                 ignore: Sequence[str] = (),
+                 absent: Mapping[str, Any] | None = None) -> None:
   """Refuses when `workdir` holds `outputs` made by another config.
 
   With none of `outputs` present there is nothing to resume: any config
@@ -222,7 +235,7 @@ def check_config(workdir: str, config: Any, *,
       old = json.load(f)
   except (OSError, ValueError) as e:
     raise ConfigMismatchError(f'{path}: cannot read it ({e})') from None
-  diffs = differences(old, config, ignore)
+  diffs = differences(old, config, ignore, absent)
   if diffs:
     shown = '; '.join(f'{k}: {a!r} there, {b!r} now'
                       for k, a, b in diffs[:6])
@@ -244,15 +257,16 @@ class Claim:
   """A locked workdir; `record(config)` checks and records its config."""
 
   def __init__(self, workdir: str, outputs: Sequence[str],
-               ignore: Sequence[str]):
+               ignore: Sequence[str], absent: Mapping[str, Any] | None):
     self.workdir = workdir
     self.outputs = tuple(outputs)
     self.ignore = tuple(ignore)
+    self.absent = absent
 
   def record(self, config: Any) -> None:
     """check_config, then (process 0) record_config."""
     check_config(self.workdir, config, outputs=self.outputs,
-                 ignore=self.ignore)
+                 ignore=self.ignore, absent=self.absent)
     if _primary():
       record_config(self.workdir, config)
 
@@ -260,7 +274,8 @@ class Claim:
 @contextlib.contextmanager
 def claim(workdir: str, config: Any = None, *, job: str,
           outputs: Sequence[str] = DEFAULT_OUTPUTS,
-          ignore: Sequence[str] = ()) -> Iterator[Claim]:
+          ignore: Sequence[str] = (),
+          absent: Mapping[str, Any] | None = None) -> Iterator[Claim]:
   """Lock `workdir` for this run and, given `config`, check and record it.
 
   Yields a `Claim`; without `config`, call `claim.record(config)` once the
@@ -274,7 +289,7 @@ def claim(workdir: str, config: Any = None, *, job: str,
   os.makedirs(workdir, exist_ok=True)
   held = lock(workdir, job) if _primary() else contextlib.nullcontext()
   with held:
-    c = Claim(workdir, outputs, ignore)
+    c = Claim(workdir, outputs, ignore, absent)
     if config is not None:
       c.record(config)
     yield c

@@ -229,16 +229,28 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # by its place in the workdir, so a moved or copied workdir resumes.
         # Markers written before hashed the absolute path (`legacy`).
         keyed = sub.copy_and_resolve_references()
-        legacy = ()
+        legacy = []
         if keyed.data.synthetic_dir:
           keyed.data.synthetic_dir = os.path.relpath(samples_dir, workdir)
-          legacy = (study_steps.config_hash('arm', base, sub, samples_hash),)
+          legacy.append(
+              study_steps.config_hash('arm', base, sub, samples_hash))
         h = study_steps.config_hash('arm', base, keyed,
                                     samples_hash if 'gan' in arm else '')
+        # Arms finished before the classifier's keys in
+        # resnet_train.LEGACY_ABSENT existed streamed their batches by grain:
+        # data_on_device='no' computes what they did.
+        if sub.get('data_on_device') == 'no':
+          legacy.append(study_steps.config_hash(
+              'arm', base, _without(keyed, resnet_train.LEGACY_ABSENT),
+              samples_hash if 'gan' in arm else ''))
+          if keyed.data.synthetic_dir:
+            legacy.append(study_steps.config_hash(
+                'arm', base, _without(sub, resnet_train.LEGACY_ABSENT),
+                samples_hash))
         steps.run(os.path.join(done, f'arm_{study_cells.ARM_DIRS[arm]}.json'),
                   f'{tag} arm {arm}', h,
                   train_arm, sub, arm_dir, (repeat, fold, seed, arm),
-                  dirs=(arm_dir,), also=legacy)
+                  dirs=(arm_dir,), also=tuple(legacy))
   progress.bar.close()
   if config.merge and steps.missing:
     raise UserInputError(
@@ -269,6 +281,17 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
       split_seeds, quality_hashes)
   logging.info('report in %.1f s: %s', time.time() - t, sorted(written))
   return written
+
+
+def _without(config: ml_collections.ConfigDict,
+             keys) -> ml_collections.ConfigDict:
+  """A copy of `config` without top-level `keys`."""
+  out = config.copy_and_resolve_references()
+  with out.unlocked():
+    for k in keys:
+      if k in out:
+        del out[k]
+  return out
 
 
 def _cell_finished(cell: str, arms: list[str]) -> bool:

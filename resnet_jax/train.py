@@ -360,6 +360,13 @@ def _write_predictions(path: str, ids, labels, probs) -> None:
 # What a classifier workdir holds that a rerun resumes or returns: only
 # when workdir/config.json says the same config made them.
 OUTPUTS = ('checkpoints', 'results.json')
+# Keys added since older workdirs were written, and the values that give
+# what those runs computed: their batches were streamed by grain
+# (data_on_device='no'); the other two only act with batches drawn on the
+# device, and steps per dispatch never change which steps run.
+LEGACY_ABSENT = {'data_on_device': 'no',
+                 'data_device_max_mb': workdir_lib.ANY,
+                 'steps_per_dispatch': workdir_lib.ANY}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -376,7 +383,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """
   check_config(config)
   with workdir_lib.claim(workdir, config, job='resnet', outputs=OUTPUTS,
-                         ignore=resume_ignore):
+                         ignore=resume_ignore, absent=LEGACY_ABSENT):
     return _train_and_evaluate(config, workdir)
 
 

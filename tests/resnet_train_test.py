@@ -241,6 +241,27 @@ def test_tiny_end_to_end(tmp_path):
       'classic')
 
 
+def test_older_workdir_returns_its_results_with_grain_batches(tmp_path):
+  """A run recorded before the keys of LEGACY_ABSENT existed streamed its
+  batches by grain: data_on_device='no' returns it; 'auto' does not."""
+  workdir = str(tmp_path)
+  config = resnet_config.get_config('tiny')
+  config.data_on_device = 'no'
+  stored = train.train_and_evaluate(config, workdir)
+  path = os.path.join(workdir, 'config.json')
+  old = json.load(open(path))
+  for key in train.LEGACY_ABSENT:
+    del old[key]
+  with open(path, 'w') as f:
+    json.dump(old, f)
+  assert train.train_and_evaluate(config, workdir) == stored
+  json.dump(old, open(path, 'w'))  # the run above recorded its own
+  config.data_on_device = 'auto'
+  with pytest.raises(workdir_lib.ConfigMismatchError,
+                     match="data_on_device: '<absent>' there, 'auto' now"):
+    train.train_and_evaluate(config, workdir)
+
+
 @pytest.mark.parametrize('on_device', ['yes', 'no'])
 def test_non_finite_loss_names_step_and_checkpoint(tmp_path, monkeypatch,
                                                    on_device):

@@ -111,6 +111,8 @@ def _install_fakes(monkeypatch, calls):
            'resnet_jax.train': {'train_and_evaluate': resnet_train}}
   for name, check in real_checks.items():
     fakes[name]['check_config'] = check
+  fakes['resnet_jax.train']['LEGACY_ABSENT'] = importlib.import_module(
+      'resnet_jax.train').LEGACY_ABSENT
   for name, attrs in fakes.items():
     module = types.ModuleType(name)
     module.__dict__.update(attrs)
@@ -205,6 +207,34 @@ def test_run_study_with_fakes_plumbing_and_resume(tmp_path, monkeypatch):
   shutil.copytree(workdir, moved)
   n = len(calls)
   study.run_study(config, moved)
+  assert len(calls) == n
+
+
+def test_arms_of_older_studies_resume_with_grain_batches(tmp_path,
+                                                         monkeypatch):
+  """A study whose arms finished before the classifier had the keys of
+  train.LEGACY_ABSENT: with data_on_device='no' (what they ran with) every
+  finished step is kept; with the default 'auto' the arms are refused."""
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  legacy_keys = list(train.LEGACY_ABSENT)
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  config.folds = (0,)
+  old = config.copy_and_resolve_references()
+  with old.classifier.unlocked():
+    for key in legacy_keys:
+      del old.classifier[key]
+  workdir = str(tmp_path / 'study')
+  study.run_study(old, workdir)
+  n = len(calls)
+  config.classifier.data_on_device = 'no'
+  study.run_study(config, workdir)
+  assert len(calls) == n
+  config.classifier.data_on_device = 'auto'
+  with pytest.raises(errors.UserInputError,
+                     match=r'arm none was run with another configuration'):
+    study.run_study(config, workdir)
   assert len(calls) == n
 
 

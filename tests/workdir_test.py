@@ -87,6 +87,16 @@ def test_differences_flatten_and_ignore():
   old = json.loads(json.dumps(_config().to_dict()))
   del old['seed']
   assert workdir.differences(old, _config()) == [('seed', '<absent>', 0)]
+  # Unless the key is newer than the old config.json, and its new value
+  # (or any value: ANY) is the one that gives what the old runs computed.
+  assert workdir.differences(old, _config(), absent={'seed': 0}) == []
+  assert workdir.differences(old, _config(seed=1), absent={'seed': 0}) == [
+      ('seed', '<absent>', 1)]
+  assert workdir.differences(old, _config(seed=1),
+                             absent={'seed': workdir.ANY}) == []
+  assert workdir.differences(_config(seed=2), _config(seed=1),
+                             absent={'seed': workdir.ANY}) == [
+                                 ('seed', 2, 1)]
 
 
 def test_check_config_only_where_there_is_something_to_resume(tmp_path):
