@@ -97,7 +97,7 @@ def main(_):
        FLAGS.length)):
     config.data_on_device = on_device
     config.steps_per_dispatch = length
-    feed = train.Feed(config, prepared, data_kwargs, mesh)
+    feed = train.Feed(config, prepared, data_kwargs, mesh, 10_000)
     rows.append((name, timed(lambda s, n: feed.run(s, n, sched, **kw),
                                    length)))
   r, b = FLAGS.resolution, config.batch_size

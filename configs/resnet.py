@@ -76,10 +76,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.kimg = 0.0
   config.num_epochs = 30.0
   # Training batches drawn on the device from images loaded once ('auto' |
-  # 'yes' | 'no'; auto = one process and the fold's training images plus
-  # the arm's synthetic ones, uint8, fit in data_device_max_mb), or
-  # streamed by grain ('no'). The two draw different (equally valid)
-  # batch streams from one seed; see resnet_jax/train_data.py.
+  # 'yes' | 'no'; auto = one process and the fold's training images, uint8
+  # and padded to a power of two, fit in data_device_max_mb), or streamed
+  # by grain ('no'). The two draw different (equally valid) batch streams
+  # from one seed; see resnet_jax/train_data.py.
   config.data_on_device = 'auto'
   config.data_device_max_mb = 1024
   # Training steps per device dispatch when batches are drawn on the device

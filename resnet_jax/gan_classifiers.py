@@ -111,7 +111,7 @@ def fit(images: np.ndarray, labels: np.ndarray, num_classes: int,
   length = train_data.steps_per_dispatch(cfg)
   for start in range(0, steps, length):
     state, m = train.train_steps(
-        state, data, jnp.int32(min(length, steps - start)),
+        state, data, np.int32(min(length, steps - start)),
         train.schedule(cfg, steps), draw=draw,
         length=length, graphdef=graphdef, tx=tx,
         label_smoothing=float(cfg.label_smoothing))

@@ -298,6 +298,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.get('data_on_device', 'no') not in train_data.MODES:
     raise UserInputError(f'config.data_on_device={config.data_on_device!r} '
                          f'is not one of {list(train_data.MODES)}')
+  if config.get('data_on_device') == 'yes' and jax.process_count() > 1:
+    raise UserInputError(
+        f'config.data_on_device=yes needs one process, not '
+        f'{jax.process_count()} (each reads its own slice of the data): '
+        'use no or auto')
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
@@ -421,7 +426,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   sched = schedule(config, total_steps)
   graphdef, eval_graphdef, state = init_state(model, tx)
   state = sharding.put_replicated(state, mesh)
-  feed = Feed(config, prepared, data_kwargs, mesh)
+  feed = Feed(config, prepared, data_kwargs, mesh, total_steps)
 
   ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   mngr = ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(
@@ -440,32 +445,46 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       prepared, config.data, role='val', resolution=res)
   start_step = int(state.step)
   t0 = time.time()
-  pending, host = [], []  # metrics on the device; per step on the host
+  # Metrics of dispatches not read back yet (on the device), and those
+  # read since the last log (per step). The newest dispatch is read only
+  # at the next one, so the device always has one queued; everything is
+  # read (and checked) before a checkpoint: a saved checkpoint is a good one.
+  pending, host, read = [], [], start_step
   saved = mngr.latest_step()
   step = start_step
   run = functools.partial(feed.run, sched=sched, graphdef=graphdef, tx=tx,
                           label_smoothing=config.label_smoothing)
+
+  def read_back(everything: bool) -> None:
+    nonlocal pending, host, read
+    take = pending if everything else pending[:-1]
+    if not take:
+      return
+    pending = pending[len(take):]
+    rows = _per_step(take)
+    _check_finite(rows, read + len(rows), total_steps, mngr)
+    for row in rows:
+      read += 1
+      host.append(row)
+      if read % config.log_every_steps == 0 or read == total_steps:
+        m = jax.tree.map(lambda *xs: float(np.mean(xs)), *host)
+        host = []
+        bar.set_postfix(loss=f"{m['loss']:.3f}")
+        _write_scalars(writer, read, {f'train/{k}': v for k, v in m.items()})
+
   # Ctrl-C / SIGTERM: finish the dispatch, save, stop (exit 130 / 143).
   with _progress(start_step, total_steps) as bar, \
       workdir_lib.stop_on_signals('classifier training') as stop:
     while step < total_steps:
-      # A dispatch ends at the next log, eval or checkpoint step.
+      # A dispatch ends at the next eval or checkpoint step.
       n = min(feed.length, _next_event(step, total_steps, config) - step)
       state, m = run(state, n)
       pending.append((m, n))
       step += n
       bar.update(n)
-      is_log = step % config.log_every_steps == 0 or step == total_steps
-      if is_log or step % config.checkpoint_every_steps == 0 or stop:
-        # Before every checkpoint too: a saved checkpoint is a good one.
-        host += _per_step(pending)
-        pending = []
-        _check_finite(host, step, total_steps, mngr)
-      if is_log:
-        m = jax.tree.map(lambda *xs: float(np.mean(xs)), *host)
-        host = []
-        bar.set_postfix(loss=f"{m['loss']:.3f}")
-        _write_scalars(writer, step, {f'train/{k}': v for k, v in m.items()})
+      save = (step == total_steps or step % config.checkpoint_every_steps == 0
+              or bool(stop))
+      read_back(everything=save)
       if (config.eval_every_steps and step % config.eval_every_steps == 0
           and step != total_steps and len(val_images)):
         probs = predict(state, eval_graphdef, val_images,
@@ -473,8 +492,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
         vm = metrics.binary_metrics(val_labels, probs)
         _write_scalars(writer, step, {f'eval/val_{k}': vm[k] for k in (
             'accuracy', 'auc', 'balanced_accuracy')})
-      if (step == total_steps or step % config.checkpoint_every_steps == 0
-          or stop):
+      if save:
         mngr.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), **feed.save_args()),
                   force=step == total_steps or bool(stop))
@@ -538,9 +556,11 @@ class Feed:
   """The training batches of one run: drawn on the device or streamed by
   grain (resnet_jax/train_data.py), behind one `run(state, n)`."""
 
-  def __init__(self, config, prepared, data_kwargs: dict, mesh):
+  def __init__(self, config, prepared, data_kwargs: dict, mesh,
+               total_steps: int):
     self.mode = train_data.choose_mode(
-        config, train_data.nbytes(prepared, config, data_kwargs))
+        config, train_data.nbytes(prepared, config),
+        total_steps * int(config.batch_size))
     if self.mode == 'device':
       host = train_data.load(prepared, config, data_kwargs)
       self.draw, self.data = train_data.make_stream(config, host,
@@ -560,7 +580,7 @@ class Feed:
   def run(self, state, n: int, sched: dict, **kw):
     """n <= self.length steps -> (state, metrics of [>= n] arrays)."""
     if self.mode == 'device':
-      return train_steps(state, self.data, jnp.int32(n), sched,
+      return train_steps(state, self.data, np.int32(n), sched,
                          draw=self.draw, length=self.length, **kw)
     batch = sharding.shard_batch(next(self.iter), self.mesh)
     return train_step(state, batch, sched, **kw)
@@ -572,6 +592,10 @@ class Feed:
 
   def restore_args(self, step_dir: str) -> dict:
     if self.mode == 'device':
+      if os.path.isdir(os.path.join(step_dir, 'data')):
+        logging.warning('batches are now drawn on the device: checkpoint %s '
+                        'was written with batches streamed by grain (the '
+                        'model and optimizer resume exactly)', step_dir)
       return {}
     if not os.path.isdir(os.path.join(step_dir, 'data')):
       logging.warning('the grain stream restarts from its first batch: '
@@ -583,10 +607,9 @@ class Feed:
 
 
 def _next_event(step: int, total_steps: int, config) -> int:
-  """The first log, eval or checkpoint step after `step`."""
+  """The first eval or checkpoint step after `step` (or the last step)."""
   out = total_steps
-  for every in (config.log_every_steps, config.eval_every_steps,
-                config.checkpoint_every_steps):
+  for every in (config.eval_every_steps, config.checkpoint_every_steps):
     if every:
       out = min(out, (step // every + 1) * every)
   return out

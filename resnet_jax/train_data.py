@@ -2,8 +2,9 @@
 
 `config.data_on_device`:
   'auto'  on the device when one process runs and the fold's training
-          images and the arm's synthetic images (uint8) fit in
-          `config.data_device_max_mb`;
+          images (uint8, padded to a power of two) fit in
+          `config.data_device_max_mb`; a 'gan' arm's synthetic images come
+          on top, so all arms of a cell choose alike;
   'yes'   on the device (an error with several processes);
   'no'    streamed by the grain pipeline (`pipeline.create_iterator`).
 
@@ -46,9 +47,16 @@ MODES = ('auto', 'yes', 'no')
 _REAL, _SYNTHETIC, _AUGMENT = 0, 1, 2
 
 
-def choose_mode(config: ml_collections.ConfigDict, nbytes: int) -> str:
+# Stream positions (steps x batch) must stay below 2**24, where float32
+# stops counting integers exactly (`_interleave`).
+MAX_POSITIONS = 2**24
+
+
+def choose_mode(config: ml_collections.ConfigDict, nbytes: int,
+                positions: int = 0) -> str:
   """'device' or 'stream' from config.data_on_device (see the module doc);
-  nbytes: the uint8 images the device would hold."""
+  nbytes: the fold's training images on the device (`nbytes`); positions:
+  the run's steps x batch size."""
   setting = config.get('data_on_device', 'no')
   if setting not in MODES:
     raise UserInputError(f'config.data_on_device={setting!r} is not one of '
@@ -61,6 +69,12 @@ def choose_mode(config: ml_collections.ConfigDict, nbytes: int) -> str:
           'config.data_on_device=yes needs one process (each of the '
           f'{jax.process_count()} reads its own slice of the data): use no '
           'or auto')
+    return 'stream'
+  if positions >= MAX_POSITIONS:
+    if setting == 'yes':
+      raise UserInputError(
+          f'config.data_on_device=yes draws at most {MAX_POSITIONS} images '
+          f'on the device, this run shows {positions}: use no or auto')
     return 'stream'
   if setting == 'yes' or nbytes <= config.data_device_max_mb * 2**20:
     return 'device'
@@ -247,17 +261,17 @@ def _classes(prepared, data: ml_collections.ConfigDict) -> list[int]:
           else list(range(len(prepared.class_names))))
 
 
-def nbytes(prepared, config: ml_collections.ConfigDict,
-           data_kwargs: dict) -> int:
-  """The uint8 bytes of the arm's real and synthetic training images."""
+def nbytes(prepared, config: ml_collections.ConfigDict) -> int:
+  """The device bytes of the fold's training images (uint8, padded).
+
+  Synthetic images are not counted, so every arm of a cell makes the same
+  choice and the arms stay paired (same real images, same order).
+  """
   data = config.data
   count = len(pipeline.select_indices(prepared, int(data.fold), 'train',
                                       int(data.class_filter)))
-  if _uses_synthetic(data_kwargs):
-    count += sum(len(v) for v in pipeline.synthetic_files(
-        data_kwargs['synthetic_dir'], prepared.class_names,
-        _classes(prepared, data)).values())
-  return count * int(data.resolution) ** 2 * prepared.channels
+  return (padded_count(count) * int(data.resolution) ** 2
+          * prepared.channels)
 
 
 def load(prepared, config: ml_collections.ConfigDict,
@@ -268,6 +282,10 @@ def load(prepared, config: ml_collections.ConfigDict,
   data = config.data
   images, labels, _ = pipeline.load_arrays(
       prepared, data, role='train', uint8=True)
+  if not len(images):
+    raise UserInputError(
+        f'no images for role=\'train\', config.data.fold={data.fold}, '
+        f'config.data.class_filter={data.class_filter}')
   out = {'real': images, 'real_labels': labels}
   if _uses_synthetic(data_kwargs):
     synth = pipeline.load_synthetic(

@@ -137,12 +137,18 @@ def test_signal_saves_a_checkpoint_exits_and_resumes(sig, code, shared,
   assert step == items['meta']['nimg'] >= 1000
 
 
-@pytest.mark.parametrize('on_device', ['yes', 'no'])
+@pytest.mark.parametrize('on_device, length, saved', [
+    ('no', 1, '2'), ('yes', 1, '2'),
+    # Dispatches of 3 steps end at checkpoints (every 4): steps 1-3, 4.
+    ('yes', 3, '4')])
 def test_classifier_stops_on_sigint_and_resumes_to_the_same_result(
-    tmp_path, monkeypatch, on_device):
+    tmp_path, monkeypatch, on_device, length, saved):
   cfg = resnet_config.get_config('tiny')
   cfg.data.tfds_dir = str(tmp_path / 'tfds')
   cfg.data_on_device = on_device
+  cfg.steps_per_dispatch = length
+  cfg.kimg = 0.064  # 8 steps of 8
+  cfg.checkpoint_every_steps = cfg.eval_every_steps = 4
   straight = resnet_train.train_and_evaluate(cfg, str(tmp_path / 'straight'))
   assert straight['batches'] == ('device' if on_device == 'yes'
                                  else 'stream')
@@ -151,7 +157,7 @@ def test_classifier_stops_on_sigint_and_resumes_to_the_same_result(
   def step_then_ctrl_c(*args, **kwargs):
     calls.append(1)
     if len(calls) == 2:
-      signal.raise_signal(signal.SIGINT)  # as Ctrl-C during step 2
+      signal.raise_signal(signal.SIGINT)  # as Ctrl-C during dispatch 2
     return real_run(*args, **kwargs)
 
   monkeypatch.setattr(resnet_train.Feed, 'run', step_then_ctrl_c)
@@ -160,7 +166,7 @@ def test_classifier_stops_on_sigint_and_resumes_to_the_same_result(
   with pytest.raises(workdir.Interrupted) as e:
     resnet_train.train_and_evaluate(cfg, w)
   assert e.value.code == 130
-  assert os.listdir(os.path.join(w, 'checkpoints')) == ['2']
+  assert os.listdir(os.path.join(w, 'checkpoints')) == [saved]
   assert not os.path.exists(os.path.join(w, 'results.json'))
   assert signal.getsignal(signal.SIGINT) is handler  # restored
   monkeypatch.undo()

@@ -60,13 +60,15 @@ def test_device_augmentation_matches_grain_augment(u):
   inner = diff[2:-2, 2:-2]
   assert np.quantile(inner, 0.99) < 0.03, np.quantile(inner, 0.99)
   assert diff.mean() < 0.01, diff.mean()
-  # A wrong rotation sense, translation sign or flip would move the ring.
-  wrong = np.asarray(train_data.apply_classic(
-      jnp.asarray(transforms.to_float(x[:, ::-1]))[None],
-      jnp.asarray(u[None], jnp.float32),
-      train_data.augment_params(aug)))[0]
-  if not np.allclose(x, x[:, ::-1]):
-    assert np.abs(wrong - want).mean() > 5 * diff.mean()
+  # The opposite rotation sense and translation signs are far off.
+  mirrored = u.copy()
+  mirrored[[1, 3, 4]] = 1 - u[[1, 3, 4]]
+  if (mirrored != u).any():
+    wrong = np.asarray(train_data.apply_classic(
+        jnp.asarray(transforms.to_float(x))[None],
+        jnp.asarray(mirrored[None], jnp.float32),
+        train_data.augment_params(aug)))[0]
+    assert np.abs(wrong - want).mean() > 10 * diff.mean()
 
 
 def test_augment_params_off_is_empty():
@@ -86,6 +88,14 @@ def test_interleave_keeps_real_order_and_ratio(ratio):
   # Evenly spread: every 40 positions hold the ratio, to one image.
   per_batch = synthetic.reshape(-1, 40).sum(1)
   assert per_batch.max() - per_batch.min() <= 1
+  # Still exact just below the 2**24 positions a run may draw.
+  j = jnp.arange(2**24 - 8000, 2**24, dtype=jnp.int32)
+  synthetic, k_real, k_synth = map(np.asarray,
+                                   train_data._interleave(j, ratio))
+  assert (np.diff(k_real[~synthetic]) == 1).all()
+  assert (np.diff(k_synth[synthetic]) == 1).all()
+  assert k_real[~synthetic][0] + k_synth[synthetic][0] in (
+      2**24 - 8000, 2**24 - 8000 + 1)
 
 
 def _draw_data(n_real=10, n_synth=6, ratio=0.0, augment=(), batch=4,
@@ -193,6 +203,13 @@ def test_choose_mode():
   config.data_on_device = 'maybe'
   with pytest.raises(UserInputError, match='config.data_on_device'):
     train_data.choose_mode(config, 1)
+  # float32 counts stream positions exactly below 2**24 only.
+  config.data_on_device = 'auto'
+  assert train_data.choose_mode(config, 1, 2**24 - 1) == 'device'
+  assert train_data.choose_mode(config, 1, 2**24) == 'stream'
+  config.data_on_device = 'yes'
+  with pytest.raises(UserInputError, match='2\\*\\*24|16777216'):
+    train_data.choose_mode(config, 1, 2**24)
 
 
 def test_bad_data_on_device_stops_before_training(tmp_path):

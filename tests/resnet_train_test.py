@@ -262,14 +262,16 @@ def test_older_workdir_returns_its_results_with_grain_batches(tmp_path):
     train.train_and_evaluate(config, workdir)
 
 
-@pytest.mark.parametrize('on_device', ['yes', 'no'])
+@pytest.mark.parametrize('on_device, length', [
+    ('yes', 1), ('no', 1), ('yes', 3)])
 def test_non_finite_loss_names_step_and_checkpoint(tmp_path, monkeypatch,
-                                                   on_device):
+                                                   on_device, length):
   config = resnet_config.get_config('tiny')
   config.kimg = 0.064  # 8 steps of 8
   config.log_every_steps = 4
   config.checkpoint_every_steps = 2
   config.data_on_device = on_device
+  config.steps_per_dispatch = length  # dispatches end at checkpoints
   step_fn = train._step
 
   def nan_from_step_3(state, batch, *args):
