@@ -93,16 +93,22 @@ def _pggan_iteration(mesh):
   return out
 
 
-def _resnet_step(mesh):
-  """One classifier train_step on a fixed batch of 8 (BatchNorm in train)."""
-  import jax  # pylint: disable=g-import-not-at-top
+def _resnet_start(mesh):
+  """configs/resnet.py:tiny's (config, optimiser, graphdef, state on mesh)."""
   from configs import resnet  # pylint: disable=g-import-not-at-top
   from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
   cfg = resnet.get_config('tiny')
   tx = train.create_optimizer(cfg)
   graphdef, _, state = train.init_state(train.create_model(cfg, 1), tx)
-  state = jax.device_put(state, sharding.replicated(mesh))
+  return cfg, tx, graphdef, sharding.put_replicated(state, mesh)
+
+
+def _resnet_step(mesh):
+  """One classifier train_step on a fixed batch of 8 (BatchNorm in train)."""
+  from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  cfg, tx, graphdef, state = _resnet_start(mesh)
   rng = np.random.default_rng(1)
   batch = sharding.shard_batch(
       {'image': rng.normal(size=(8, 32, 32, 1)).astype(np.float32),
@@ -119,16 +125,10 @@ def _resnet_step(mesh):
 
 def _resnet_drawn_steps(mesh):
   """Four steps, two per dispatch, on batches drawn on the device."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from configs import resnet  # pylint: disable=g-import-not-at-top
   from input_pipeline import config as data_config  # pylint: disable=g-import-not-at-top
-  from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
   from resnet_jax import train  # pylint: disable=g-import-not-at-top
   from resnet_jax import train_data  # pylint: disable=g-import-not-at-top
-  cfg = resnet.get_config('tiny')
-  tx = train.create_optimizer(cfg)
-  graphdef, _, state = train.init_state(train.create_model(cfg, 1), tx)
-  state = jax.device_put(state, sharding.replicated(mesh))
+  cfg, tx, graphdef, state = _resnet_start(mesh)
   rng = np.random.default_rng(2)
   host = {'real': rng.integers(0, 256, (12, 32, 32, 1), np.uint8),
           'real_labels': np.arange(12, dtype=np.int32) % 2,

@@ -220,16 +220,22 @@ def test_bad_data_on_device_stops_before_training(tmp_path):
   assert not os.path.exists(tmp_path / 'checkpoints')
 
 
-@pytest.mark.parametrize('arm', ['classic', 'classic+gan'])
-def test_tiny_trains_on_device_and_streamed(tmp_path, arm):
-  """Both feeds run the arm's steps; results.json says which fed it."""
+def _synthetic_folder(tmp_path, per_class: int):
+  """tmp_path/syn/<class>/*.png: `per_class` flat 32x32 images a class."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   syn = tmp_path / 'syn'
   for c, name in enumerate(('normal', 'hemorrhage')):
     os.makedirs(syn / name)
-    for i in range(3):
+    for i in range(per_class):
       Image.fromarray(np.full((32, 32), 40 + 100 * c + i, np.uint8)).save(
           syn / name / f'{i}.png')
+  return syn
+
+
+@pytest.mark.parametrize('arm', ['classic', 'classic+gan'])
+def test_tiny_trains_on_device_and_streamed(tmp_path, arm):
+  """Both feeds run the arm's steps; results.json says which fed it."""
+  syn = _synthetic_folder(tmp_path, 3)
   out = {}
   for mode in ('yes', 'no'):
     config = resnet_config.get_config('tiny')
@@ -248,13 +254,7 @@ def test_arms_folds_and_lengths_share_compiled_steps(tmp_path):
   """A study's classifiers compile twice, whatever the arm, fold, seed or
   length: once without synthetic images and once with them (and a step's
   output state fed back in does not compile it again)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  syn = tmp_path / 'syn'
-  for c, name in enumerate(('normal', 'hemorrhage')):
-    os.makedirs(syn / name)
-    for i in range(5):
-      Image.fromarray(np.full((32, 32), 40 + 100 * c + i, np.uint8)).save(
-          syn / name / f'{i}.png')
+  syn = _synthetic_folder(tmp_path, 5)
   train.train_steps.clear_cache()  # what other tests compiled
   sizes = [train.train_steps._cache_size()]  # pylint: disable=protected-access
   runs = [('none', 0, 0.032), ('classic', 0, 0.032), ('classic', 1, 0.048),
