@@ -159,13 +159,24 @@ class Draw:
     images = jnp.where(s, data['synthetic'][fake], data['real'][real])
     labels = jnp.where(synthetic, data['synthetic_labels'][fake],
                        data['real_labels'][real])
-    x = images.astype(jnp.float32) * (1 / 127.5) - 1.0
     keys = jax.vmap(lambda i: jax.random.fold_in(
         jax.random.fold_in(key, _AUGMENT), i))(j)
-    x = jax.lax.cond(data['augment_on'], classic_augment, lambda x, *_: x,
-                     x, keys, data['augment'])
-    batch = {'image': x, 'label': labels.astype(jnp.int32)}
-    return jax.sharding.reshard(batch, self.sharding)
+    # Split over the devices before augmenting: each warps its own share
+    # (in 'auto' axes, where the compiler propagates the batch sharding).
+    images, labels, keys = jax.sharding.reshard(
+        (images, labels, keys), self.sharding)
+
+    def augmented(x, keys, params, on):
+      x = x.astype(jnp.float32) * (1 / 127.5) - 1.0
+      return jax.lax.cond(on, classic_augment, lambda x, *_: x, x, keys,
+                          params)
+
+    mesh = self.sharding.mesh
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      x = jax.sharding.auto_axes(
+          augmented, axes=mesh.axis_names, out_sharding=self.sharding.spec)(
+              images, keys, data['augment'], data['augment_on'])
+    return {'image': x, 'label': labels.astype(jnp.int32)}
 
 
 def stream(host: dict, *, batch_size: int, ratio: float,
