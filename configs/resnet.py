@@ -4,9 +4,10 @@
       --config.data.name=head_ct --config.data.dir=../shared/data/head_ct \\
       --config.arm=classic
     Narrow ResNet-18 (num_filters 16) at 64x64, fold 0, 30 epochs of the
-    ~136 training images (128 steps of 32), SGD-Nesterov + warmup/cosine.
-    Measured on the shared 2-core CPU, fold 0, arm=classic, seed 0: 28 s
-    wall (16 s training, batches drawn on the device; 2026-11-27). Test figures are not quoted here: defaults are
+    ~136 training images (127 steps of 32 on fold 0), SGD-Nesterov +
+    warmup/cosine. Measured on the shared 2-core CPU, fold 0,
+    arm=classic, seed 0: 28 s wall (16 s training, batches drawn on the
+    device; 2026-11-27). Test figures are not quoted here: defaults are
     chosen without looking at test data (see `PROVENANCE`).
   python main.py --config=configs/resnet.py:tiny --workdir=/tmp/resnet_tiny
     Smoke run on 16 + 16 synthetic phantoms at 32x32, _ResNet1, 4 steps;
