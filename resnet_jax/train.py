@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -243,7 +244,11 @@ def predict_step(params, batch_stats, images: jax.Array, *,
 
 def predict(state: TrainState, eval_graphdef, images: np.ndarray,
             batch_size: int, mesh) -> np.ndarray:
-  """P(positive) for all images, padding the last batch (no recompiles)."""
+  """P(positive) for all images, padding the last batch (no recompiles).
+
+  Every process passes all `images` and gets all probabilities (with
+  several processes, each computes its devices' share, then they gather).
+  """
   out = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
@@ -251,6 +256,8 @@ def predict(state: TrainState, eval_graphdef, images: np.ndarray,
                        sharding.data_sharding(mesh))
     p = predict_step(state.params, state.batch_stats, x,
                      graphdef=eval_graphdef)
+    if jax.process_count() > 1:
+      p = multihost_utils.process_allgather(p, tiled=True)
     out.append(np.asarray(p)[:len(chunk)])
   return np.concatenate(out) if out else np.zeros((0,), np.float32)
 

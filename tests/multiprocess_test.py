@@ -6,7 +6,8 @@ it, on one small PGGAN training (configs/pggan.py:tiny at 8x8). Checked:
 both processes finish; only process 0 writes logs, grids and the progress
 bar; the checkpoints (written by both, through orbax) reach the end and the
 run resumes from them in one process; with the streaming pipeline each
-process reads its own half of the training images.
+process reads its own half of the training images. And configs/resnet.py:
+tiny the same way: it trains on grain-streamed halves and evaluates.
 """
 
 import json
@@ -117,3 +118,27 @@ def test_two_processes_train_tiny_pggan(tmp_path, data_on_device):
   assert 'Resuming from' in res.stdout
   if data_on_device == 'no':
     assert 'the data stream restarts' in res.stderr
+
+
+def test_two_processes_train_tiny_classifier(tmp_path):
+  """configs/resnet.py:tiny over two processes: batches streamed by grain
+  (each process its half; drawing them on the device needs one process),
+  results written once."""
+  workdir, tfds = tmp_path / 'w', tmp_path / 'tfds'
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  cmd = [sys.executable, 'main.py', '--config=configs/resnet.py:tiny',
+         f'--workdir={workdir}', f'--config.data.tfds_dir={tfds}',
+         '--distributed', '--num_processes=2']
+  err0, err1 = _run_two(cmd, env, tmp_path)
+  for i, err in enumerate((err0, err1)):
+    assert 'classifier batches: streamed by grain' in err
+    assert f'process {i}/2 reads' in err
+  with open(workdir / 'results.json') as f:
+    results = json.load(f)
+  assert results['batches'] == 'stream' and results['steps'] == 4
+  # 'yes' is refused before anything trains, in one line.
+  with pytest.raises(AssertionError) as e:
+    _run_two(cmd + ['--config.data_on_device=yes',
+                    f'--workdir={tmp_path / "yes"}'], env, tmp_path)
+  assert 'error: config.data_on_device=yes needs one process' in str(e.value)
+  assert not os.path.exists(tmp_path / 'yes' / 'checkpoints')
