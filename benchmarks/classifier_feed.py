@@ -15,9 +15,9 @@ Measured on the shared 2-core CPU (2026-11-27; --name=head_ct, fold 0,
 arm classic, --steps=128), img/s streamed by grain / drawn on the device /
 drawn, 16 steps per dispatch / compute alone:
   --model=resnet18 --num_filters=16 --dtype=float32 --batch_size=32 (the
-      CPU default's classifier): 431 / 470 / 121 / 534
+      CPU default's classifier): 404 / 459 / 117 / 501
   --model=_resnet1 --num_filters=4 --dtype=float32 (almost no compute, so
-      what feeding costs): 2,671 / 4,699 / 2,593 / 5,825
+      what feeding costs): 2,508 / 4,455 / 2,473 / 5,422
 (16 steps per dispatch is slow on the CPU, where XLA runs convolutions
 inside a loop body slowly; the CPU's auto is 1.)
 """
