@@ -84,7 +84,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data_on_device = 'auto'
   config.data_device_max_mb = 1024
   # Training steps per device dispatch when batches are drawn on the device
-  # (dispatches also end at log, eval and checkpoint steps); 0 = auto: 16,
+  # (dispatches also end at eval and checkpoint steps); 0 = auto: 16,
   # but 1 on the CPU, where XLA runs convolutions inside a loop body many
   # times slower (jax-ml/jax#12868).
   config.steps_per_dispatch = 0
