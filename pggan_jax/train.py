@@ -172,12 +172,9 @@ def grid_inputs(cfg, n: int | None = None,
 
 
 def dispatch_length(cfg) -> int:
-  """Iterations per dispatch K: config.iters_per_dispatch, 0 = auto (16; 1
-  on the CPU, where XLA runs convolutions in a loop body far slower, see
-  steps.train_iterations)."""
-  if cfg.iters_per_dispatch:
-    return cfg.iters_per_dispatch
-  return 1 if jax.default_backend() == 'cpu' else 16
+  """Iterations per dispatch K: config.iters_per_dispatch, 0 = auto
+  (sharding.dispatch_length)."""
+  return sharding.dispatch_length(cfg.iters_per_dispatch)
 
 
 _NETS = ('g', 'd', 'g_ema')

@@ -35,11 +35,6 @@ from input_pipeline.errors import UserInputError
 MODES = ('auto', 'yes', 'no')
 
 
-def padded_count(n: int) -> int:
-  """The device array's image count for n images: the next power of two."""
-  return 1 << max(n - 1, 0).bit_length()
-
-
 def choose_mode(prepared, cfg: ml_collections.ConfigDict,
                 num_train: int) -> str:
   """'device' or 'stream' from `config.data_on_device` (see module doc);
@@ -58,7 +53,7 @@ def choose_mode(prepared, cfg: ml_collections.ConfigDict,
     return 'stream'
   if setting == 'yes':
     return 'device'
-  n = padded_count(num_train)
+  n = sharding.padded_count(num_train)
   r = cfg.model.resolution
   nbytes = n * r * r * prepared.channels * 4
   return 'device' if nbytes <= cfg.data_device_max_mb * 2**20 else 'stream'
@@ -95,7 +90,7 @@ class TrainData:
             self.prepared, self.cfg.data, role='train', resolution=res,
             fold=self.cfg.data.fold, class_filter=self.cfg.data.class_filter)
         self.host = images
-        n = padded_count(len(images))  # the padding is never drawn
+        n = sharding.padded_count(len(images))  # the padding is never drawn
         self.arrays = {
             'images': self._replicated(sharding.pad_rows(images, n)),
             'labels': self._replicated(sharding.pad_rows(labels, n)),
@@ -111,7 +106,7 @@ class TrainData:
     """Abstract dispatch data at (res, batch), for compiling ahead."""
     c = self.prepared.channels
     if self.mode == 'device':
-      n = padded_count(self.num_train)
+      n = sharding.padded_count(self.num_train)
       rep = sharding.replicated(self.mesh)
       return {'images': jax.ShapeDtypeStruct((n, res, res, c), np.float32,
                                              sharding=rep),

@@ -52,23 +52,30 @@ _REAL, _SYNTHETIC, _AUGMENT = 0, 1, 2
 MAX_POSITIONS = 2**24
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """config.data_on_device and config.steps_per_dispatch, before any data
+  is read."""
+  setting = config.get('data_on_device', 'no')
+  if setting not in MODES:
+    raise UserInputError(f'config.data_on_device={setting!r} is not one of '
+                         f'{list(MODES)}')
+  if setting == 'yes' and jax.process_count() > 1:
+    raise UserInputError(
+        'config.data_on_device=yes needs one process (each of the '
+        f'{jax.process_count()} reads its own slice of the data): use no '
+        'or auto')
+  if config.get('steps_per_dispatch', 0) < 0:
+    raise UserInputError('config.steps_per_dispatch must be >= 0 (0 = auto)')
+
+
 def choose_mode(config: ml_collections.ConfigDict, nbytes: int,
                 positions: int = 0) -> str:
   """'device' or 'stream' from config.data_on_device (see the module doc);
   nbytes: the fold's training images on the device (`nbytes`); positions:
   the run's steps x batch size."""
+  check_config(config)
   setting = config.get('data_on_device', 'no')
-  if setting not in MODES:
-    raise UserInputError(f'config.data_on_device={setting!r} is not one of '
-                         f'{list(MODES)}')
-  if setting == 'no':
-    return 'stream'
-  if jax.process_count() > 1:
-    if setting == 'yes':
-      raise UserInputError(
-          'config.data_on_device=yes needs one process (each of the '
-          f'{jax.process_count()} reads its own slice of the data): use no '
-          'or auto')
+  if setting == 'no' or jax.process_count() > 1:
     return 'stream'
   if positions >= MAX_POSITIONS:
     if setting == 'yes':
@@ -82,17 +89,9 @@ def choose_mode(config: ml_collections.ConfigDict, nbytes: int,
 
 
 def steps_per_dispatch(config: ml_collections.ConfigDict) -> int:
-  """Steps per compiled call: config.steps_per_dispatch, 0 = auto (1 on the
-  CPU, 16 elsewhere)."""
-  if config.get('steps_per_dispatch', 0):
-    return int(config.steps_per_dispatch)
-  return 1 if jax.default_backend() == 'cpu' else 16
-
-
-def padded_count(n: int) -> int:
-  """The device array's image count for n images: the next power of two,
-  so folds with a few images more or less share compiled programs."""
-  return 1 << max(n - 1, 0).bit_length()
+  """Steps per compiled call: config.steps_per_dispatch, 0 = auto
+  (sharding.dispatch_length)."""
+  return sharding.dispatch_length(config.get('steps_per_dispatch', 0))
 
 
 def _interleave(j: jax.Array, ratio: jax.Array):
@@ -185,7 +184,7 @@ def stream(host: dict, *, batch_size: int, ratio: float,
   'real_labels'} and, when ratio > 0, {'synthetic', 'synthetic_labels'};
   augment: `augment_params`, () for none."""
   n = len(host['real'])
-  pad = lambda x: sharding.pad_rows(x, padded_count(len(x)))
+  pad = lambda x: sharding.pad_rows(x, sharding.padded_count(len(x)))
   if ratio:
     m = len(host['synthetic'])
     synthetic, synthetic_labels = host['synthetic'], host['synthetic_labels']
@@ -281,7 +280,7 @@ def nbytes(prepared, config: ml_collections.ConfigDict) -> int:
   data = config.data
   count = len(pipeline.select_indices(prepared, int(data.fold), 'train',
                                       int(data.class_filter)))
-  return (padded_count(count) * int(data.resolution) ** 2
+  return (sharding.padded_count(count) * int(data.resolution) ** 2
           * prepared.channels)
 
 

@@ -93,8 +93,8 @@ def test_draw_batch_mirrors_about_half_exactly():
 
 def test_draw_batch_never_draws_the_padding():
   """Splits padded to a power of two (train_data) draw only real images."""
-  from pggan_jax import train_data  # pylint: disable=g-import-not-at-top
-  assert [train_data.padded_count(n) for n in (1, 2, 3, 64, 65, 67, 128)] \
+  from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
+  assert [sharding.padded_count(n) for n in (1, 2, 3, 64, 65, 67, 128)] \
       == [1, 2, 4, 64, 128, 128, 128]
   x = jnp.zeros((128, 4, 4, 1)).at[:67].set(1.0)
   labels = jnp.zeros(128, jnp.int32).at[:67].set(jnp.arange(67))
