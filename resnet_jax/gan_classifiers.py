@@ -109,10 +109,10 @@ def fit(images: np.ndarray, labels: np.ndarray, num_classes: int,
                          'idx': idx, 'flip': flip}, rep)
   draw = train_data.IndexDraw(sharding.data_sharding(mesh))
   length = train_data.steps_per_dispatch(cfg)
+  sched = train.schedule(cfg, steps)
   for start in range(0, steps, length):
     state, m = train.train_steps(
-        state, data, np.int32(min(length, steps - start)),
-        train.schedule(cfg, steps), draw=draw,
+        state, data, np.int32(min(length, steps - start)), sched, draw=draw,
         length=length, graphdef=graphdef, tx=tx,
         label_smoothing=float(cfg.label_smoothing))
   loss = m['loss'][(steps - 1) % length]

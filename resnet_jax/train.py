@@ -300,16 +300,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
                          f'{list(SYNTHETIC_MODES)}')
   sharding.check_batch_size(config.batch_size)
   sharding.check_batch_size(config.eval_batch_size, 'eval_batch_size')
-  if config.get('steps_per_dispatch', 0) < 0:
-    raise UserInputError('config.steps_per_dispatch must be >= 0 (0 = auto)')
-  if config.get('data_on_device', 'no') not in train_data.MODES:
-    raise UserInputError(f'config.data_on_device={config.data_on_device!r} '
-                         f'is not one of {list(train_data.MODES)}')
-  if config.get('data_on_device') == 'yes' and jax.process_count() > 1:
-    raise UserInputError(
-        f'config.data_on_device=yes needs one process, not '
-        f'{jax.process_count()} (each reads its own slice of the data): '
-        'use no or auto')
+  train_data.check_config(config)
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_train: int) -> int:
