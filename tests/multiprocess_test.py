@@ -7,7 +7,8 @@ both processes finish; only process 0 writes logs, grids and the progress
 bar; the checkpoints (written by both, through orbax) reach the end and the
 run resumes from them in one process; with the streaming pipeline each
 process reads its own half of the training images. And configs/resnet.py:
-tiny the same way: it trains on grain-streamed halves and evaluates.
+tiny the same way: it trains on grain-streamed halves and evaluates. Other
+tasks (a study) are refused over several processes, in one line.
 """
 
 import json
@@ -142,3 +143,13 @@ def test_two_processes_train_tiny_classifier(tmp_path):
                     f'--workdir={tmp_path / "yes"}'], env, tmp_path)
   assert 'error: config.data_on_device=yes needs one process' in str(e.value)
   assert not os.path.exists(tmp_path / 'yes' / 'checkpoints')
+  # A study (or any task but pggan and resnet training) runs in one
+  # process: refused in one line, pointing at shards.
+  with pytest.raises(AssertionError) as e:
+    _run_two([sys.executable, 'main.py', '--config=configs/study.py:tiny',
+              f'--workdir={tmp_path / "study"}', '--distributed',
+              '--num_processes=2'], env, tmp_path)
+  assert ('error: config.task=study runs in one process, not over the 2 of '
+          '--distributed') in str(e.value)
+  assert '--config.shard=i/N' in str(e.value)
+  assert not os.path.exists(tmp_path / 'study')
