@@ -3,7 +3,7 @@ r"""Steady-state img/s of the PGGAN training LOOP (not one step), CPU or GPU.
   python benchmarks/pggan_loop.py [--res=4,8,16,32,64] [--fmap_base=1024
       --fmap_max=64] [--batch=16] [--k=16] [--dispatches=5]
       [--dtypes=float32,bfloat16] [--num_images=200] [--mirror] [--ada]
-      [--compare_steps]
+      [--gp_batch_shrink=1] [--compare_steps]
 
 Per resolution and dtype: `steps.train_iterations` as train.py runs it, the
 training split resident on the device (`--num_images` random images,
@@ -17,7 +17,9 @@ per second (batch x d_repeats x iterations). `--batch=4:128,8:128,16:64` sets
 a minibatch per resolution. `--compare_steps` also times the iteration-at-
 a-time dispatch of d_step, g_step and ema_update (the loop before
 train_iterations), on the same machine in the same run. `--ada` turns ADA on
-(policy bgc, p adapted from 0.2). TFLOP/s: the d_step and g_step
+(policy bgc, p adapted from 0.2). `--gp_batch_shrink=s` takes the
+gradient penalty on every s-th pair of a batch (config.gp_batch_shrink).
+TFLOP/s: the d_step and g_step
 convolution and matmul FLOPs counted from their jaxprs (flops.py), times
 the iterations, over the loop's time. Prints a table; one channel. On a
 CPU use --k=1, as train.py does there: XLA:CPU runs convolutions inside a
@@ -130,6 +132,8 @@ def main():
   p.add_argument('--d_repeats', type=int, default=1)
   p.add_argument('--dtypes', default='float32,bfloat16')
   p.add_argument('--num_images', type=int, default=200)
+  p.add_argument('--gp_batch_shrink', type=int, default=1,
+                 help='gradient penalty on every s-th pair of a batch')
   p.add_argument('--mirror', action='store_true')
   p.add_argument('--ada', action='store_true')
   p.add_argument('--compare_steps', action='store_true')
@@ -147,7 +151,8 @@ def main():
   mesh = jax.make_mesh((jax.device_count(),), ('data',))
   print(f'device={jax.devices()[0].device_kind} x{jax.device_count()} '
         f'fmap={a.fmap_base}/{a.fmap_max} K={a.k} dispatches={a.dispatches} '
-        f'd_repeats={a.d_repeats} mirror={a.mirror} ada={a.ada}', flush=True)
+        f'd_repeats={a.d_repeats} gp_batch_shrink={a.gp_batch_shrink} '
+        f'mirror={a.mirror} ada={a.ada}', flush=True)
   head = (f'{"res":>5} {"dtype":>9} {"batch":>5} {"loop img/s":>10} '
           f'{"ms/iter":>8} {"TFLOP/s":>8} {"compile s":>9}')
   print(head + (f' {"steps img/s":>11} {"loop/steps":>10}'
@@ -157,7 +162,8 @@ def main():
     g_graph, g_params = nnx.split(g)
     d_graph, d_params = nnx.split(d)
     hp = steps.Hparams(latent_size=g.latent_size, d_repeats=a.d_repeats,
-                       mirror=a.mirror, ada_policy='bgc' if a.ada else '',
+                       gp_batch_shrink=a.gp_batch_shrink, mirror=a.mirror,
+                       ada_policy='bgc' if a.ada else '',
                        ada_adjust=a.ada)
     state = _state(g_params, d_params, hp, mesh)
     setups = []

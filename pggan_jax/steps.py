@@ -42,6 +42,9 @@ class Hparams:
   # Critic steps per generator step, and random horizontal flips of reals.
   d_repeats: int = 1
   mirror: bool = False
+  # The gradient penalty on every gp_batch_shrink-th pair of the critic's
+  # batch only (1 = all of them, the paper).
+  gp_batch_shrink: int = 1
   # ADA (augment.py): policy ('' = off), whether p adapts, and how.
   ada_policy: str = ''
   ada_adjust: bool = False
@@ -57,6 +60,7 @@ class Hparams:
                adam_b1=config.adam_b1, adam_b2=config.adam_b2,
                adam_eps=config.adam_eps, diffaug=config.diffaug,
                d_repeats=config.d_repeats, mirror=config.mirror,
+               gp_batch_shrink=config.get('gp_batch_shrink', 1),
                ada_policy=aug.policy if aug.mode != 'off' else '',
                ada_adjust=aug.mode == 'ada', ada_target=aug.target,
                ada_speed_kimg=aug.speed_kimg, ada_interval=aug.interval)
@@ -160,6 +164,15 @@ def d_step(state: dict, reals: jax.Array, labels: jax.Array, key: jax.Array,
   this batch's r_t (augment.rt_update with the fake scores: the WGAN
   critic's real/fake threshold).
 
+  With `hp.gp_batch_shrink` = s > 1 the penalty is taken on every s-th
+  (real, fake) pair of the batch only, B / s points (StyleGAN2's
+  pl_batch_shrink applied to WGAN-GP). Batches are random, so its mean is
+  an unbiased estimate of the whole batch's, and the penalty's forward and
+  double-backward pass through D (a third of an iteration's FLOPs at s = 1)
+  costs 1 / s. The critic sees those points as one batch: its minibatch-
+  stddev groups are drawn from them (train.check_config keeps B / s a
+  multiple of the group size).
+
   Precision: in bfloat16 the critic computes in bf16 but the penalty's
   interpolation (float32 images and weights u) and the gradient norm (of
   the float32-cast gradient) are float32; only the backward pass through D
@@ -178,15 +191,17 @@ def d_step(state: dict, reals: jax.Array, labels: jax.Array, key: jax.Array,
     def loss_fn(d_params):
       d = nnx.merge(d_graph, d_params)
       critic = lambda x: d(x, labels, alpha, stage=stage)
+      every = slice(None, None, hp.gp_batch_shrink)
+      gp_critic = lambda x: d(x, labels[every], alpha, stage=stage)
       if aug is None:
         real_scores, fake_scores = critic(reals), critic(fakes)
-        penalty = losses.gradient_penalty(critic, reals, fakes, kgp,
-                                          hp.gp_target)
+        penalty = losses.gradient_penalty(
+            gp_critic, reals[every], fakes[every], kgp, hp.gp_target)
       else:
         real_scores = critic(aug(reals, kar))
         fake_scores = critic(aug(fakes, kaf))
         penalty = losses.gradient_penalty_augmented(
-            critic, reals, fakes, kgp, aug, hp.gp_target)
+            gp_critic, reals[every], fakes[every], kgp, aug, hp.gp_target)
       loss, metrics = losses.d_wgan_gp_loss(
           real_scores, fake_scores, penalty, gp_lambda=hp.gp_lambda,
           gp_target=hp.gp_target, drift=hp.drift)

@@ -93,6 +93,9 @@ IGNORED_KEYS = ('total_kimg', 'grid_size', 'metrics.*',
                 'iters_per_dispatch', 'data_on_device', 'data_device_max_mb')
 # What a PGGAN workdir holds that a rerun resumes.
 OUTPUTS = ('checkpoints',)
+# Keys added since older workdirs were written, and the values that give
+# what those runs computed (the penalty on the whole batch).
+LEGACY_ABSENT = {'gp_batch_shrink': 1}
 # Filled in from the data by resolve_config.
 _RESOLVED_KEYS = ('class_names', 'model.channels', 'model.num_classes',
                   'model.latent_size')
@@ -121,6 +124,10 @@ def check_config(config) -> None:
     raise UserInputError(
         f'config.model.resolution={m.resolution} exceeds '
         f'config.data.storage_size={config.data.storage_size}')
+  shrink = config.get('gp_batch_shrink', 1)   # absent: written before it
+  if not isinstance(shrink, int) or shrink < 1:
+    raise UserInputError(f'config.gp_batch_shrink={shrink!r} must be an '
+                         'integer >= 1 (1 = the penalty on the whole batch)')
   if config.iters_per_dispatch < 0:
     raise UserInputError('config.iters_per_dispatch must be >= 0 (0 = auto)')
   if config.dtype not in ('float32', 'bfloat16'):
@@ -150,6 +157,13 @@ def check_config(config) -> None:
       raise UserInputError(
           f'config.model.mbstd_group_size={m.mbstd_group_size} does not '
           f'divide the minibatch {p.batch_size} at {r}x{r}')
+    # The penalty's B / s points form whole groups of the critic's size.
+    if p.batch_size % shrink or (m.mbstd_group_size > 1
+                                 and (p.batch_size // shrink) % g):
+      raise UserInputError(
+          f'config.gp_batch_shrink={shrink} does not leave a whole number '
+          f'of minibatch-stddev groups ({g}) of the minibatch '
+          f'{p.batch_size} at {r}x{r}')
     r *= 2
 
 
@@ -350,7 +364,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     raise UserInputError('--workdir is required for config.task=pggan')
   check_config(config)
   with workdir_lib.claim(workdir, job='pggan', outputs=OUTPUTS,
-                         ignore=(*IGNORED_KEYS, *resume_ignore)) as claim:
+                         ignore=(*IGNORED_KEYS, *resume_ignore),
+                         absent=LEGACY_ABSENT) as claim:
     return _train_and_evaluate(config, workdir, claim)
 
 
@@ -363,7 +378,8 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
   # W/splits.json, and again, with the keys the data fills in, before
   # anything is restored.
   workdir_lib.check_config(workdir, config, outputs=OUTPUTS,
-                           ignore=IGNORED_KEYS + _RESOLVED_KEYS)
+                           ignore=IGNORED_KEYS + _RESOLVED_KEYS,
+                           absent=LEGACY_ABSENT)
   prepared = dataset.prepare(config.data, workdir)
   cfg = resolve_config(config, prepared)
   is_main = jax.process_index() == 0

@@ -194,7 +194,11 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                         **cell_data)
           if config.gan_mode == 'conditional':
             study_config.set_conditional(sub)
-          gan_hashes[name] = study_steps.config_hash('gan', base, sub)
+          # A key added since (pggan_train.LEGACY_ABSENT) hashes as before
+          # at the value that computes what older GANs did.
+          gan_hashes[name] = study_steps.config_hash('gan', base, _without(
+              sub, [k for k, v in pggan_train.LEGACY_ABSENT.items()
+                    if sub.get(k) == v]))
           steps.run(os.path.join(done, f'gan_{name}.json'),
                     f'{tag} GAN {name}', gan_hashes[name], train_gan, sub,
                     gan_dir, dirs=(gan_dir,))

@@ -1,5 +1,7 @@
 """Tests for pggan_jax.steps: the fused loop, EMA half-life, bf16 penalty."""
 
+import dataclasses
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
@@ -186,3 +188,44 @@ def test_ada_p_moves_by_the_adjustment_step():
   assert np.all(np.asarray(out['aug']['rt_acc']) == 0)   # emptied
   assert -1 <= float(means['aug/rt']) <= 1
   assert float(means['aug/p']) == float(out['aug']['p'])
+
+
+@pytest.mark.parametrize('aug', ['', 'ada'])
+def test_gp_batch_shrink_takes_the_penalty_on_every_sth_pair(aug):
+  """d/gp = the mean penalty of pairs 0, s, 2s, ... (the critic sees those
+  B / s points as its batch), and differs from the whole batch's."""
+  s, b = 2, 8
+  kw = dict(ada_policy='bgc', ada_adjust=True) if aug else {}
+  g_graph, d_graph, state, hp = _models(gp_batch_shrink=s, **kw)
+  reals = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (b, _RES, _RES,
+                                                                 1)),
+                      jnp.float32)
+  labels = jnp.zeros((b,), jnp.int32)
+  key, alpha, lr = jax.random.key(3), jnp.float32(0.6), jnp.float32(1e-3)
+  skw = dict(g_graph=g_graph, d_graph=d_graph, stage=1)
+  _, m = steps.d_step(_copy(state), reals, labels, key, alpha, lr, hp=hp,
+                      **skw)
+  # By hand, as the d_step docstring says.
+  kz, kgp, _, _ = jax.random.split(key, 4)
+  z = jax.random.normal(kz, (b, hp.latent_size))
+  fakes = nnx.merge(g_graph, state['g'])(z, labels, alpha, stage=1)
+  faded = steps.fade_reals(reals, alpha)
+  d = nnx.merge(d_graph, state['d'])
+  critic = lambda x: d(x, labels[:b // s], alpha, stage=1)
+  if aug:
+    fn = lambda x, k: steps.augment.augment(x, state['aug']['p'], k,
+                                            policy='bgc')
+    pen = lambda r, f: losses.gradient_penalty_augmented(critic, r, f, kgp,
+                                                         fn)
+  else:
+    pen = lambda r, f: losses.gradient_penalty(critic, r, f, kgp)
+  expected = pen(faded[::s], fakes[::s])
+  assert expected.shape == (b // s,)
+  np.testing.assert_allclose(float(m['d/gp']), float(jnp.mean(expected)),
+                             rtol=1e-4)
+  # Not the first half of the batch, nor (with s = 1) the whole batch.
+  assert abs(float(jnp.mean(pen(faded[:b // s], fakes[:b // s])))
+             - float(m['d/gp'])) > 1e-3 * float(m['d/gp'])
+  _, m1 = steps.d_step(_copy(state), reals, labels, key, alpha, lr,
+                       hp=dataclasses.replace(hp, gp_batch_shrink=1), **skw)
+  assert abs(float(m1['d/gp']) - float(m['d/gp'])) > 1e-3 * float(m['d/gp'])

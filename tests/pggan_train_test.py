@@ -205,3 +205,37 @@ def test_compile_ahead_auto_is_off_on_gpu_and_threads_elsewhere(caplog):
   cfg.compile_ahead = -2
   with pytest.raises(train.UserInputError, match='config.compile_ahead=-2'):
     train._compile_workers(cfg, 9, 'cpu')
+
+
+@pytest.mark.parametrize('shrink, match', [
+    (0, 'config.gp_batch_shrink=0 must be an integer >= 1'),
+    (3, 'config.gp_batch_shrink=3 does not leave a whole number'),
+    # 8 / 4 = 2 pairs: not a whole group of 4.
+    (4, r'config.gp_batch_shrink=4 .* minibatch 8 at 4x4')])
+def test_gp_batch_shrink_is_checked(shrink, match):
+  cfg = pggan.get_config('tiny')   # minibatch 8, mbstd groups of 4
+  train.check_config(cfg)
+  cfg.gp_batch_shrink = 2
+  train.check_config(cfg)
+  cfg.gp_batch_shrink = shrink
+  with pytest.raises(train.UserInputError, match=match):
+    train.check_config(cfg)
+
+
+def test_workdirs_from_before_gp_batch_shrink_resume(tmp_path):
+  """A GAN workdir whose config.json predates gp_batch_shrink resumes at the
+  default (what it computed) and is refused at another value."""
+  from input_pipeline import workdir  # pylint: disable=g-import-not-at-top
+  cfg = pggan.get_config('tiny')
+  w = str(tmp_path / 'gan')
+  os.makedirs(os.path.join(w, 'checkpoints', '8'))
+  old = json.loads(cfg.to_json_best_effort())
+  del old['gp_batch_shrink']
+  with open(os.path.join(w, 'config.json'), 'w') as f:
+    json.dump(old, f)
+  kw = dict(outputs=train.OUTPUTS, ignore=train.IGNORED_KEYS,
+            absent=train.LEGACY_ABSENT)
+  workdir.check_config(w, cfg, **kw)
+  cfg.gp_batch_shrink = 2
+  with pytest.raises(train.UserInputError, match='gp_batch_shrink'):
+    workdir.check_config(w, cfg, **kw)

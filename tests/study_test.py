@@ -111,8 +111,8 @@ def _install_fakes(monkeypatch, calls):
            'resnet_jax.train': {'train_and_evaluate': resnet_train}}
   for name, check in real_checks.items():
     fakes[name]['check_config'] = check
-  fakes['resnet_jax.train']['LEGACY_ABSENT'] = importlib.import_module(
-      'resnet_jax.train').LEGACY_ABSENT
+  for name in ('pggan_jax.train', 'resnet_jax.train'):
+    fakes[name]['LEGACY_ABSENT'] = importlib.import_module(name).LEGACY_ABSENT
   for name, attrs in fakes.items():
     module = types.ModuleType(name)
     module.__dict__.update(attrs)
@@ -234,6 +234,29 @@ def test_arms_of_older_studies_resume_with_grain_batches(tmp_path,
   config.classifier.data_on_device = 'auto'
   with pytest.raises(errors.UserInputError,
                      match=r'arm none was run with another configuration'):
+    study.run_study(config, workdir)
+  assert len(calls) == n
+
+
+def test_gans_of_older_studies_resume(tmp_path, monkeypatch):
+  """GANs finished before config.gan.gp_batch_shrink existed took the
+  penalty on the whole batch: the default (1) keeps them and every later
+  step; another value is refused, naming the GAN."""
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  config.folds = (0,)
+  old = config.copy_and_resolve_references()
+  with old.gan.unlocked():
+    del old.gan['gp_batch_shrink']
+  workdir = str(tmp_path / 'study')
+  study.run_study(old, workdir)
+  n = len(calls)
+  study.run_study(config, workdir)
+  assert len(calls) == n
+  config.gan.gp_batch_shrink = 2
+  with pytest.raises(errors.UserInputError,
+                     match=r'GAN \w+ was run with another configuration'):
     study.run_study(config, workdir)
   assert len(calls) == n
 
