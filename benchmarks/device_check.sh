@@ -25,7 +25,9 @@
 #            float32 and bfloat16 (resnet_step.py) and PyTorch
 #            channels_last float32 and bf16 autocast (resnet_step_torch.py).
 #   loop     the Head CT model of configs/study.py:gpu (fmap 4096/256, ADA,
-#            mirroring) in the training loop at 64x64, float32 and bfloat16.
+#            mirroring) in the training loop at 64x64, float32 and bfloat16;
+#            then bfloat16 with the penalty on a quarter of each batch
+#            (--gp_batch_shrink=4).
 #   resnet_tune  the JAX ResNet-50 bf16 step in variants: 1x1 convs as
 #            convolutions (--nopointwise_dot) and batch 256.
 #   compile_flags  the loop section's GAN (float32 and bfloat16) under
@@ -175,6 +177,9 @@ section_loop() {
   step loop_headct "${LIMIT_loop:-150}" python3 benchmarks/pggan_loop.py \
       --res=$top $HC --batch=$HC_BATCH --k=$k --dispatches=$DISP \
       --dtypes=float32,bfloat16 --mirror --ada
+  step loop_headct_gp_shrink4 "${LIMIT_loop:-150}" python3 \
+      benchmarks/pggan_loop.py --res=$top $HC --batch=$HC_BATCH --k=$k \
+      --dispatches=$DISP --dtypes=bfloat16 --mirror --ada --gp_batch_shrink=4
 }
 
 section_compile_flags() {
