@@ -72,8 +72,8 @@ def main(argv):
     hint = ('; a study runs over several machines as a job array of '
             'shards, --config.shard=i/N (README, "The study")'
             if task == 'study' else '')
-    cli.fail(f'config.task={task} runs in one process, not over the '
-             f'{jax.process_count()} of --distributed (only '
+    cli.fail(f'config.task={task} runs in one process, not over '
+             f'{jax.process_count()} processes (only '
              f'{" and ".join(_MULTI_PROCESS)} training do){hint}')
   logging.info('JAX process %d/%d, local devices: %s, XLA_FLAGS=%r',
                jax.process_index(), jax.process_count(), jax.local_devices(),

@@ -177,9 +177,12 @@ section_loop() {
   step loop_headct "${LIMIT_loop:-150}" python3 benchmarks/pggan_loop.py \
       --res=$top $HC --batch=$HC_BATCH --k=$k --dispatches=$DISP \
       --dtypes=float32,bfloat16 --mirror --ada
-  step loop_headct_gp_shrink4 "${LIMIT_loop:-150}" python3 \
+  local shrink=4
+  [ "$QUICK" = 1 ] && shrink=2   # batch 8: whole groups of 4
+  step loop_headct_gp_shrink$shrink "${LIMIT_loop:-150}" python3 \
       benchmarks/pggan_loop.py --res=$top $HC --batch=$HC_BATCH --k=$k \
-      --dispatches=$DISP --dtypes=bfloat16 --mirror --ada --gp_batch_shrink=4
+      --dispatches=$DISP --dtypes=bfloat16 --mirror --ada \
+      --gp_batch_shrink=$shrink
 }
 
 section_compile_flags() {

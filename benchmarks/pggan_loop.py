@@ -142,6 +142,8 @@ def main():
                  'XLA autotunes kernels while compiling, so concurrent '
                  'compiles may choose other kernels')
   a = p.parse_args()
+  if a.gp_batch_shrink < 1:
+    p.error('--gp_batch_shrink must be >= 1')
   a.res = [int(r) for r in a.res.split(',')]
   a.compile_threads = a.compile_threads or len(a.res)
   batches = (schedule.parse_res_dict(a.batch) if ':' in a.batch

@@ -171,7 +171,7 @@ def d_step(state: dict, reals: jax.Array, labels: jax.Array, key: jax.Array,
   double-backward pass through D (a third of an iteration's FLOPs at s = 1)
   costs 1 / s. The critic sees those points as one batch: its minibatch-
   stddev groups are drawn from them (train.check_config keeps B / s a
-  multiple of the group size).
+  multiple of the group size, and of the device count).
 
   Precision: in bfloat16 the critic computes in bf16 but the penalty's
   interpolation (float32 images and weights u) and the gradient norm (of

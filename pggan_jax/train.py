@@ -157,13 +157,19 @@ def check_config(config) -> None:
       raise UserInputError(
           f'config.model.mbstd_group_size={m.mbstd_group_size} does not '
           f'divide the minibatch {p.batch_size} at {r}x{r}')
-    # The penalty's B / s points form whole groups of the critic's size.
-    if p.batch_size % shrink or (m.mbstd_group_size > 1
-                                 and (p.batch_size // shrink) % g):
+    # The penalty's B / s points: whole groups of the critic's size, the
+    # same number on every device.
+    n = p.batch_size // shrink
+    if p.batch_size % shrink or n % jax.device_count():
       raise UserInputError(
-          f'config.gp_batch_shrink={shrink} does not leave a whole number '
-          f'of minibatch-stddev groups ({g}) of the minibatch '
-          f'{p.batch_size} at {r}x{r}')
+          f'config.gp_batch_shrink={shrink} does not divide the minibatch '
+          f'{p.batch_size} at {r}x{r} into a multiple of the '
+          f'{jax.device_count()} devices')
+    if m.mbstd_group_size > 1 and n % g:
+      raise UserInputError(
+          f'config.gp_batch_shrink={shrink} leaves {n} of the minibatch '
+          f'{p.batch_size} at {r}x{r}: not whole minibatch-stddev groups '
+          f'of {g}')
     r *= 2
 
 

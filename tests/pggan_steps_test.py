@@ -16,9 +16,9 @@ from pggan_jax import steps
 _RES, _B, _N = 8, 4, 12
 
 
-def _models(dtype=jnp.float32, **hp_kw):
+def _models(dtype=jnp.float32, num_classes=0, **hp_kw):
   kw = dict(resolution=_RES, channels=1, fmap_base=64, fmap_max=16,
-            mbstd_group_size=2)
+            mbstd_group_size=2, num_classes=num_classes)
   g = networks.Generator(**{k: v for k, v in kw.items()
                             if k != 'mbstd_group_size'}, dtype=dtype,
                          rngs=nnx.Rngs(0))
@@ -192,15 +192,17 @@ def test_ada_p_moves_by_the_adjustment_step():
 
 @pytest.mark.parametrize('aug', ['', 'ada'])
 def test_gp_batch_shrink_takes_the_penalty_on_every_sth_pair(aug):
-  """d/gp = the mean penalty of pairs 0, s, 2s, ... (the critic sees those
-  B / s points as its batch), and differs from the whole batch's."""
+  """d/gp = the mean penalty of pairs 0, s, 2s, ... with their labels (the
+  conditional critic sees those B / s points as its batch), and differs
+  from the whole batch's."""
   s, b = 2, 8
   kw = dict(ada_policy='bgc', ada_adjust=True) if aug else {}
-  g_graph, d_graph, state, hp = _models(gp_batch_shrink=s, **kw)
+  g_graph, d_graph, state, hp = _models(gp_batch_shrink=s, num_classes=3,
+                                        **kw)
   reals = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (b, _RES, _RES,
                                                                  1)),
                       jnp.float32)
-  labels = jnp.zeros((b,), jnp.int32)
+  labels = jnp.arange(b, dtype=jnp.int32) % 3
   key, alpha, lr = jax.random.key(3), jnp.float32(0.6), jnp.float32(1e-3)
   skw = dict(g_graph=g_graph, d_graph=d_graph, stage=1)
   _, m = steps.d_step(_copy(state), reals, labels, key, alpha, lr, hp=hp,
@@ -211,20 +213,26 @@ def test_gp_batch_shrink_takes_the_penalty_on_every_sth_pair(aug):
   fakes = nnx.merge(g_graph, state['g'])(z, labels, alpha, stage=1)
   faded = steps.fade_reals(reals, alpha)
   d = nnx.merge(d_graph, state['d'])
-  critic = lambda x: d(x, labels[:b // s], alpha, stage=1)
-  if aug:
-    fn = lambda x, k: steps.augment.augment(x, state['aug']['p'], k,
-                                            policy='bgc')
-    pen = lambda r, f: losses.gradient_penalty_augmented(critic, r, f, kgp,
-                                                         fn)
-  else:
-    pen = lambda r, f: losses.gradient_penalty(critic, r, f, kgp)
-  expected = pen(faded[::s], fakes[::s])
+
+  def pen(rows, label_rows=None):
+    critic = lambda x: d(x, labels[rows if label_rows is None
+                                   else label_rows], alpha, stage=1)
+    if aug:
+      fn = lambda x, k: steps.augment.augment(x, state['aug']['p'], k,
+                                              policy='bgc')
+      return losses.gradient_penalty_augmented(critic, faded[rows],
+                                               fakes[rows], kgp, fn)
+    return losses.gradient_penalty(critic, faded[rows], fakes[rows], kgp)
+
+  expected = pen(slice(None, None, s))
   assert expected.shape == (b // s,)
   np.testing.assert_allclose(float(m['d/gp']), float(jnp.mean(expected)),
                              rtol=1e-4)
-  # Not the first half of the batch, nor (with s = 1) the whole batch.
-  assert abs(float(jnp.mean(pen(faded[:b // s], fakes[:b // s])))
+  # Not the first half of the batch, nor these pairs with other labels,
+  # nor (with s = 1) the whole batch.
+  assert abs(float(jnp.mean(pen(slice(0, b // s)))) - float(m['d/gp'])) \
+      > 1e-3 * float(m['d/gp'])
+  assert abs(float(jnp.mean(pen(slice(None, None, s), slice(0, b // s))))
              - float(m['d/gp'])) > 1e-3 * float(m['d/gp'])
   _, m1 = steps.d_step(_copy(state), reals, labels, key, alpha, lr,
                        hp=dataclasses.replace(hp, gp_batch_shrink=1), **skw)
