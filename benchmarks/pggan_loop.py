@@ -3,7 +3,7 @@ r"""Steady-state img/s of the PGGAN training LOOP (not one step), CPU or GPU.
   python benchmarks/pggan_loop.py [--res=4,8,16,32,64] [--fmap_base=1024
       --fmap_max=64] [--batch=16] [--k=16] [--dispatches=5]
       [--dtypes=float32,bfloat16] [--num_images=200] [--mirror] [--ada]
-      [--gp_batch_shrink=1] [--compare_steps]
+      [--gp_batch_shrink=1] [--compare_steps] [--flops_only]
 
 Per resolution and dtype: `steps.train_iterations` as train.py runs it, the
 training split resident on the device (`--num_images` random images,
@@ -21,7 +21,8 @@ train_iterations), on the same machine in the same run. `--ada` turns ADA on
 gradient penalty on every s-th pair of a batch (config.gp_batch_shrink).
 TFLOP/s: the d_step and g_step
 convolution and matmul FLOPs counted from their jaxprs (flops.py), times
-the iterations, over the loop's time. Prints a table; one channel. On a
+the iterations, over the loop's time (`--flops_only`: the FLOPs per
+image shown to D alone, nothing compiled). Prints a table; one channel. On a
 CPU use --k=1, as train.py does there: XLA:CPU runs convolutions inside a
 loop body ~15x slower (jax-ml/jax#12868). Needs only jax, flax, optax and
 numpy (runs on the offline GPU host as it is).
@@ -137,6 +138,8 @@ def main():
   p.add_argument('--mirror', action='store_true')
   p.add_argument('--ada', action='store_true')
   p.add_argument('--compare_steps', action='store_true')
+  p.add_argument('--flops_only', action='store_true',
+                 help='print the FLOPs per image and time nothing')
   p.add_argument('--compile_threads', type=int, default=1,
                  help='resolutions compiled at once (0 = all); on a GPU, '
                  'XLA autotunes kernels while compiling, so concurrent '
@@ -185,6 +188,12 @@ def main():
               'key': jax.random.key(0), 'data_key': jax.random.key(1)}
       kw = dict(g_graph=g_graph, d_graph=d_graph, stage=stage, hp=hp)
       setups.append((r, batch, data, plan, kw))
+    if a.flops_only:
+      for r, batch, data, _, kw in setups:
+        flops = _iteration_flops(state, data, kw, batch)
+        print(f'{r:>5} {dtype:>9} {batch:>5} GFLOP per image shown to D: '
+              f'{flops / (batch * a.d_repeats) / 1e9:.1f}', flush=True)
+      continue
     # Every resolution compiles first, --compile_threads at a time; each is
     # then timed alone.
     with concurrent.futures.ThreadPoolExecutor(a.compile_threads) as pool:
