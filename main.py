@@ -44,11 +44,6 @@ _TASKS = {
     'vtt_score': 'resnet_jax.vtt:score_from_config',
 }
 
-# Tasks that run over several processes (--distributed): each process feeds
-# its own devices. The others run in one process (a study's cells spread
-# over machines as shards).
-_MULTI_PROCESS = ('pggan', 'resnet')
-
 
 def main(argv):
   if len(argv) > 1:
@@ -68,13 +63,7 @@ def main(argv):
   task = config.get('task')
   if task not in _TASKS:
     cli.fail(f'config.task={task!r} is not one of {sorted(_TASKS)}')
-  if jax.process_count() > 1 and task not in _MULTI_PROCESS:
-    hint = ('; a study runs over several machines as a job array of '
-            'shards, --config.shard=i/N (README, "The study")'
-            if task == 'study' else '')
-    cli.fail(f'config.task={task} runs in one process, not over '
-             f'{jax.process_count()} processes (only '
-             f'{" and ".join(_MULTI_PROCESS)} training do){hint}')
+  cli.check_process_count(task, jax.process_count())
   logging.info('JAX process %d/%d, local devices: %s, XLA_FLAGS=%r',
                jax.process_index(), jax.process_count(), jax.local_devices(),
                os.environ['XLA_FLAGS'])

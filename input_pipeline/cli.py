@@ -7,7 +7,9 @@ surfaces as a chained traceback from inside the flag parser. `parse_flags`
 line: for an unknown key, with the closest keys of the config (difflib over
 its flattened dotted keys); for a failing `get_config(arg)`, with the
 file's variants. `run_task` does the same for the job's own bad input
-(`UserInputError`) and a diverged run (`FloatingPointError`).
+(`UserInputError`) and a diverged run (`FloatingPointError`), and
+`check_process_count` for a task that runs in one process started in
+several.
 """
 
 import ast
@@ -49,6 +51,23 @@ def xla_flags_with_defaults(current: str) -> str:
   given = {f.split('=', 1)[0] for f in current.split()}
   extra = [f for f in XLA_DEFAULTS if f.split('=', 1)[0] not in given]
   return ' '.join([current.strip(), *extra]).strip()
+
+
+# Tasks that run over several processes (--distributed): each process feeds
+# its own devices. The others run in one process (a study's cells spread
+# over machines as shards).
+MULTI_PROCESS_TASKS = ('pggan', 'resnet')
+
+
+def check_process_count(task: str, process_count: int) -> None:
+  """Fails in one line when `task` runs in one process and there are more."""
+  if process_count > 1 and task not in MULTI_PROCESS_TASKS:
+    hint = ('; a study runs over several machines as a job array of '
+            'shards, --config.shard=i/N (README, "The study")'
+            if task == 'study' else '')
+    fail(f'config.task={task} runs in one process, not over '
+         f'{process_count} processes (only '
+         f'{" and ".join(MULTI_PROCESS_TASKS)} training do){hint}')
 
 
 def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
