@@ -66,16 +66,15 @@ import orbax.checkpoint as ocp
 import tensorboardX
 import tqdm
 
-from input_pipeline import files
-from input_pipeline import images as image_io
 from input_pipeline import provenance
 from input_pipeline import sharding
 from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
+from pggan_jax import compiling
 from pggan_jax import networks
-from pggan_jax import quality
 from pggan_jax import schedule
 from pggan_jax import steps
+from pggan_jax import ticks
 from pggan_jax import train_data
 
 
@@ -216,73 +215,6 @@ def _checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
       item_names=CHECKPOINT_ITEMS)
 
 
-class _Metrics:
-  """Per-dispatch device-side metric means, read back only on flush."""
-
-  def __init__(self):
-    self.pending = []
-
-  def add(self, means: dict, n: int) -> None:
-    self.pending.append((means, n))
-
-  def flush(self, kimg: float) -> dict:
-    """Means over all pending iterations; raises on a non-finite value."""
-    if not self.pending:
-      return {}
-    host = jax.device_get([m for m, _ in self.pending])
-    weights = np.array([n for _, n in self.pending], np.float64)
-    self.pending = []
-    out = {}
-    for k in host[0]:
-      v = np.array([h[k] for h in host], np.float64)
-      if not np.all(np.isfinite(v)):
-        raise FloatingPointError(
-            f'non-finite {k} at kimg {kimg:.3f}; stopping without saving '
-            '(the last good checkpoint is kept)')
-      out[k] = float(np.sum(v * weights) / np.sum(weights))
-    return out
-
-
-class _Compiler:
-  """Compiled `train_iterations` and `generate` per (stage, batch size).
-
-  With `workers` > 0, `prefetch` compiles in that many background threads
-  (XLA compiles without the GIL), so the stages ahead compile beside each
-  other and beside training instead of one after another.
-  """
-
-  def __init__(self, static: dict, gen_static: dict, workers: int):
-    self.static, self.gen_static = static, gen_static
-    self.pool = (concurrent.futures.ThreadPoolExecutor(workers)
-                 if workers > 0 else None)
-    self.cache = {}
-
-  def _compile(self, key, state_spec, data_spec, plan, gen_args):
-    stage, batch = key
-    train = steps.train_iterations.lower(
-        state_spec, data_spec, plan, stage=stage, batch_size=batch,
-        **self.static).compile()
-    gen = steps.generate.lower(state_spec['g_ema'], *gen_args, stage=stage,
-                               **self.gen_static).compile()
-    return train, gen
-
-  def get(self, key, args_fn):
-    """(train, generate) for key = (stage, batch); compiles if needed, with
-    the arguments args_fn() (built only then: get runs every dispatch)."""
-    if key not in self.cache:
-      self.cache[key] = self._compile(key, *args_fn())
-    hit = self.cache[key]
-    return hit.result() if isinstance(hit, concurrent.futures.Future) else hit
-
-  def prefetch(self, key, args_fn) -> None:
-    if self.pool is not None and key not in self.cache:
-      self.cache[key] = self.pool.submit(self._compile, key, *args_fn())
-
-  def close(self):
-    if self.pool is not None:
-      self.pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _state_items(state: dict, rng, wrap) -> dict:
   """Checkpoint items of the train state, each wrapped by `wrap` (an orbax
   Save or Restore arg): the three nets, and 'opt' holding the Adam moments,
@@ -290,72 +222,6 @@ def _state_items(state: dict, rng, wrap) -> dict:
   opt = {'g_opt': state['g_opt'], 'd_opt': state['d_opt'], 'rng': rng,
          **({'aug': state['aug']} if 'aug' in state else {})}
   return {**{k: wrap(state[k]) for k in _NETS}, 'opt': wrap(opt)}
-
-
-def _compile_workers(cfg, num_stages: int, backend: str) -> int:
-  """Background compile threads: config.compile_ahead, 0 = off, -1 = auto.
-
-  Auto is half the CPU cores this process may use (at most one per
-  stage), except on a GPU, where it is 0: XLA autotunes kernels while it
-  compiles, holding the device's lock exclusively, and every running
-  program waits for it. Measured on an H100 (configs/study.py:gpu): with
-  the stages compiling in 8 threads the GAN finished one dispatch (1
-  kimg) in 5.5 minutes. (TPUs keep the threads: not measured there.)
-  """
-  n = cfg.compile_ahead
-  if not isinstance(n, int) or n < -1:
-    raise UserInputError(f'config.compile_ahead={n!r} must be -1 (auto), 0 '
-                         '(off) or a number of compile threads')
-  if n == -1:
-    n = (0 if backend == 'gpu' else
-         min(num_stages, max(1, len(os.sched_getaffinity(0)) // 2)))
-  elif n > 0 and backend == 'gpu':
-    logging.warning(
-        'config.compile_ahead=%d on a GPU: XLA autotunes while compiling '
-        'and running programs wait for it, so training may stall until '
-        'every stage is compiled (measured on an H100); auto (-1) is 0 '
-        'there.', n)
-  return n
-
-
-# Grid cells are enlarged to at least this many pixels (nearest neighbour).
-_GRID_CELL = 128
-
-
-def _tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
-              is_main: bool, ms_ssim_pairs: int,
-              real_ms_ssim: dict) -> dict:
-  """Worker thread: reads G_ema's samples back, saves the grid, SWD.
-
-  With ms_ssim_pairs > 0, also the mean pairwise MS-SSIM of the SWD samples
-  ('ms_ssim', diversity: mode collapse drives it up) and of the SWD reals
-  ('ms_ssim_real', computed once per resolution and cached in
-  real_ms_ssim), from 16x16 on (quality.SSIM_WINDOW: 11 pixels).
-  """
-  fakes = np.asarray(fakes)
-  out = {}
-  if is_main:
-    # Enlarged (nearest) for viewing; beside it, once per resolution, real
-    # training images at the same resolution.
-    image_io.save_grid(fakes[:grid_size], path, min_cell=_GRID_CELL)
-    out['grid'] = image_io.make_grid(fakes[:grid_size])
-    res = fakes.shape[1]
-    real_path = os.path.join(os.path.dirname(path), f'reals_{res}x{res}.png')
-    if reals is not None and not os.path.exists(real_path):
-      image_io.save_grid(reals[:grid_size], real_path, min_cell=_GRID_CELL)
-  if reals is not None and is_main:
-    res = fakes.shape[1]
-    # Patches must fit the image (3x3 at 4x4); SWD levels stop at 16x16.
-    kw = dict(swd_kw, patch_size=min(swd_kw['patch_size'], res - 1 | 1))
-    out.update(quality.sliced_wasserstein(reals, fakes[grid_size:], **kw))
-    if ms_ssim_pairs > 0 and res >= quality.SSIM_WINDOW and len(reals) >= 2:
-      out['ms_ssim'] = quality.mean_pairwise_ms_ssim(
-          fakes[grid_size:], num_pairs=ms_ssim_pairs, seed=swd_kw['seed'])
-      if res not in real_ms_ssim:
-        real_ms_ssim[res] = quality.mean_pairwise_ms_ssim(
-            reals, num_pairs=ms_ssim_pairs, seed=swd_kw['seed'])
-      out['ms_ssim_real'] = real_ms_ssim[res]
-  return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -464,7 +330,8 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
     if 'data' in items:
       data.restored(restored.data)
     if is_main:
-      _trim_metrics(os.path.join(workdir, 'metrics.jsonl'), meta['nimg'])
+      ticks.trim_metrics(os.path.join(workdir, 'metrics.jsonl'),
+                         meta['nimg'])
 
   def save(point):
     """Checkpoints the state after the dispatch that ended at `point`."""
@@ -495,7 +362,7 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
                 patch_size=7, num_directions=cfg.metrics.swd_directions,
                 num_repeats=4, seed=cfg.seed)
   real_ms_ssim = {}  # resolution -> MS-SSIM of the SWD reals (tick thread)
-  metrics = _Metrics()
+  metrics = ticks.Metrics()
   at = schedule.schedule_fn(cfg, jax.device_count())
   half_life = schedule.ema_half_life_kimg(cfg)
   nimg, step, prev_lod = meta['nimg'], meta['step'], meta['lod']
@@ -512,10 +379,11 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
   stages = schedule.stage_starts(at, nimg / 1000, cfg.total_kimg,
                                  cfg.sched.lod_training_kimg,
                                  cfg.sched.lod_transition_kimg)
-  compiler = _Compiler(
+  compiler = compiling.Compiler(
       dict(g_graph=g_graph, d_graph=d_graph, hp=hp), dict(g_graph=g_graph),
-      workers=_compile_workers(cfg, len(stages), jax.default_backend()))
-  ticks = concurrent.futures.ThreadPoolExecutor(1)
+      workers=compiling.compile_workers(cfg, len(stages),
+                                        jax.default_backend()))
+  tick_pool = concurrent.futures.ThreadPoolExecutor(1)
   pending_ticks = collections.deque()
   jsonl = os.path.join(workdir, 'metrics.jsonl')
 
@@ -536,7 +404,7 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
   state_spec = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
 
   def compile_args(point, plan):
-    """A thunk of the compile arguments at `point` (see _Compiler.get)."""
+    """A thunk of the compile arguments at `point` (compiling.Compiler.get)."""
     return lambda: (state_spec, data.spec(point.resolution, point.batch_size),
                     plan, (tick_z, tick_labels, jnp.float32(0)))
 
@@ -597,8 +465,8 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
     reals = (data.swd_reals(point.resolution, num_swd)
              if num_swd and is_main else None)
     path = os.path.join(workdir, 'samples', f'fakes_{nimg:09d}.png')
-    pending_ticks.append((ticks.submit(
-        _tick_job, fakes, len(grid_z), reals, swd_kw, path, is_main,
+    pending_ticks.append((tick_pool.submit(
+        ticks.tick_job, fakes, len(grid_z), reals, swd_kw, path, is_main,
         cfg.metrics.get('ms_ssim_pairs', 0), real_ms_ssim),
         rec, nimg))
 
@@ -649,7 +517,7 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
           break
       finish_ticks(wait=True)
     finally:
-      ticks.shutdown(wait=True)
+      tick_pool.shutdown(wait=True)
       # The checkpoint first: compilations still running ahead (up to a
       # minute on a GPU) cannot be cancelled, only waited for.
       mgr.wait_until_finished()
@@ -665,24 +533,3 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
     stop.exit(f'PGGAN training stopped; {where}; run the same command '
               'again to resume')
   return last
-
-
-def _trim_metrics(path: str, nimg: int) -> None:
-  """Keeps the metrics.jsonl records up to the resumed checkpoint.
-
-  A killed run may have logged ticks past its last checkpoint (the resumed
-  run logs them again) or left half a line.
-  """
-  if not os.path.isfile(path):
-    return
-  keep = []
-  with open(path) as f:
-    for line in f:
-      try:
-        rec = json.loads(line)
-      except ValueError:
-        continue
-      if round(rec.get('kimg', 0) * 1000) <= nimg:
-        keep.append(line if line.endswith('\n') else line + '\n')
-  files.write_text(path, ''.join(keep))
-

@@ -195,25 +195,6 @@ def test_dispatch_plan_matches_the_schedule_one_iteration_at_a_time(k_max):
   assert max(sizes) == min(k_max, 7)
 
 
-def test_compile_ahead_auto_is_off_on_gpu_and_threads_elsewhere(caplog):
-  cfg = pggan.get_config('tiny')
-  cores = len(os.sched_getaffinity(0))
-  for backend in ('cpu', 'tpu'):
-    assert train._compile_workers(cfg, 9, backend) == min(9,
-                                                           max(1, cores // 2))
-    assert train._compile_workers(cfg, 1, backend) == 1
-  # On a GPU, compiling beside training stalls it (XLA's autotuning lock).
-  assert train._compile_workers(cfg, 9, 'gpu') == 0
-  cfg.compile_ahead = 3
-  assert train._compile_workers(cfg, 9, 'cpu') == 3
-  assert 'stall' not in caplog.text
-  assert train._compile_workers(cfg, 9, 'gpu') == 3
-  assert 'compile_ahead=3 on a GPU' in caplog.text
-  cfg.compile_ahead = -2
-  with pytest.raises(train.UserInputError, match='config.compile_ahead=-2'):
-    train._compile_workers(cfg, 9, 'cpu')
-
-
 @pytest.mark.parametrize('shrink, match', [
     (0, 'config.gp_batch_shrink=0 must be an integer >= 1'),
     (3, 'config.gp_batch_shrink=3 does not divide the minibatch 8 at 4x4'),
