@@ -210,53 +210,35 @@ def test_run_study_with_fakes_plumbing_and_resume(tmp_path, monkeypatch):
   assert len(calls) == n
 
 
-def test_arms_of_older_studies_resume_with_grain_batches(tmp_path,
-                                                         monkeypatch):
-  """A study whose arms finished before the classifier had the keys of
-  train.LEGACY_ABSENT: with data_on_device='no' (what they ran with) every
-  finished step is kept; with the default 'auto' the arms are refused."""
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
-  legacy_keys = list(train.LEGACY_ABSENT)
+@pytest.mark.parametrize('block, module, keep, refuse, step', [
+    # Arms streamed their batches by grain: data_on_device='no'.
+    ('classifier', 'resnet_jax.train', {'data_on_device': 'no'},
+     {'data_on_device': 'auto'}, 'arm none'),
+    # GANs took the penalty on the whole batch: the default.
+    ('gan', 'pggan_jax.train', {}, {'gp_batch_shrink': 2}, r'GAN \w+')])
+def test_steps_of_older_studies_resume(tmp_path, monkeypatch, block, module,
+                                       keep, refuse, step):
+  """A study whose steps finished before the keys of `module`.LEGACY_ABSENT
+  existed: with the values that compute what they did, every finished step
+  is kept; with others the step is refused, named."""
+  legacy_keys = list(importlib.import_module(module).LEGACY_ABSENT)
   calls = []
   _install_fakes(monkeypatch, calls)
   config = _fake_config(tmp_path)
   config.folds = (0,)
   old = config.copy_and_resolve_references()
-  with old.classifier.unlocked():
+  with old[block].unlocked():
     for key in legacy_keys:
-      del old.classifier[key]
+      del old[block][key]
   workdir = str(tmp_path / 'study')
   study.run_study(old, workdir)
   n = len(calls)
-  config.classifier.data_on_device = 'no'
+  config[block].update(keep)
   study.run_study(config, workdir)
   assert len(calls) == n
-  config.classifier.data_on_device = 'auto'
+  config[block].update(refuse)
   with pytest.raises(errors.UserInputError,
-                     match=r'arm none was run with another configuration'):
-    study.run_study(config, workdir)
-  assert len(calls) == n
-
-
-def test_gans_of_older_studies_resume(tmp_path, monkeypatch):
-  """GANs finished before config.gan.gp_batch_shrink existed took the
-  penalty on the whole batch: the default (1) keeps them and every later
-  step; another value is refused, naming the GAN."""
-  calls = []
-  _install_fakes(monkeypatch, calls)
-  config = _fake_config(tmp_path)
-  config.folds = (0,)
-  old = config.copy_and_resolve_references()
-  with old.gan.unlocked():
-    del old.gan['gp_batch_shrink']
-  workdir = str(tmp_path / 'study')
-  study.run_study(old, workdir)
-  n = len(calls)
-  study.run_study(config, workdir)
-  assert len(calls) == n
-  config.gan.gp_batch_shrink = 2
-  with pytest.raises(errors.UserInputError,
-                     match=r'GAN \w+ was run with another configuration'):
+                     match=step + ' was run with another configuration'):
     study.run_study(config, workdir)
   assert len(calls) == n
 
