@@ -15,7 +15,10 @@ real images (mode collapse), and the quality gate.
 
 Runs that differ in one setting, on the same folds and with two or more
 seeds (--config.seed), show whether a difference exceeds seed-to-seed
-spread. Measured with it (2-core CPU, 2026-11-26): the CPU-sized
+spread. With several study workdirs, a last table groups them by setting
+(the keys of their config.json that differ, the seed aside) and gives, per
+setting and class, the mean and range over its runs and cells of SWD, KID,
+C2ST, recall and synthetic MS-SSIM, and how many passed the gate. Measured with it (2-core CPU, 2026-11-26): the CPU-sized
 comparison in the README, "Choosing GAN settings on curves", e.g.
 
   python main.py --config=configs/study.py --workdir=W_off \
@@ -75,6 +78,58 @@ def _row(name: str, cell: str, cls: str, m: dict) -> str:
           f"{g('ms_ssim_synthetic')} / {g('ms_ssim_real')} | {verdict} |")
 
 
+# The settings table's metrics (gan_metrics.json keys) and formats.
+_SUMMARY = (('SWD', 'swd', '.1f'), ('KID', 'kid', '.3f'),
+            ('C2ST', 'c2st_accuracy', '.2f'), ('recall', 'recall', '.2f'),
+            ('MS-SSIM synthetic', 'ms_ssim_synthetic', '.2f'))
+
+
+def _flat(tree: dict, prefix: str = '') -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}, as input_pipeline.workdir.flatten
+  (not importable here: this folder's input_pipeline.py shadows it)."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _settings(workdirs: list[str]) -> dict[str, str]:
+  """Study workdir -> its setting: `key=value` for each key, the seed
+  aside, whose value differs between the workdirs' config.json files."""
+  configs = {}
+  for w in workdirs:
+    path = os.path.join(w, 'config.json')
+    if os.path.isfile(path) and not os.path.isfile(
+        os.path.join(w, 'metrics.jsonl')):
+      with open(path) as f:
+        configs[w] = _flat(json.load(f))
+  keys = sorted({k for c in configs.values() for k in c} - {'seed'})
+  varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True)
+                                     for c in configs.values()}) > 1]
+  return {w: ' '.join(f'{k}={json.dumps(c.get(k))}' for k in varying)
+          or 'all runs' for w, c in configs.items()}
+
+
+def _summary(groups: dict) -> list[str]:
+  """{(setting, class): [gan_metrics dicts]} -> markdown table lines."""
+  lines = ['| setting | class | n | ' + ' | '.join(
+      n for n, _, _ in _SUMMARY) + ' | gate passed |',
+           '|---|---|---|' + '---|' * len(_SUMMARY) + '---|']
+  for (setting, cls), ms in groups.items():
+    cols = []
+    for _, key, fmt in _SUMMARY:
+      v = [m[key] for m in ms if m.get(key) is not None]
+      cols.append(f'{format(sum(v) / len(v), fmt)} ({format(min(v), fmt)}–'
+                  f'{format(max(v), fmt)})' if v else '—')
+    passed = sum(bool((m.get('gate') or {}).get('passed')) for m in ms)
+    lines.append(f'| {setting} | {cls} | {len(ms)} | ' + ' | '.join(cols)
+                 + f' | {passed} of {len(ms)} |')
+  return lines
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('workdirs', nargs='+')
@@ -83,6 +138,8 @@ def main():
            'precision / recall | MS-SSIM synthetic / real | gate |',
            '|---|---|---|---|---|---|---|---|---|']
   curves = []
+  settings = _settings(a.workdirs)
+  groups = {}   # (setting, class) -> gan_metrics of every run and cell
   for w in a.workdirs:
     name = os.path.basename(os.path.normpath(w))
     if os.path.isfile(os.path.join(w, 'metrics.jsonl')):  # one PGGAN run
@@ -102,14 +159,19 @@ def main():
                                                 'gan_metrics.json'))):
         with open(path) as f:
           m = json.load(f)
-        table.append(_row(name, cell, os.path.basename(os.path.dirname(path)),
-                          m))
+        cls = os.path.basename(os.path.dirname(path))
+        table.append(_row(name, cell, cls, m))
+        if w in settings:
+          groups.setdefault((settings[w], cls), []).append(m)
   if len(table) > 2:  # study cells with quality metrics
     print('\n'.join(table) + '\n')
   print('Curves of G_ema against training images at each tick: kimg:SWD; '
         'from 16x16, kimg:MS-SSIM of G_ema / of the real images; '
         '* = during a fade-in')
   print('\n'.join(curves))
+  if len(settings) > 1 and groups:
+    print('\nPer setting (mean and range over its runs and cells):\n')
+    print('\n'.join(_summary(groups)))
 
 
 if __name__ == '__main__':

@@ -7,6 +7,7 @@ by the tests below it (module-scoped fixture), then rerun once.
 """
 
 import csv
+import glob
 import importlib
 import json
 import os
@@ -492,6 +493,42 @@ def test_gan_curves_benchmark_reads_the_study(tiny_study):
       capture_output=True, text=True, timeout=60, check=False)
   assert proc.returncode == 0, proc.stderr
   assert 'normal: ' + curve.split(' normal: ')[1] in proc.stdout.splitlines()
+
+
+def test_gan_curves_groups_runs_by_setting(tiny_study, tmp_path):
+  """Four runs of the tiny study's quality metrics: seeds 0 and 1 of two
+  settings of gp_batch_shrink; the settings table gives each setting's
+  mean and range over its runs and cells."""
+  workdir, _, _ = tiny_study
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = json.load(f)
+  runs = []
+  for shrink in (1, 2):
+    for seed in (0, 1):
+      run = tmp_path / f's{shrink}_seed{seed}'
+      for path in glob.glob(os.path.join(workdir, 'repeat*', 'fold*',
+                                         'quality', '*', 'gan_metrics.json')):
+        with open(path) as f:
+          m = json.load(f)
+        m['swd'] = 10.0 * shrink + seed   # known values to summarise
+        out = run / os.path.relpath(path, workdir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(m))
+      config['seed'] = seed
+      config['gan']['gp_batch_shrink'] = shrink
+      (run / 'config.json').write_text(json.dumps(config))
+      runs.append(str(run))
+  proc = subprocess.run(
+      [sys.executable, 'benchmarks/gan_curves.py', *runs], cwd=ROOT,
+      capture_output=True, text=True, timeout=60, check=False)
+  assert proc.returncode == 0, proc.stderr
+  rows = [l for l in proc.stdout.splitlines()
+          if l.startswith('| gan.gp_batch_shrink=')]
+  # 2 settings x (2 classes + all); 2 runs x 2 cells each.
+  assert len(rows) == 6, proc.stdout
+  assert '| gan.gp_batch_shrink=1 | all | 4 | 10.5 (10.0–11.0) |' in rows[0]
+  assert any(r.startswith('| gan.gp_batch_shrink=2 | normal | 4 | '
+                          '20.5 (20.0–21.0) |') for r in rows), rows
 
 
 def test_tiny_rerun_is_noop(tiny_study):
