@@ -19,12 +19,12 @@ a-time dispatch of d_step, g_step and ema_update (the loop before
 train_iterations), on the same machine in the same run. `--ada` turns ADA on
 (policy bgc, p adapted from 0.2). `--gp_batch_shrink=s` takes the
 gradient penalty on every s-th pair of a batch (config.gp_batch_shrink).
-TFLOP/s: the d_step and g_step
-convolution and matmul FLOPs counted from their jaxprs (flops.py), times
-the iterations, over the loop's time (`--flops_only`: the FLOPs per
-image shown to D alone, nothing compiled). Prints a table; one channel. On a
-CPU use --k=1, as train.py does there: XLA:CPU runs convolutions inside a
-loop body ~15x slower (jax-ml/jax#12868). Needs only jax, flax, optax and
+TFLOP/s: the d_step and g_step convolution and matmul FLOPs counted from
+their jaxprs (flops.py), times the iterations, over the loop's time
+(`--flops_only`: the FLOPs per image shown to D alone, nothing compiled).
+Prints a table; one channel. On a CPU use --k=1, as train.py does there:
+XLA:CPU runs convolutions inside a loop body ~15x slower
+(jax-ml/jax#12868). Needs only jax, flax, optax and
 numpy (runs on the offline GPU host as it is).
 """
 
