@@ -162,8 +162,8 @@ def check_config(config) -> None:
     if p.batch_size % shrink or n % jax.device_count():
       raise UserInputError(
           f'config.gp_batch_shrink={shrink} does not divide the minibatch '
-          f'{p.batch_size} at {r}x{r} into a multiple of the '
-          f'{jax.device_count()} devices')
+          f'{p.batch_size} at {r}x{r} into a multiple of the device count '
+          f'({jax.device_count()})')
     if m.mbstd_group_size > 1 and n % g:
       raise UserInputError(
           f'config.gp_batch_shrink={shrink} leaves {n} of the minibatch '
