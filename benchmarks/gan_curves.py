@@ -40,6 +40,12 @@ import glob
 import json
 import math
 import os
+import sys
+
+# The package, not this folder's input_pipeline.py benchmark.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from input_pipeline import workdir  # pylint: disable=g-import-not-at-top
 
 
 def _curve(path: str) -> str:
@@ -84,18 +90,6 @@ _SUMMARY = (('SWD', 'swd', '.1f'), ('KID', 'kid', '.3f'),
             ('MS-SSIM synthetic', 'ms_ssim_synthetic', '.2f'))
 
 
-def _flat(tree: dict, prefix: str = '') -> dict:
-  """{'a': {'b': 1}} -> {'a.b': 1}, as input_pipeline.workdir.flatten
-  (not importable here: this folder's input_pipeline.py shadows it)."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) and value:
-      out.update(_flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
 def _settings(workdirs: list[str]) -> dict[str, str]:
   """Study workdir -> its setting: `key=value` for each key, the seed
   aside, whose value differs between the workdirs' config.json files."""
@@ -105,7 +99,7 @@ def _settings(workdirs: list[str]) -> dict[str, str]:
     if os.path.isfile(path) and not os.path.isfile(
         os.path.join(w, 'metrics.jsonl')):
       with open(path) as f:
-        configs[w] = _flat(json.load(f))
+        configs[w] = workdir.flatten(json.load(f))
   keys = sorted({k for c in configs.values() for k in c} - {'seed'})
   varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True)
                                      for c in configs.values()}) > 1]
