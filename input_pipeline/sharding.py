@@ -46,6 +46,26 @@ def check_batch_size(batch_size: int, key: str = 'batch_size') -> None:
         f'config.{key}={batch_size} is not divisible by the {n} devices')
 
 
+def auto_axes(fn, like: jax.Array, out_spec: P = P()):
+  """`fn` run with the mesh's axes in 'auto' mode, its outputs `out_spec`.
+
+  `make_mesh()` gives Explicit axes (sharding in types), under which
+  reshapes of batch-sharded arrays need explicit output shardings. Inside a
+  model (or an augmentation) we let the compiler propagate the batch
+  sharding (data parallel) instead. The mesh is `like`'s (a traced array);
+  unsharded inputs (tests, single arrays) call `fn` unchanged.
+  """
+  mesh = jax.typeof(like).sharding.mesh
+  if mesh.empty:
+    return fn
+
+  def wrapped(*args):
+    with jax.sharding.use_abstract_mesh(mesh):
+      return jax.sharding.auto_axes(fn, axes=mesh.axis_names,
+                                    out_sharding=out_spec)(*args)
+  return wrapped
+
+
 def padded_count(n: int) -> int:
   """A device array's row count for n images: the next power of two, so
   runs with a few images more or less (folds, classes) share compiled

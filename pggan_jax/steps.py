@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 import optax
 
+from input_pipeline import sharding
 from pggan_jax import augment
 from pggan_jax import diffaug
 from pggan_jax import layers
@@ -102,26 +103,6 @@ def _apply_adam(hp: Hparams, params, grads, opt_state, lr):
   updates, opt_state = hp.adam().update(grads, opt_state, params)
   params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
   return params, opt_state
-
-
-def _auto_sharding(fn, like: jax.Array):
-  """Runs `fn` with the mesh's axes in 'auto' mode, outputs replicated.
-
-  `make_mesh()` gives Explicit axes (sharding in types), under which
-  reshapes of batch-sharded arrays need explicit output shardings. Inside
-  the model we let the compiler propagate the batch sharding (data
-  parallel) instead; `fn` returns only replicated values (grads, scalars).
-  Unsharded inputs (tests, single arrays) call `fn` unchanged.
-  """
-  mesh = jax.typeof(like).sharding.mesh
-  if mesh.empty:
-    return fn
-
-  def wrapped(*args):
-    with jax.sharding.use_abstract_mesh(mesh):
-      return jax.sharding.auto_axes(fn, axes=mesh.axis_names,
-                                    out_sharding=P())(*args)
-  return wrapped
 
 
 def _batch_sharded(x: jax.Array) -> jax.Array:
@@ -212,7 +193,7 @@ def d_step(state: dict, reals: jax.Array, labels: jax.Array, key: jax.Array,
 
     return jax.grad(loss_fn, has_aux=True)(d_params)
 
-  grads, metrics = _auto_sharding(grads_fn, reals)(
+  grads, metrics = sharding.auto_axes(grads_fn, reals)(
       state['g'], state['d'], reals, labels, key, alpha, _aug_p(state, hp))
   d_params, d_opt = _apply_adam(hp, state['d'], grads, state['d_opt'], lr)
   return dict(state, d=d_params, d_opt=d_opt), metrics
@@ -239,7 +220,7 @@ def g_step(state: dict, labels: jax.Array, key: jax.Array, alpha: jax.Array,
 
     return jax.value_and_grad(loss_fn)(g_params)
 
-  loss, grads = _auto_sharding(grads_fn, labels)(
+  loss, grads = sharding.auto_axes(grads_fn, labels)(
       state['g'], state['d'], labels, key, alpha, _aug_p(state, hp))
   g_params, g_opt = _apply_adam(hp, state['g'], grads, state['g_opt'], lr)
   return dict(state, g=g_params, g_opt=g_opt), {'g/loss': loss}

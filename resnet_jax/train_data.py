@@ -170,11 +170,8 @@ class Draw:
       return jax.lax.cond(on, classic_augment, lambda x, *_: x, x, keys,
                           params)
 
-    mesh = self.sharding.mesh
-    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-      x = jax.sharding.auto_axes(
-          augmented, axes=mesh.axis_names, out_sharding=self.sharding.spec)(
-              images, keys, data['augment'], data['augment_on'])
+    x = sharding.auto_axes(augmented, images, self.sharding.spec)(
+        images, keys, data['augment'], data['augment_on'])
     return {'image': x, 'label': labels.astype(jnp.int32)}
 
 
