@@ -42,7 +42,6 @@ import math
 import os
 import sys
 
-# The package, not this folder's input_pipeline.py benchmark.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from input_pipeline import workdir  # pylint: disable=g-import-not-at-top

@@ -40,6 +40,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from flops import count_flops
+from input_pipeline import sharding
 from pggan_jax import networks
 from pggan_jax import schedule
 from pggan_jax import steps
@@ -151,9 +152,7 @@ def main():
   a.compile_threads = a.compile_threads or len(a.res)
   batches = (schedule.parse_res_dict(a.batch) if ':' in a.batch
              else {r: float(a.batch) for r in a.res})
-  # As input_pipeline.sharding.make_mesh (not imported: this folder's
-  # input_pipeline.py would shadow the package).
-  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  mesh = sharding.make_mesh()
   print(f'device={jax.devices()[0].device_kind} x{jax.device_count()} '
         f'fmap={a.fmap_base}/{a.fmap_max} K={a.k} dispatches={a.dispatches} '
         f'd_repeats={a.d_repeats} gp_batch_shrink={a.gp_batch_shrink} '

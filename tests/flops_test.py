@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-# Loaded by path: benchmarks/ on sys.path would shadow the input_pipeline
-# package with benchmarks/input_pipeline.py.
+# Loaded by path: benchmarks/ is a folder of scripts, not a package.
 _SPEC = importlib.util.spec_from_file_location('flops', os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
     'benchmarks', 'flops.py'))

@@ -1,6 +1,6 @@
 """Throughput of the full training input pipeline, with augmentation.
 
-  python benchmarks/input_pipeline.py [--name=head_ct --dir=DIR]
+  python benchmarks/data_pipeline.py [--name=head_ct --dir=DIR]
       [--workers=0,2] [--resolutions=128,256] [--seconds=5]
 
 Prepares the dataset (cached), then times `pipeline.create_iterator` batches
@@ -14,11 +14,7 @@ import os
 import sys
 import time
 
-# This file's name shadows the `input_pipeline` package when run as a
-# script: put the repository root first instead of benchmarks/.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [os.path.dirname(_HERE)] + [
-    p for p in sys.path if os.path.abspath(p or '.') != _HERE]
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app

@@ -1,0 +1,46 @@
+"""Every benchmark script starts as the README and device_check.sh run it.
+
+`python benchmarks/X.py` puts benchmarks/ first on sys.path, so a script
+there named like a package of the project (input_pipeline.py did) hides
+that package from every benchmark that imports it.
+"""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SCRIPTS = sorted(glob.glob(os.path.join(_ROOT, 'benchmarks', '*.py')))
+_PACKAGES = ('configs', 'input_pipeline', 'pggan_jax', 'resnet_jax', 'main')
+
+
+def test_no_benchmark_is_named_like_a_package():
+  names = {os.path.splitext(os.path.basename(s))[0] for s in _SCRIPTS}
+  assert len(names) > 5
+  assert not names & set(_PACKAGES)
+
+
+@pytest.mark.parametrize('script', _SCRIPTS, ids=os.path.basename)
+def test_benchmark_starts(script):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('PYTHONPATH', None)
+  r = subprocess.run([sys.executable, script, '--help'], cwd=_ROOT, env=env,
+                     capture_output=True, text=True, timeout=300)
+  out = r.stdout + r.stderr
+  # argparse exits 0 after --help, absl 1; an import error exits 1 too.
+  assert r.returncode in (0, 1), out
+  assert 'Traceback' not in out, out
+  if "__name__ == '__main__'" in open(script).read():
+    assert '--help' in out, out   # the flag listing, argparse's or absl's
+  else:                           # a module the scripts import
+    assert r.returncode == 0, out
+
+
+def test_device_check_parses():
+  r = subprocess.run(['bash', '-n', os.path.join(_ROOT, 'benchmarks',
+                                                 'device_check.sh')],
+                     capture_output=True, text=True)
+  assert r.returncode == 0, r.stderr
