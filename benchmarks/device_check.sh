@@ -28,6 +28,9 @@
 #            mirroring) in the training loop at 64x64, float32 and bfloat16;
 #            then bfloat16 with the penalty on a quarter of each batch
 #            (--gp_batch_shrink=4).
+#   loop_batch  the loop section's bfloat16 loop at batches 64 and 128
+#            (:gpu trains at 32 at 64x64): how much of the GPU a bigger
+#            per-resolution minibatch would use.
 #   resnet_tune  the JAX ResNet-50 bf16 step in variants: 1x1 convs as
 #            convolutions (--nopointwise_dot) and batch 256.
 #   compile_flags  the loop section's GAN (float32 and bfloat16) under
@@ -183,6 +186,16 @@ section_loop() {
       benchmarks/pggan_loop.py --res=$top $HC --batch=$HC_BATCH --k=$k \
       --dispatches=$DISP --dtypes=bfloat16 --mirror --ada \
       --gp_batch_shrink=$shrink
+}
+
+section_loop_batch() {
+  local top=64 k=16 b
+  [ "$QUICK" = 1 ] && { top=16; k=1; }
+  for b in $((2 * HC_BATCH)) $((4 * HC_BATCH)); do
+    step loop_headct_batch$b "${LIMIT_loop:-150}" python3 \
+        benchmarks/pggan_loop.py --res=$top $HC --batch=$b --k=$k \
+        --dispatches=$DISP --dtypes=bfloat16 --mirror --ada
+  done
 }
 
 section_compile_flags() {
