@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from configs import resnet as resnet_config
 from input_pipeline import sharding
-from resnet_jax import train
+from resnet_jax import steps
 
 flags.DEFINE_string('model', 'resnet50', 'Model name.')
 flags.DEFINE_integer('num_filters', 64, 'Stem width.')
@@ -54,26 +54,26 @@ def main(_):
   batch = {'image': jnp.zeros((b, r, r, 1)),
            'label': jnp.zeros((b,), jnp.int32)}
 
-  def first_call(tx, steps):
-    graphdef, _, state = train.init_state(train.create_model(config, 1), tx)
+  def first_call(tx, n):
+    graphdef, _, state = steps.init_state(steps.create_model(config, 1), tx)
     t = time.perf_counter()
-    _, m = train.train_step(state, batch, train.schedule(config, steps),
+    _, m = steps.train_step(state, batch, steps.schedule(config, n),
                             graphdef=graphdef, tx=tx, label_smoothing=0.1)
     jax.block_until_ready(m)
     return time.perf_counter() - t
 
   n = FLAGS.steps
-  uncached = train._optimizer.__wrapped__  # pylint: disable=protected-access
+  uncached = steps._optimizer.__wrapped__  # pylint: disable=protected-access
   rows = [
-      ('cold', train.create_optimizer(config), n),
-      ('same settings', train.create_optimizer(config), n),
+      ('cold', steps.create_optimizer(config), n),
+      ('same settings', steps.create_optimizer(config), n),
       ('same settings, new optimiser object',
        uncached(config.optimizer, config.momentum, config.weight_decay), n),
-      ('other step count', train.create_optimizer(config), n + 1)]
+      ('other step count', steps.create_optimizer(config), n + 1)]
   print(f'{FLAGS.model} width {FLAGS.num_filters} {FLAGS.dtype} {r}x{r} '
         f'batch {b} on {jax.devices()[0].platform}: first call, s')
-  for name, tx, steps in rows:
-    print(f'  {name:40s} {first_call(tx, steps):7.2f}')
+  for name, tx, k in rows:
+    print(f'  {name:40s} {first_call(tx, k):7.2f}')
 
 if __name__ == '__main__':
   app.run(main)

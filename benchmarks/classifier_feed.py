@@ -40,6 +40,7 @@ from configs import resnet as resnet_config
 from input_pipeline import dataset
 from input_pipeline import sharding
 from resnet_jax import train
+from resnet_jax import steps
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_string('name', 'synthetic_head_ct', 'config.data.name')
@@ -65,12 +66,12 @@ def main(_):
   train.check_config(config)
   prepared = dataset.prepare(config.data, tempfile.mkdtemp())
   mesh = sharding.make_mesh()
-  tx = train.create_optimizer(config)
-  graphdef, _, state = train.init_state(
-      train.create_model(config, prepared.channels), tx)
+  tx = steps.create_optimizer(config)
+  graphdef, _, state = steps.init_state(
+      steps.create_model(config, prepared.channels), tx)
   state = sharding.put_replicated(state, mesh)
   kw = dict(graphdef=graphdef, tx=tx, label_smoothing=0.1)
-  sched = train.schedule(config, 10_000)
+  sched = steps.schedule(config, 10_000)
   data_kwargs = train._arm_data_kwargs(config)  # pylint: disable=protected-access
   print(f'{config.model} width {config.num_filters} {config.dtype} '
         f'{FLAGS.resolution}x{FLAGS.resolution} batch {config.batch_size}, '
@@ -105,7 +106,7 @@ def main(_):
   fixed = sharding.shard_batch({'image': x, 'label': np.zeros(b, np.int32)},
                                mesh)
   rows.append(('one fixed batch on the device (compute alone)',
-               timed(lambda s, n: train.train_step(s, fixed, sched, **kw), 1)))
+               timed(lambda s, n: steps.train_step(s, fixed, sched, **kw), 1)))
   for name, sec in rows:
     print(f'  {name:50s} {b / sec:9.1f} img/s {1e3 * sec:8.2f} ms/step')
 

@@ -38,7 +38,7 @@ import ml_collections
 import numpy as np
 
 from flops import count_flops  # pylint: disable=g-bad-import-order
-from resnet_jax import train
+from resnet_jax import steps
 
 _MODEL = flags.DEFINE_string('model', 'resnet50', 'resnet18|34|50')
 _RES = flags.DEFINE_list('resolution', ['128', '224'], 'Image sides.')
@@ -69,19 +69,19 @@ def main(argv):
         f'dtype={config.dtype} pointwise_dot={config.pointwise_dot} batch={_BATCH.value} '
         f'channels={_CHANNELS.value}', flush=True)
   for res in map(int, _RES.value):
-    model = train.create_model(config, _CHANNELS.value)
-    tx = train.create_optimizer(config)
-    sched = train.schedule(config, 1000)
-    graphdef, _, state = train.init_state(model, tx)
+    model = steps.create_model(config, _CHANNELS.value)
+    tx = steps.create_optimizer(config)
+    sched = steps.schedule(config, 1000)
+    graphdef, _, state = steps.init_state(model, tx)
     rng = np.random.default_rng(0)
     batch = {
         'image': jnp.asarray(rng.uniform(
             -1, 1, (_BATCH.value, res, res, _CHANNELS.value)), jnp.float32),
         'label': jnp.asarray(rng.integers(0, 2, _BATCH.value), jnp.int32),
     }
-    step = lambda s: train.train_step(s, batch, sched, graphdef=graphdef,
+    step = lambda s: steps.train_step(s, batch, sched, graphdef=graphdef,
                                       tx=tx, label_smoothing=0.0)
-    flops = count_flops(train.train_step, state, batch, sched,
+    flops = count_flops(steps.train_step, state, batch, sched,
                         graphdef=graphdef, tx=tx, label_smoothing=0.0)
     t0 = time.perf_counter()
     state, m = step(state)

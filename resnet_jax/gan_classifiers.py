@@ -13,8 +13,8 @@ label smoothing and random horizontal flips.
 Compilation is paid once per process: the training length is fixed in kimg
 (not epochs), so every classifier with the same number of classes has the
 same step count (the shape of its batch-index array), the same optimiser
-object (`train.create_optimizer` is cached) and the same batch shape, and
-`train.train_steps` hits its jit cache. The images go to the device once
+object (`steps.create_optimizer` is cached) and the same batch shape, and
+`steps.train_steps` hits its jit cache. The images go to the device once
 and each step gathers its batch there (`train_data.IndexDraw`).
 """
 
@@ -33,7 +33,7 @@ from sklearn import metrics as skm
 
 from input_pipeline import sharding
 from resnet_jax import models
-from resnet_jax import train
+from resnet_jax import steps
 from resnet_jax import train_data
 
 # ResNet-10 (one basic block per stage): half the cost of ResNet-18 per step
@@ -57,12 +57,12 @@ _KEY = 'config.metrics.classifier'
 
 
 def check_config(cfg: ml_collections.ConfigDict) -> None:
-  train.check_model_keys(cfg, MODELS, _KEY)
+  steps.check_model_keys(cfg, MODELS, _KEY)
 
 
 def create_model(cfg: ml_collections.ConfigDict, num_classes: int,
                  num_channels: int, seed: int) -> nnx.Module:
-  return train.create_model(cfg, num_channels, num_classes, seed=seed,
+  return steps.create_model(cfg, num_channels, num_classes, seed=seed,
                             registry=MODELS, key=_KEY)
 
 
@@ -90,18 +90,18 @@ def fit(images: np.ndarray, labels: np.ndarray, num_classes: int,
                             'metrics.classifier.batch_size')
   sharding.check_batch_size(cfg.eval_batch_size,
                             'metrics.classifier.eval_batch_size')
-  steps = num_steps(cfg)
-  tx = train.create_optimizer(cfg)
+  n = num_steps(cfg)
+  tx = steps.create_optimizer(cfg)
   model = create_model(cfg, num_classes, images.shape[-1], seed)
-  graphdef, eval_graphdef, state = train.init_state(model, tx)
+  graphdef, eval_graphdef, state = steps.init_state(model, tx)
   mesh = sharding.make_mesh()
   state = sharding.put_replicated(state, mesh)
   rng = np.random.default_rng(seed)
-  idx = _batches(len(images), cfg.batch_size, steps, rng)
+  idx = _batches(len(images), cfg.batch_size, n, rng)
   # Drawn after every batch's indices, as the per-step loop drew them.
   flip = np.zeros(idx.shape, bool)
   if cfg.flip:
-    for s in range(steps):
+    for s in range(n):
       flip[s] = rng.random(cfg.batch_size) < 0.5
   rep = sharding.replicated(mesh)
   data = jax.device_put({'images': images,
@@ -109,13 +109,13 @@ def fit(images: np.ndarray, labels: np.ndarray, num_classes: int,
                          'idx': idx, 'flip': flip}, rep)
   draw = train_data.IndexDraw(sharding.data_sharding(mesh))
   length = train_data.steps_per_dispatch(cfg)
-  sched = train.schedule(cfg, steps)
-  for start in range(0, steps, length):
-    state, m = train.train_steps(
-        state, data, np.int32(min(length, steps - start)), sched, draw=draw,
+  sched = steps.schedule(cfg, n)
+  for start in range(0, n, length):
+    state, m = steps.train_steps(
+        state, data, np.int32(min(length, n - start)), sched, draw=draw,
         length=length, graphdef=graphdef, tx=tx,
         label_smoothing=float(cfg.label_smoothing))
-  loss = m['loss'][(steps - 1) % length]
+  loss = m['loss'][(n - 1) % length]
   if not np.isfinite(float(loss)):
     raise FloatingPointError(f'non-finite classifier loss {float(loss)}')
   return Classifier(eval_graphdef, state.params, state.batch_stats,

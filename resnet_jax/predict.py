@@ -29,7 +29,7 @@ from input_pipeline import sharding
 from input_pipeline import sources
 from input_pipeline import transforms
 from input_pipeline.errors import UserInputError
-from resnet_jax import train
+from resnet_jax import steps
 
 # The extensions the data sources read (any case).
 IMAGE_EXTENSIONS = sources.IMAGE_EXTS
@@ -79,10 +79,10 @@ def load_classifier(workdir: str, run=None):
   its `read_run(workdir)` if already read."""
   config, results = run or read_run(workdir)
   channels = int(results.get('channels', 1))
-  model = train.create_model(config, channels,
+  model = steps.create_model(config, channels,
                              len(results.get('class_names', [0, 1])))
-  tx = train.create_optimizer(config)
-  _, eval_graphdef, state = train.init_state(model, tx)
+  tx = steps.create_optimizer(config)
+  _, eval_graphdef, state = steps.init_state(model, tx)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   ckpt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints'))
   if not os.path.isdir(ckpt_dir):
@@ -149,7 +149,7 @@ def predict(workdir: str, input_path: str, output: str,
           # Any unreadable file (bad bytes, permissions, odd format) is
           # reported in its row; the others are still predicted.
           rows.append(_one_line(path, e))
-      probs = iter(train.predict(state, eval_graphdef, np.stack(images),
+      probs = iter(steps.predict(state, eval_graphdef, np.stack(images),
                                  batch_size, mesh) if images else [])
       for path, err in zip(chunk, rows):
         if err is not None:

@@ -24,15 +24,10 @@ import time
 from typing import Any
 
 import jax
-from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from flax import nnx
-from flax import struct
 import grain
 
 from input_pipeline import dataset
@@ -44,222 +39,11 @@ from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
 from resnet_jax import metrics
 from resnet_jax import models
+from resnet_jax import steps
 from resnet_jax import train_data
 
 ARMS = ('none', 'classic', 'gan', 'classic+gan')
-_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-OPTIMIZERS = ('sgd', 'adamw')
 SYNTHETIC_MODES = ('add', 'equal_compute')
-
-
-# ------------------------------------------------------------------ model/opt
-
-
-def create_model(config: ml_collections.ConfigDict, num_channels: int,
-                 num_classes: int = 2, *, seed: int | None = None,
-                 registry=None, key: str = 'config') -> nnx.Module:
-  """config.model from `registry` (models.MODELS) at config.dtype, seeded
-  with `seed` (default config.seed); `key` names the config block in the
-  one-line errors."""
-  registry = models.MODELS if registry is None else registry
-  check_model_keys(config, registry, key)
-  return registry[config.model](
-      num_classes=num_classes, num_filters=config.num_filters,
-      num_channels=num_channels, dtype=_DTYPES[config.dtype],
-      # 1x1 convs as dots: same parameters and maths, faster on XLA:CPU.
-      pointwise_dot=config.get('pointwise_dot', True),
-      rngs=nnx.Rngs(config.seed if seed is None else seed))
-
-
-def check_model_keys(config: ml_collections.ConfigDict, registry,
-                     key: str) -> None:
-  """config.model in `registry` and config.dtype known; `key` names the
-  config block in the one-line errors."""
-  if config.model not in registry:
-    raise UserInputError(f'{key}.model={config.model!r} is not one of '
-                         f'{sorted(registry)}')
-  if config.dtype not in _DTYPES:
-    raise UserInputError(f'{key}.dtype={config.dtype!r} is not one of '
-                         f'{sorted(_DTYPES)}')
-
-
-def _check_optimizer(config: ml_collections.ConfigDict) -> None:
-  if config.optimizer not in OPTIMIZERS:
-    raise UserInputError(f'config.optimizer={config.optimizer!r} is not '
-                         f'one of {list(OPTIMIZERS)}')
-
-
-def create_optimizer(
-    config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """SGD-Nesterov or AdamW at unit learning rate; weight decay on kernels.
-
-  The learning rate, linear warmup + cosine decay, multiplies the updates
-  inside the step (`learning_rate`), from `schedule(config, total_steps)`
-  passed as an argument: so its length and peak are traced values, and
-  equal optimiser settings give the same (cached) object whatever the
-  length. `train_step`'s jit cache is keyed on it (a static argument), so
-  every run of one process with equal model and optimiser settings (a
-  study's arms, folds and repeats) reuses one compiled step. The optimiser
-  state keeps its schedule step count, so checkpoints keep their layout.
-  """
-  _check_optimizer(config)
-  return _optimizer(str(config.optimizer), float(config.momentum),
-                    float(config.weight_decay))
-
-
-@functools.lru_cache(maxsize=32)
-def _optimizer(optimizer: str, momentum: float,
-               weight_decay: float) -> optax.GradientTransformation:
-  unit = lambda count: 1.0  # scaled by `learning_rate` in the step
-  # Decay conv/dense kernels, not BatchNorm scales/biases or the head bias.
-  mask = lambda params: jax.tree.map(lambda p: p.ndim > 1, params)
-  if optimizer == 'sgd':
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay, mask),
-        optax.sgd(unit, momentum=momentum, nesterov=True))
-  return optax.adamw(unit, weight_decay=weight_decay, mask=mask)
-
-
-def schedule(config: ml_collections.ConfigDict, total_steps: int) -> dict:
-  """The learning-rate schedule's arguments for `total_steps` steps:
-  peak config.learning_rate after a linear warmup over
-  config.warmup_fraction of the steps, then cosine decay to 0."""
-  total_steps = int(total_steps)
-  warmup = min(int(round(config.warmup_fraction * total_steps)),
-               total_steps - 1)
-  return {'peak': np.float32(config.learning_rate),
-          'warmup': np.int32(max(warmup, 0)),
-          'decay': np.int32(max(total_steps, warmup + 1) - max(warmup, 0))}
-
-
-def learning_rate(step: jax.Array, sched: dict) -> jax.Array:
-  """optax.warmup_cosine_decay_schedule(0, peak, warmup, warmup + decay)
-  at `step`, with traced arguments."""
-  s = step.astype(jnp.float32)
-  warmup = sched['warmup'].astype(jnp.float32)
-  decay = sched['decay'].astype(jnp.float32)
-  rise = sched['peak'] * s / jnp.maximum(warmup, 1.0)
-  t = jnp.clip(s - warmup, 0.0, decay) / decay
-  fall = sched['peak'] * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
-  return jnp.where(s < warmup, rise, fall)
-
-
-@struct.dataclass
-class TrainState:
-  """Everything that changes during training (a pytree, saved by orbax)."""
-  step: jax.Array
-  params: nnx.State
-  batch_stats: nnx.State
-  opt_state: optax.OptState
-
-
-def init_state(model: nnx.Module, tx: optax.GradientTransformation):
-  """-> (graphdef for training, graphdef for eval, TrainState)."""
-  model.eval()
-  eval_graphdef, _, _ = nnx.split(model, nnx.Param, nnx.BatchStat)
-  model.train()
-  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
-  state = TrainState(jnp.zeros((), jnp.int32), params, batch_stats,
-                     tx.init(params))
-  return graphdef, eval_graphdef, state
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array,
-                  label_smoothing: float = 0.0) -> jax.Array:
-  """Mean softmax cross-entropy with smoothed one-hot targets.
-
-  targets = (1 - s) * onehot(labels) + s / K ;  loss = -sum(targets * logp).
-  """
-  k = logits.shape[-1]
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, k), label_smoothing)
-  return optax.softmax_cross_entropy(logits, targets).mean()
-
-
-def _step(state: TrainState, batch: dict, sched: dict,
-          graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-          label_smoothing: float) -> tuple[TrainState, dict]:
-  def loss_fn(params, batch_stats):
-    # copy=True: fresh Variables at this trace level (BN writes its stats).
-    model = nnx.merge(graphdef, params, batch_stats, copy=True)
-    logits = model(batch['image'])
-    loss = cross_entropy(logits, batch['label'], label_smoothing)
-    return loss, (logits, nnx.state(model, nnx.BatchStat))
-
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params, state.batch_stats)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  lr = learning_rate(state.step, sched)
-  updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), updates)
-  params = optax.apply_updates(state.params, updates)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch['label'])
-  new_state = TrainState(state.step + 1, params, batch_stats, opt_state)
-  return new_state, {'loss': loss, 'accuracy': accuracy}
-
-
-@functools.partial(jax.jit, donate_argnames=('state',),
-                   static_argnames=('graphdef', 'tx', 'label_smoothing'))
-def train_step(state: TrainState, batch: dict, sched: dict, *,
-               graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-               label_smoothing: float) -> tuple[TrainState, dict]:
-  """One step: (state, {'image','label'}, schedule(...)) -> (state, metrics)."""
-  return _step(state, batch, sched, graphdef, tx, label_smoothing)
-
-
-@functools.partial(jax.jit, donate_argnames=('state',), static_argnames=(
-    'graphdef', 'tx', 'label_smoothing', 'draw', 'length'))
-def train_steps(state: TrainState, data: Any, n: jax.Array, sched: dict, *,
-                graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                label_smoothing: float, draw, length: int
-                ) -> tuple[TrainState, dict]:
-  """n <= length steps in one dispatch, each on `draw(data, state.step)`.
-
-  `draw` is a hashable callable (train_data.Draw): the batch of a step is
-  a function of the data on the device and the step, so nothing crosses
-  from the host. Returns the state and the steps' metrics, [length] arrays
-  whose first n entries are set. length = 1 runs no loop (XLA:CPU runs
-  convolutions inside a loop body much slower, jax-ml/jax#12868).
-  """
-  if length == 1:
-    state, m = _step(state, draw(data, state.step), sched, graphdef, tx,
-                     label_smoothing)
-    return state, jax.tree.map(lambda v: v[None], m)
-
-  def body(i, carry):
-    state, ms = carry
-    state, m = _step(state, draw(data, state.step), sched, graphdef, tx,
-                     label_smoothing)
-    return state, jax.tree.map(lambda a, v: a.at[i].set(v), ms, m)
-
-  zeros = {'loss': jnp.zeros((length,)), 'accuracy': jnp.zeros((length,))}
-  return jax.lax.fori_loop(0, n, body, (state, zeros))
-
-
-@functools.partial(jax.jit, static_argnames=('graphdef',))
-def predict_step(params, batch_stats, images: jax.Array, *,
-                 graphdef: nnx.GraphDef) -> jax.Array:
-  """Eval-mode P(positive) for a batch of images."""
-  model = nnx.merge(graphdef, params, batch_stats)
-  return jax.nn.softmax(model(images), axis=-1)[:, 1]
-
-
-def predict(state: TrainState, eval_graphdef, images: np.ndarray,
-            batch_size: int, mesh) -> np.ndarray:
-  """P(positive) for all images, padding the last batch (no recompiles).
-
-  Every process passes all `images` and gets all probabilities (with
-  several processes, each computes its devices' share, then they gather).
-  """
-  out = []
-  for start in range(0, len(images), batch_size):
-    chunk = images[start:start + batch_size]
-    x = jax.device_put(sharding.pad_rows(chunk, batch_size),
-                       sharding.data_sharding(mesh))
-    p = predict_step(state.params, state.batch_stats, x,
-                     graphdef=eval_graphdef)
-    if jax.process_count() > 1:
-      p = multihost_utils.process_allgather(p, tiled=True)
-    out.append(np.asarray(p)[:len(chunk)])
-  return np.concatenate(out) if out else np.zeros((0,), np.float32)
 
 
 # ----------------------------------------------------------------- utilities
@@ -290,8 +74,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise UserInputError(
         f'config.data.synthetic_ratio={ratio} must be in (0, 1) for '
         f"config.arm='{config.arm}'")
-  check_model_keys(config, models.MODELS, 'config')
-  _check_optimizer(config)
+  steps.check_model_keys(config, models.MODELS, 'config')
+  steps.check_optimizer(config)
   if config.kimg <= 0 and config.num_epochs <= 0:
     raise UserInputError('set config.kimg or config.num_epochs to > 0')
   mode = config.get('synthetic_mode', 'add')
@@ -419,10 +203,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   total_steps = num_train_steps(config, num_train)
   mesh = sharding.make_mesh()
 
-  model = create_model(config, prepared.channels)
-  tx = create_optimizer(config)
-  sched = schedule(config, total_steps)
-  graphdef, eval_graphdef, state = init_state(model, tx)
+  model = steps.create_model(config, prepared.channels)
+  tx = steps.create_optimizer(config)
+  sched = steps.schedule(config, total_steps)
+  graphdef, eval_graphdef, state = steps.init_state(model, tx)
   state = sharding.put_replicated(state, mesh)
   feed = Feed(config, prepared, data_kwargs, mesh, total_steps)
 
@@ -485,7 +269,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       read_back(everything=save)
       if (config.eval_every_steps and step % config.eval_every_steps == 0
           and step != total_steps and len(val_images)):
-        probs = predict(state, eval_graphdef, val_images,
+        probs = steps.predict(state, eval_graphdef, val_images,
                         config.eval_batch_size, mesh)
         vm = metrics.binary_metrics(val_labels, probs)
         _write_scalars(writer, step, {f'eval/val_{k}': vm[k] for k in (
@@ -507,12 +291,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   train_time = time.time() - t0
 
   # Final evaluation: threshold chosen on val, applied to test unchanged.
-  val_probs = predict(state, eval_graphdef, val_images,
+  val_probs = steps.predict(state, eval_graphdef, val_images,
                       config.eval_batch_size, mesh)
   threshold = metrics.choose_threshold(val_labels, val_probs)
   test_images, test_labels, test_ids = pipeline.load_arrays(
       prepared, config.data, role='test', resolution=res)
-  test_probs = predict(state, eval_graphdef, test_images,
+  test_probs = steps.predict(state, eval_graphdef, test_images,
                        config.eval_batch_size, mesh)
   results = {
       'val': metrics.binary_metrics(val_labels, val_probs),
@@ -578,10 +362,10 @@ class Feed:
   def run(self, state, n: int, sched: dict, **kw):
     """n <= self.length steps -> (state, metrics of [>= n] arrays)."""
     if self.mode == 'device':
-      return train_steps(state, self.data, np.int32(n), sched,
+      return steps.train_steps(state, self.data, np.int32(n), sched,
                          draw=self.draw, length=self.length, **kw)
     batch = sharding.shard_batch(next(self.iter), self.mesh)
-    return train_step(state, batch, sched, **kw)
+    return steps.train_step(state, batch, sched, **kw)
 
   def save_args(self) -> dict:
     if self.mode == 'device':  # a function of (seed, step): no state

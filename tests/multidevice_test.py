@@ -12,7 +12,7 @@ with a single CPU device. Each runs, on a ('data',) mesh of all its devices
       tiny, batch 8;
   (c) four classifier steps on batches drawn on the device (classic
       augmentation, half synthetic; resnet_jax.train_data.Draw), two per
-      dispatch (train.train_steps);
+      dispatch (steps.train_steps);
 and saves the resulting parameters. The 8-device process also trains a tiny
 PGGAN (train.train_and_evaluate, 0.04 kimg); the 1-device process restores
 its latest checkpoint and resumes it to 0.08 kimg.
@@ -103,24 +103,24 @@ def _resnet_start(mesh):
   """configs/resnet.py:tiny's (config, optimiser, graphdef, state on mesh)."""
   from configs import resnet  # pylint: disable=g-import-not-at-top
   from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import steps  # pylint: disable=g-import-not-at-top
   cfg = resnet.get_config('tiny')
-  tx = train.create_optimizer(cfg)
-  graphdef, _, state = train.init_state(train.create_model(cfg, 1), tx)
+  tx = steps.create_optimizer(cfg)
+  graphdef, _, state = steps.init_state(steps.create_model(cfg, 1), tx)
   return cfg, tx, graphdef, sharding.put_replicated(state, mesh)
 
 
 def _resnet_step(mesh):
   """One classifier train_step on a fixed batch of 8 (BatchNorm in train)."""
   from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import steps  # pylint: disable=g-import-not-at-top
   cfg, tx, graphdef, state = _resnet_start(mesh)
   rng = np.random.default_rng(1)
   batch = sharding.shard_batch(
       {'image': rng.normal(size=(8, 32, 32, 1)).astype(np.float32),
        'label': np.arange(8, dtype=np.int32) % 2}, mesh)
   # 4 steps: warmup round(0.1 * 4) = 0, so step 1 has the peak rate.
-  state, m = train.train_step(state, batch, train.schedule(cfg, 4),
+  state, m = steps.train_step(state, batch, steps.schedule(cfg, 4),
                               graphdef=graphdef, tx=tx,
                               label_smoothing=cfg.label_smoothing)
   out = _flat({'params': state.params, 'batch_stats': state.batch_stats},
@@ -132,7 +132,7 @@ def _resnet_step(mesh):
 def _resnet_drawn_steps(mesh):
   """Four steps, two per dispatch, on batches drawn on the device."""
   from input_pipeline import config as data_config  # pylint: disable=g-import-not-at-top
-  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  from resnet_jax import steps  # pylint: disable=g-import-not-at-top
   from resnet_jax import train_data  # pylint: disable=g-import-not-at-top
   cfg, tx, graphdef, state = _resnet_start(mesh)
   rng = np.random.default_rng(2)
@@ -144,8 +144,8 @@ def _resnet_drawn_steps(mesh):
       host, batch_size=8, ratio=0.5, augment=train_data.augment_params(
           data_config.get_augment_config(True)), seed=0, mesh=mesh)
   for _ in range(2):
-    state, m = train.train_steps(
-        state, data, np.int32(2), train.schedule(cfg, 4), draw=draw,
+    state, m = steps.train_steps(
+        state, data, np.int32(2), steps.schedule(cfg, 4), draw=draw,
         length=2, graphdef=graphdef,
         tx=tx, label_smoothing=cfg.label_smoothing)
   out = _flat({'params': state.params, 'batch_stats': state.batch_stats},

@@ -13,6 +13,7 @@ from input_pipeline import sharding
 from input_pipeline import transforms
 from input_pipeline.errors import UserInputError
 from resnet_jax import train
+from resnet_jax import steps
 from resnet_jax import train_data
 
 
@@ -174,13 +175,13 @@ def test_several_steps_per_dispatch_equal_one_at_a_time():
                           augment_params(data_config.get_augment_config(True)))
   results = []
   for length, plan in ((1, [1] * 6), (4, [4, 2])):
-    model = train.create_model(config, 1)
-    tx = train.create_optimizer(config)
-    graphdef, _, state = train.init_state(model, tx)
+    model = steps.create_model(config, 1)
+    tx = steps.create_optimizer(config)
+    graphdef, _, state = steps.init_state(model, tx)
     state = jax.device_put(state, sharding.replicated(sharding.make_mesh()))
     for n in plan:
-      state, m = train.train_steps(state, data, jnp.int32(n),
-                                   train.schedule(config, 6), draw=draw,
+      state, m = steps.train_steps(state, data, jnp.int32(n),
+                                   steps.schedule(config, 6), draw=draw,
                                    length=length, graphdef=graphdef, tx=tx,
                                    label_smoothing=0.1)
     results.append((state, float(m['loss'][plan[-1] - 1])))
@@ -255,8 +256,8 @@ def test_arms_folds_and_lengths_share_compiled_steps(tmp_path):
   length: once without synthetic images and once with them (and a step's
   output state fed back in does not compile it again)."""
   syn = _synthetic_folder(tmp_path, 5)
-  train.train_steps.clear_cache()  # what other tests compiled
-  sizes = [train.train_steps._cache_size()]  # pylint: disable=protected-access
+  steps.train_steps.clear_cache()  # what other tests compiled
+  sizes = [steps.train_steps._cache_size()]  # pylint: disable=protected-access
   runs = [('none', 0, 0.032), ('classic', 0, 0.032), ('classic', 1, 0.048),
           ('none', 1, 0.04), ('gan', 0, 0.032), ('classic+gan', 1, 0.04)]
   for i, (arm, fold, kimg) in enumerate(runs):
@@ -267,6 +268,6 @@ def test_arms_folds_and_lengths_share_compiled_steps(tmp_path):
     config.data.synthetic_dir = str(syn)
     config.data.allow_unverified_synthetic = True
     train.train_and_evaluate(config, str(tmp_path / str(i)))
-    sizes.append(train.train_steps._cache_size())  # pylint: disable=protected-access
+    sizes.append(steps.train_steps._cache_size())  # pylint: disable=protected-access
   assert sizes[1:5] == [sizes[0] + 1] * 4
   assert sizes[5] == sizes[6] == sizes[0] + 2

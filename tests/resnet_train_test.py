@@ -14,6 +14,7 @@ from configs import resnet as resnet_config
 from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
 from resnet_jax import train
+from resnet_jax import steps
 
 
 def _tiny_config():
@@ -36,13 +37,13 @@ def _fake_batch(seed=0, n=8, res=16):
 def _run_steps(num_steps, seed=0):
   config = _tiny_config()
   config.seed = seed
-  tx = train.create_optimizer(config)
-  graphdef, _, state = train.init_state(train.create_model(config, 1), tx)
+  tx = steps.create_optimizer(config)
+  graphdef, _, state = steps.init_state(steps.create_model(config, 1), tx)
   params0 = jax.tree.map(np.array, state.params)
   batch = _fake_batch()
   losses = []
   for _ in range(num_steps):
-    state, m = train.train_step(state, batch, train.schedule(config, 100),
+    state, m = steps.train_step(state, batch, steps.schedule(config, 100),
                                 graphdef=graphdef, tx=tx,
                                 label_smoothing=0.0)
     losses.append(float(m['loss']))
@@ -68,20 +69,20 @@ def test_equal_runs_in_one_process_reuse_the_traced_step():
   def run(total_steps, lr=0.1):
     config = _tiny_config()
     config.learning_rate = lr
-    tx = train.create_optimizer(config)
-    graphdef, _, state = train.init_state(train.create_model(config, 1), tx)
-    train.train_step(state, _fake_batch(), train.schedule(config, total_steps),
+    tx = steps.create_optimizer(config)
+    graphdef, _, state = steps.init_state(steps.create_model(config, 1), tx)
+    steps.train_step(state, _fake_batch(), steps.schedule(config, total_steps),
                      graphdef=graphdef, tx=tx, label_smoothing=0.0)
     return tx
 
   first = run(37)
-  traced = train.train_step._cache_size()  # pylint: disable=protected-access
+  traced = steps.train_step._cache_size()  # pylint: disable=protected-access
   assert run(37) is first
   assert run(38) is first and run(38, lr=0.05) is first
-  assert train.train_step._cache_size() == traced  # pylint: disable=protected-access
+  assert steps.train_step._cache_size() == traced  # pylint: disable=protected-access
   config = _tiny_config()
   config.momentum = 0.8  # another optimiser: traced once more
-  assert train.create_optimizer(config) is not first
+  assert steps.create_optimizer(config) is not first
 
 
 @pytest.mark.parametrize('total, warmup_fraction', [
@@ -90,13 +91,13 @@ def test_learning_rate_is_optax_warmup_cosine(total, warmup_fraction):
   config = _tiny_config()
   config.learning_rate = 0.3
   config.warmup_fraction = warmup_fraction
-  sched = train.schedule(config, total)
+  sched = steps.schedule(config, total)
   warmup = min(int(round(warmup_fraction * total)), total - 1)
   want = optax.warmup_cosine_decay_schedule(
       0.0, 0.3, warmup, max(total, warmup + 1), 0.0)
   for step in range(total + 2):
     np.testing.assert_allclose(
-        float(train.learning_rate(jnp.int32(step), sched)),
+        float(steps.learning_rate(jnp.int32(step), sched)),
         float(want(step)), rtol=1e-6, atol=1e-8, err_msg=f'step {step}')
 
 
@@ -110,7 +111,7 @@ def test_unit_rate_optimiser_scaled_in_the_step_is_the_scheduled_one():
            for i in range(4)]
   for optimizer in ('sgd', 'adamw'):
     config.optimizer = optimizer
-    sched = train.schedule(config, 4)
+    sched = steps.schedule(config, 4)
     rate = optax.warmup_cosine_decay_schedule(
         0.0, config.learning_rate, int(sched['warmup']),
         int(sched['warmup'] + sched['decay']), 0.0)
@@ -120,12 +121,12 @@ def test_unit_rate_optimiser_scaled_in_the_step_is_the_scheduled_one():
                                  nesterov=True))
            if optimizer == 'sgd' else
            optax.adamw(rate, weight_decay=config.weight_decay, mask=mask))
-    tx = train.create_optimizer(config)
+    tx = steps.create_optimizer(config)
     a, b = tx.init(params), ref.init(params)
     assert jax.tree.structure(a) == jax.tree.structure(b)  # checkpoints
     for step, g in enumerate(grads):
       u, a = tx.update(g, a, params)
-      lr = train.learning_rate(jnp.int32(step), sched)
+      lr = steps.learning_rate(jnp.int32(step), sched)
       u = jax.tree.map(lambda x: x * lr, u)
       v, b = ref.update(g, b, params)
       for x, y in zip(jax.tree.leaves(u), jax.tree.leaves(v)):
@@ -134,12 +135,12 @@ def test_unit_rate_optimiser_scaled_in_the_step_is_the_scheduled_one():
 
 def test_cross_entropy_label_smoothing_hand_value():
   # Uniform logits over 2 classes: loss = log 2 for any smoothing.
-  assert float(train.cross_entropy(jnp.zeros((3, 2)), jnp.array([0, 1, 1]),
+  assert float(steps.cross_entropy(jnp.zeros((3, 2)), jnp.array([0, 1, 1]),
                                    0.1)) == pytest.approx(np.log(2))
   # logits (0, log 3): p = (1/4, 3/4); label 1, s=0.2 -> targets (.1, .9).
   logits = jnp.array([[0., np.log(3.)]])
   expected = -(.1 * np.log(.25) + .9 * np.log(.75))
-  assert float(train.cross_entropy(logits, jnp.array([1]), 0.2)) == (
+  assert float(steps.cross_entropy(logits, jnp.array([1]), 0.2)) == (
       pytest.approx(expected, rel=1e-6))
 
 
@@ -272,7 +273,7 @@ def test_non_finite_loss_names_step_and_checkpoint(tmp_path, monkeypatch,
   config.checkpoint_every_steps = 2
   config.data_on_device = on_device
   config.steps_per_dispatch = length  # dispatches end at checkpoints
-  step_fn = train._step
+  step_fn = steps._step
 
   def nan_from_step_3(state, batch, *args):
     state, m = step_fn(state, batch, *args)
@@ -281,7 +282,7 @@ def test_non_finite_loss_names_step_and_checkpoint(tmp_path, monkeypatch,
 
   # The jitted steps trace `_step` again only with their caches cleared.
   jax.clear_caches()
-  monkeypatch.setattr(train, '_step', nan_from_step_3)
+  monkeypatch.setattr(steps, '_step', nan_from_step_3)
   try:
     with pytest.raises(FloatingPointError) as e:
       train.train_and_evaluate(config, str(tmp_path))
