@@ -7,7 +7,10 @@
     sample CLI's output). R is split 50/50 (stratified, seeded) into real
     training images (feature network, TRTR, nearest-neighbour reference)
     and held-out real images (compared with S), unless
-    --config.real_heldout_dir is given. Writes W/gan_metrics.json and
+    --config.real_heldout_dir is given. When S holds some of R's classes
+    (one class's GAN), only those classes' real images are used, as in the
+    study's per-class metrics (one class: random-network features, no
+    TRTR). Writes W/gan_metrics.json and
     W/nearest_neighbours.png. Measured on the shared 2-core CPU with
     R = Head CT half A (100 images: 50 train + 50 held out) and S = half B
     (100 real images standing in for synthetic ones, i.e. the floor):

@@ -114,6 +114,21 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
       # A one-class GAN knows its class: its images go to O/<class>/.
       folders = {None: (class_names[class_filter] if class_filter >= 0
                         else '')}
+    # Key of this GAN's entry: the one class folder written (a one-class GAN,
+    # or a conditional GAN asked for one label), else 'all'.
+    written = [folders[lab] for lab in labels]
+    entry = written[0] if len(written) == 1 and written[0] else 'all'
+    replaced = [folders[lab] for lab in labels if folders[lab]]
+    manifest, stale = _merged_manifest(output_dir, entry, class_names,
+                                       replaced)
+    # The folder holds exactly what its manifest lists: an earlier
+    # sampler's images that the new manifest drops go (flat ones too), so
+    # no image outlives the record of the GAN that made it.
+    for f in stale:
+      try:
+        os.remove(os.path.join(output_dir, f))
+      except FileNotFoundError:
+        pass
     files = []
     for lab in labels:
       out = os.path.join(output_dir, folders[lab])
@@ -135,12 +150,6 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
         'kimg': meta['nimg'] / 1000, 'seed': seed,
         'resolution': 4 * 2 ** stage, 'label': label if conditional else None,
         'conditional': conditional, 'num_images': len(files)}
-    # Key of this GAN's entry: the one class folder written (a one-class GAN,
-    # or a conditional GAN asked for one label), else 'all'.
-    written = [folders[lab] for lab in labels]
-    entry = written[0] if len(written) == 1 and written[0] else 'all'
-    replaced = [folders[lab] for lab in labels if folders[lab]]
-    manifest = _merged_manifest(output_dir, entry, class_names, replaced)
     manifest.update(run)
     manifest['class_names'] = class_names
     manifest['runs'][entry] = run
@@ -156,30 +165,37 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
 
 
 def _merged_manifest(output_dir: str, entry: str, class_names: list[str],
-                     replaced_folders: list[str]) -> dict:
-  """An existing O/manifest.json to add to, or a fresh one.
+                     replaced_folders: list[str]) -> tuple[dict, list[str]]:
+  """An existing O/manifest.json to add to, or a fresh one; and the files
+  the old manifest listed that the new one drops (paths in O).
 
   Entries of other one-class GANs of the same classes are kept (one GAN per
   class sampled into one folder); anything else starts afresh.
   """
   fresh = {'runs': {}, 'files': [], 'gan_training': {}}
   path = os.path.join(output_dir, provenance.MANIFEST)
-  if entry == 'all' or not os.path.isfile(path):
-    return fresh
+  if not os.path.isfile(path):
+    return fresh, []
   try:
     with open(path) as f:
       old = json.load(f)
-  except (OSError, ValueError):
-    return fresh
-  if old.get('class_names') != class_names or 'all' in old.get('runs', {}):
-    return fresh
+    old_files = [str(f) for f in old.get('files', [])]
+  except (OSError, ValueError, AttributeError, TypeError):
+    return fresh, []
+  # Only the sampler's own PNGs, never a path leaving the folder.
+  old_files = [f for f in old_files if f.endswith('.png') and
+               not os.path.isabs(f) and '..' not in f.split('/')]
+  if (entry == 'all' or old.get('class_names') != class_names
+      or 'all' in old.get('runs', {})):
+    return fresh, old_files
   keep = lambda f: f.split('/')[0] not in replaced_folders
-  return {'runs': {k: v for k, v in old.get('runs', {}).items()
-                   if k != entry},
-          'files': [f for f in old.get('files', []) if keep(f)],
-          'gan_training': {k: v for k, v in old.get('gan_training',
-                                                    {}).items()
-                           if k != entry}}
+  merged = {'runs': {k: v for k, v in old.get('runs', {}).items()
+                     if k != entry},
+            'files': [f for f in old_files if keep(f)],
+            'gan_training': {k: v for k, v in old.get('gan_training',
+                                                      {}).items()
+                             if k != entry}}
+  return merged, [f for f in old_files if not keep(f)]
 
 
 def sample_from_config(config: ml_collections.ConfigDict,
@@ -203,7 +219,9 @@ def sample_from_config(config: ml_collections.ConfigDict,
   manifest = sample(gan_workdir, config.num_images, config.output_dir,
                     seed=config.seed, label=config.label or None,
                     step=config.step if config.step >= 0 else None)
-  print(f'wrote {manifest["num_images"]} images at '
+  per_class = ' per class' if (manifest['conditional']
+                               and manifest['label'] in (None, '', -1)) else ''
+  print(f'wrote {config.num_images} images{per_class} at '
         f'{manifest["resolution"]}x{manifest["resolution"]} to '
-        f'{config.output_dir}')
+        f'{config.output_dir} ({manifest["num_images"]} there in all)')
   return manifest

@@ -265,7 +265,8 @@ def evaluate(real_train: np.ndarray, real_train_labels: np.ndarray,
   mode = cfg.feature_net
   if mode == 'trained' and len(train_classes) < 2:
     raise UserInputError("config.metrics.feature_net='trained' needs >= 2 "
-                         'classes in the real training images')
+                         'classes in the real training images compared '
+                         '(those of the synthetic images)')
   if mode == 'random' or len(train_classes) < 2:
     net = gan_classifiers.random_network(real_train, cfg.classifier,
                                          seed=seed)
@@ -475,6 +476,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_x, train_y = real[idx_train], real_y[idx_train]
     held, held_y = real[idx_held], real_y[idx_held]
     train_paths = [real_paths[i] for i in idx_train]
+  if syn_y is not None and len(set(syn_y)) < len(names):
+    # Samples of some classes (e.g. one class's GAN) against the real
+    # images of those classes only, as the study's per-class metrics.
+    keep = np.unique(syn_y)
+    in_train, in_held = np.isin(train_y, keep), np.isin(held_y, keep)
+    train_x, train_y = train_x[in_train], train_y[in_train]
+    train_paths = [p for p, k in zip(train_paths, in_train) if k]
+    held, held_y = held[in_held], held_y[in_held]
   os.makedirs(workdir, exist_ok=True)
   metrics = evaluate(train_x, train_y, held, held_y, syn, syn_y,
                      config=config.metrics, seed=config.seed,

@@ -354,11 +354,12 @@ def test_cli_end_to_end(tmp_path):
               'tstr_accuracy', 'trtr_accuracy', 'nn_distance_ratio',
               'ms_ssim_synthetic', 'ms_ssim_real', 'gate'):
     assert key in m, key
-  assert m['num_real_train'] == m['num_real_heldout'] == 8
+  # Against the real hemorrhage images only (half of 8 train, half held
+  # out), as the study's per-class metrics.
+  assert m['num_real_train'] == m['num_real_heldout'] == 4
   assert m['num_synthetic'] == 6
   assert m['synthetic_classes'] == ['hemorrhage']
   assert m['tstr_accuracy'] is None and 'no TSTR' in m['tstr_note']
-  assert m['trtr_accuracy'] is not None
   assert m['nearest_pairs'][0]['synthetic_path'].startswith(str(syn))
   assert (work / 'nearest_neighbours.png').exists()
   assert 'gan_metrics:' in proc.stdout and 'gate:' in proc.stdout

@@ -108,7 +108,9 @@ def test_sample_cli_writes_decodable_pngs(runs, tmp_path):
   cmd = [sys.executable, 'main.py', '--config=configs/sample.py',
          f'--config.workdir={workdir}', '--config.num_images=3',
          f'--config.output_dir={out}']
-  subprocess.run(cmd, cwd=_ROOT, check=True, capture_output=True)
+  res = subprocess.run(cmd, cwd=_ROOT, check=True, capture_output=True,
+                       text=True)
+  assert f'wrote 3 images at 8x8 to {out} (3 there in all)' in res.stdout
   pngs = sorted(f for f in os.listdir(out) if f.endswith('.png'))
   assert len(pngs) == 3
   for f in pngs:
@@ -123,6 +125,44 @@ def test_sample_cli_writes_decodable_pngs(runs, tmp_path):
         np.asarray(Image.open(os.path.join(out, f))),
         np.asarray(Image.open(os.path.join(tmp_path, 'again', f))))
   assert again['checkpoint_step'] == manifest['checkpoint_step']
+  # Another seed into the same (flat) folder replaces the first run's
+  # images: the folder holds exactly what its manifest lists.
+  res = subprocess.run(cmd + ['--config.seed=1'], cwd=_ROOT, check=True,
+                       capture_output=True, text=True)
+  assert f'wrote 3 images at 8x8 to {out} (3 there in all)' in res.stdout
+  pngs = sorted(f for f in os.listdir(out) if f.endswith('.png'))
+  manifest = json.load(open(os.path.join(out, 'manifest.json')))
+  assert pngs == manifest['files'] == [f'0001_{i:05d}.png' for i in range(3)]
+
+
+def test_merged_manifest_keeps_other_classes_and_names_stale_files(
+    tmp_path):
+  names = ['normal', 'hemorrhage']
+  old = {'class_names': names, 'files': [
+      'normal/0000_00000.png', 'hemorrhage/0000_00000.png',
+      '../outside.png', 'notes.txt'],
+         'runs': {'normal': {}, 'hemorrhage': {}},
+         'gan_training': {'normal': {}, 'hemorrhage': {}}}
+  (tmp_path / 'manifest.json').write_text(json.dumps(old))
+  # A one-class GAN's folder is replaced; the other class's entry stays.
+  merged, stale = sample._merged_manifest(str(tmp_path), 'normal', names,
+                                          ['normal'])
+  assert merged['files'] == ['hemorrhage/0000_00000.png']
+  assert list(merged['runs']) == ['hemorrhage']
+  assert stale == ['normal/0000_00000.png']
+  # A GAN of all classes starts afresh: every PNG listed before is stale,
+  # never a path outside the folder or another kind of file.
+  merged, stale = sample._merged_manifest(str(tmp_path), 'all', names, [])
+  assert merged == {'runs': {}, 'files': [], 'gan_training': {}}
+  assert stale == ['normal/0000_00000.png', 'hemorrhage/0000_00000.png']
+  # Other classes: afresh too.
+  _, stale = sample._merged_manifest(str(tmp_path), 'a', ['a', 'b'], ['a'])
+  assert len(stale) == 2
+  (tmp_path / 'manifest.json').write_text('not json')
+  assert sample._merged_manifest(str(tmp_path), 'normal', names,
+                                 ['normal']) == (
+                                     {'runs': {}, 'files': [],
+                                      'gan_training': {}}, [])
 
 
 def test_sample_without_checkpoint_is_one_line_error(tmp_path):
