@@ -35,7 +35,7 @@ _TASKS = {
     'data': 'input_pipeline.report:prepare_and_report',
     'pggan': 'pggan_jax.train:train_and_evaluate',
     'sample': 'pggan_jax.sample:sample_from_config',
-    'resnet': 'resnet_jax.train:train_and_evaluate',
+    'resnet': 'resnet_jax.train:run',
     'study': 'resnet_jax.study:run_study',
     'gan_metrics': 'resnet_jax.gan_metrics:run',
     'predict': 'resnet_jax.predict:predict_from_config',

@@ -41,6 +41,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -413,6 +414,8 @@ def main(argv=None) -> int:
     failed |= bool(r['problems'])
   print('FAILED' if failed else 'OK: every latest checkpoint restored, '
         'results equal the uninterrupted runs')
+  if not failed and not args.dir:   # kept for a look when something failed
+    shutil.rmtree(base, ignore_errors=True)
   return int(failed)
 
 

@@ -11,7 +11,8 @@ import ml_collections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  if arg:
+    raise ValueError(f'configs/compare.py has no variants, not {arg!r}')
   config = ml_collections.ConfigDict()
   config.task = 'compare'
   # Comma-separated classifier workdirs; the first is the reference.

@@ -15,8 +15,9 @@ r"""PGGAN (WGAN-GP, progressive growing) on head CT slices.
   python main.py --config=configs/pggan.py:tiny --workdir=/tmp/pggan_tiny
     Smoke run: 32 synthetic images, 4x4 -> 16x16; 30 s measured on the
     2-core CPU shared with other jobs (44 s for the previous loop, same
-    machine, run just before). Running it again resumes ("Resuming from
-    ...") and returns at once.
+    machine, run just before). Running it again finds the run complete
+    ("Training is complete ...") and returns at once; after an interrupt
+    it resumes ("Resuming from ...").
   python main.py --config=configs/pggan.py:paper --workdir=W \
       --config.data.name=head_ct --config.data.dir=/path/to/head_ct
     The paper's settings at 256x256: latent 512, fmap 8192/512, 800 kimg per

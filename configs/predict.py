@@ -15,7 +15,8 @@ import ml_collections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  if arg:
+    raise ValueError(f'configs/predict.py has no variants, not {arg!r}')
   config = ml_collections.ConfigDict()
   config.task = 'predict'
   # The classifier's workdir (config.json, results.json, checkpoints/);

@@ -13,7 +13,8 @@ import ml_collections
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  del arg
+  if arg:
+    raise ValueError(f'configs/sample.py has no variants, not {arg!r}')
   config = ml_collections.ConfigDict()
   config.task = 'sample'
   # A PGGAN training workdir (with config.json and checkpoints/); empty =

@@ -106,7 +106,8 @@ def render(prepared: dataset.PreparedData, data) -> str:
   pos = {i: k for k, i in enumerate(prepared.ids)}
   lines += ['', '## Duplicates', '',
             f'Exact pixel duplicates or perceptual-hash distance <= '
-            f'{data.hash_threshold} of 256 bits, on the stored images.', '',
+            f'{data.hash_threshold} of 256 bits, on a fixed 256-px rendering of '
+            'the original images (whatever data.storage_size is).', '',
             f'{len(groups)} group(s), {sum(map(len, groups))} images.']
   for g in groups:
     classes = sorted({names[lab[pos[i]]] for i in g})

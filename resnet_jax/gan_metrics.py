@@ -513,7 +513,7 @@ def summary(m: dict[str, Any]) -> str:
       f"gan_metrics: {m['num_synthetic']} synthetic vs "
       f"{m['num_real_heldout']} held-out real ({m['num_real_train']} real "
       f"train), {m['resolution']}px, {m['seconds']} s",
-      f"  swd {f(m['swd'], 2)}  fd_resnet {f(m['fd'])}  kid {f(m['kid'], 4)}"
+      f"  swd {f(m['swd'], 2)}  fd {f(m['fd'])}  kid {f(m['kid'], 4)}"
       f" +- {f(m['kid_std'], 4)}  precision {f(m['precision'])}  recall "
       f"{f(m['recall'])}  ({m['feature_net']} features)",
       f"  c2st {f(m['c2st_accuracy'])} [{f(m['c2st_ci_low'])}, "

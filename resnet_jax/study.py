@@ -260,7 +260,7 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     raise UserInputError(
         f'config.merge=True: {len(steps.missing)} step(s) of the study in '
         f'{workdir} are not finished (e.g. {", ".join(steps.missing[:3])}); '
-        'run the missing shards (--config.shard=i/N) first')
+        'run the study (or its missing shards, --config.shard=i/N) first')
   if shard_n > 1 and not config.merge:
     others = [c for c in cells if c not in mine]
     unfinished = [c for c in others if not _cell_finished(
@@ -284,6 +284,7 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
       config, workdir, prepared, folds, repeats, arms, prep_seconds, wall0,
       split_seeds, quality_hashes)
   logging.info('report in %.1f s: %s', time.time() - t, sorted(written))
+  print(f"study report: {os.path.join(workdir, 'report.md')}", flush=True)
   return written
 
 

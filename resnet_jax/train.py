@@ -174,6 +174,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return _train_and_evaluate(config, workdir)
 
 
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """main.py's entry: `train_and_evaluate`, then one line on the results."""
+  path = os.path.join(workdir or '', 'results.json')
+  finished = bool(workdir) and os.path.exists(path)
+  results = train_and_evaluate(config, workdir)
+  if jax.process_index() == 0:
+    print(f"{path}: test AUC {results['test']['auc']:.3f}, accuracy "
+          f"{results['test_at_val_threshold']['accuracy']:.3f} at the "
+          'validation threshold' + (
+              ' (finished before: nothing trained; another --workdir '
+              'trains again)' if finished else ''))
+  return results
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict,
                         workdir: str) -> dict[str, Any]:
   results_path = os.path.join(workdir, 'results.json')

@@ -6,6 +6,7 @@ sample command's workdir errors.
 """
 
 import csv
+import glob
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import pytest
 import input_pipeline_testlib as lib
 
 from configs import sample as sample_config
+from input_pipeline import cli
 from input_pipeline.errors import UserInputError
 
 # The :tiny classifier's data (configs/resnet.py:tiny), for every job.
@@ -108,6 +110,20 @@ def test_classifier_records_one_class_shares_and_provenance(recipe):
   assert stderr.count('are upsampled') == 1
   assert "'hemorrhage': 0.6667" in stderr  # the shares are logged
   assert 'checkpoint_manager.py' not in stderr  # orbax INFO stays quiet
+  # One line says where the results are, and a rerun that nothing trained.
+  line = (f"{w['clf']}/results.json: test AUC {results['test']['auc']:.3f}, "
+          'accuracy '
+          f"{results['test_at_val_threshold']['accuracy']:.3f} at the "
+          'validation threshold')
+  assert out['clf'].stdout.strip().splitlines()[-1] == line
+  again = _main('--config=configs/resnet.py:tiny', f'--workdir={w["clf"]}',
+                f'--config.data.tfds_dir={os.path.dirname(w["clf"])}/tfds',
+                '--config.data.fold=0', '--config.arm=gan',
+                f'--config.data.synthetic_dir={w["out"]}')
+  assert again.stdout.strip().splitlines()[-1].startswith(
+      line + ' (finished before: nothing trained')
+  assert (f"wrote 8 images at 8x8 to {w['out']} (8 there in all)"
+          in out['sample'].stdout)
 
 
 def test_predict_with_the_recipe_classifier(recipe, tmp_path):
@@ -194,3 +210,15 @@ def test_main_sets_xla_defaults_before_jax_starts(tmp_path):
   line = _main_log(tmp_path, {},
                    ('--xla_force_host_platform_device_count=3',))
   assert line.count('CpuDevice') == 3
+
+
+@pytest.mark.parametrize('path', sorted(
+    os.path.relpath(p, lib.ROOT) for p in glob.glob(
+        os.path.join(lib.ROOT, 'configs', '*.py'))
+    if not p.endswith('__init__.py')))
+def test_every_config_refuses_an_unknown_variant(path, monkeypatch):
+  monkeypatch.chdir(lib.ROOT)
+  config, reason = cli._load_config(f'{path}:nosuch')
+  assert config is None
+  assert reason.startswith(f"--config={path}:nosuch: unknown variant "
+                           f"'nosuch' of {path} (variants: "), reason

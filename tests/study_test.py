@@ -415,7 +415,9 @@ def test_tiny_results_csv(tiny_study):
 
 
 def test_tiny_report_and_plots(tiny_study):
-  workdir, _, _ = tiny_study
+  workdir, proc, _ = tiny_study
+  assert proc.stdout.strip().splitlines()[-1] == (
+      f"study report: {os.path.join(workdir, 'report.md')}")
   md = open(os.path.join(workdir, 'report.md')).read()
   for arm in report.ARMS:
     # mean ± sd and an interval for every arm and metric.
