@@ -3,7 +3,7 @@
   python benchmarks/arm_retrace.py --model=resnet50 --num_filters=64 \
       --dtype=bfloat16 --resolution=64 --batch_size=64
 
-First-call times (s) of resnet_jax.train.train_step, each with a fresh
+First-call times (s) of resnet_jax.steps.train_step, each with a fresh
 model as a run makes it, with the persistent compilation cache on (as in
 a study): cold; the same settings again (create_optimizer returns the
 cached optimiser, so the traced step is reused); the same settings with a

@@ -1,4 +1,4 @@
-"""ResNet train-step throughput (images/s) of resnet_jax.train.train_step.
+"""ResNet train-step throughput (images/s) of resnet_jax.steps.train_step.
 
   python benchmarks/resnet_step.py --resolution=128,224 --batch_size=16
   XLA_FLAGS=--xla_cpu_use_onednn=true python benchmarks/resnet_step.py ...

@@ -12,8 +12,10 @@ unconditional model of all classes. O/manifest.json records the run and,
 under 'gan_training', which real images the GAN trained on (W's
 training_data.json): the classifier refuses synthetic images whose GAN saw
 its validation or test images (input_pipeline/provenance.py). Sampling
-another class's GAN into the same O adds to the manifest. Same seed, same
-images.
+another class's GAN into the same O adds to the manifest; sampling a GAN
+into O again replaces the images (and entry) of the classes it writes, and
+a GAN of all classes everything sampled there before, so that after a run O
+holds exactly what its manifest lists. Same seed, same images.
 """
 
 import json
@@ -121,13 +123,24 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
     replaced = [folders[lab] for lab in labels if folders[lab]]
     manifest, stale = _merged_manifest(output_dir, entry, class_names,
                                        replaced)
-    # The folder holds exactly what its manifest lists: an earlier
-    # sampler's images that the new manifest drops go (flat ones too), so
-    # no image outlives the record of the GAN that made it.
+    manifest['class_names'] = class_names
+    manifest_path = os.path.join(output_dir, provenance.MANIFEST)
+    # First the manifest without the entries being replaced: images of an
+    # interrupted run have no training record, so the classifier refuses
+    # them (provenance.check_synthetic) until a run completes.
+    files_lib.write_json(manifest_path, manifest)
+    # Then an earlier sampler's images that the new manifest drops go (flat
+    # ones too), and the class folders they leave empty: after a run the
+    # folder holds exactly what its manifest lists.
     for f in stale:
       try:
         os.remove(os.path.join(output_dir, f))
       except FileNotFoundError:
+        pass
+    for d in sorted({os.path.dirname(f) for f in stale} - {''}):
+      try:
+        os.rmdir(os.path.join(output_dir, d))
+      except OSError:  # gone, or holds other files
         pass
     files = []
     for lab in labels:
@@ -151,7 +164,6 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
         'resolution': 4 * 2 ** stage, 'label': label if conditional else None,
         'conditional': conditional, 'num_images': len(files)}
     manifest.update(run)
-    manifest['class_names'] = class_names
     manifest['runs'][entry] = run
     manifest['files'] = sorted(set(manifest['files']) | set(files))
     manifest['num_images'] = len(manifest['files'])
@@ -159,8 +171,7 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
       manifest['gan_training'][entry] = record
     else:
       manifest['gan_training'].pop(entry, None)
-    files_lib.write_json(os.path.join(output_dir, provenance.MANIFEST),
-                         manifest)
+    files_lib.write_json(manifest_path, manifest)
     return manifest
 
 

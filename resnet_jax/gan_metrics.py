@@ -476,14 +476,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_x, train_y = real[idx_train], real_y[idx_train]
     held, held_y = real[idx_held], real_y[idx_held]
     train_paths = [real_paths[i] for i in idx_train]
+  compared = list(names)
   if syn_y is not None and len(set(syn_y)) < len(names):
     # Samples of some classes (e.g. one class's GAN) against the real
     # images of those classes only, as the study's per-class metrics.
     keep = np.unique(syn_y)
+    compared = [names[int(c)] for c in keep]
     in_train, in_held = np.isin(train_y, keep), np.isin(held_y, keep)
     train_x, train_y = train_x[in_train], train_y[in_train]
     train_paths = [p for p, k in zip(train_paths, in_train) if k]
     held, held_y = held[in_held], held_y[in_held]
+  split = '' if config.real_heldout_dir else ' after the held-out split'
+  for n, what, key in (
+      (len(train_x), 'real training', 'real_dir'),
+      (len(held), 'held-out real',
+       'real_heldout_dir' if config.real_heldout_dir else 'real_dir')):
+    if n < 2:
+      raise UserInputError(
+          f'config.{key}: {n} {what} image(s) of the class(es) compared '
+          f'{compared}{split}; the metrics need >= 2')
   os.makedirs(workdir, exist_ok=True)
   metrics = evaluate(train_x, train_y, held, held_y, syn, syn_y,
                      config=config.metrics, seed=config.seed,

@@ -373,6 +373,21 @@ def test_cli_end_to_end(tmp_path):
   assert last.startswith('error: config.synthetic_dir'), last
 
 
+def test_cli_too_few_real_images_of_the_synthetic_class(tmp_path):
+  # Enough real images in all, but one training image of the one class
+  # the synthetic images hold: a one-line error, not a traceback.
+  real = tmp_path / 'real'
+  _write_pngs(str(real / 'a'), _textures(2, seed=1))
+  _write_pngs(str(real / 'b'), _textures(6, seed=2))
+  _write_pngs(str(tmp_path / 'syn' / 'a'), _textures(4, seed=3))
+  config = gan_metrics_cfg.get_config('tiny')
+  config.real_dir, config.synthetic_dir = str(real), str(tmp_path / 'syn')
+  with pytest.raises(UserInputError, match=(
+      r"^config\.real_dir: 1 real training image\(s\) of the class\(es\) "
+      r"compared \['a'\] after the held-out split; the metrics need >= 2$")):
+    gan_metrics.run(config, str(tmp_path / 'w'))
+
+
 @pytest.mark.parametrize('key, value, match', [
     ('feature_net', 'inception', r"^config\.metrics\.feature_net='inception'"),
     ('classifier.model', 'vgg', r"^config\.metrics\.classifier\.model='vgg'"),

@@ -135,6 +135,46 @@ def test_sample_cli_writes_decodable_pngs(runs, tmp_path):
   assert pngs == manifest['files'] == [f'0001_{i:05d}.png' for i in range(3)]
 
 
+def test_sampling_replaces_an_earlier_run_and_an_interrupt_is_unrecorded(
+    runs, tmp_path, monkeypatch):
+  _, _, workdir = runs   # a GAN of all classes: flat images
+  out = tmp_path / 'o'
+  # An earlier run of one-class GANs, and a file the sampler never wrote.
+  for c in ('normal', 'hemorrhage'):
+    (out / c).mkdir(parents=True)
+    (out / c / '0000_00000.png').write_bytes(b'png')
+  (out / 'notes.txt').write_text('mine')
+  (out / 'manifest.json').write_text(json.dumps({
+      'class_names': ['normal', 'hemorrhage'],
+      'files': ['normal/0000_00000.png', 'hemorrhage/0000_00000.png'],
+      'runs': {'normal': {}, 'hemorrhage': {}},
+      'gan_training': {'normal': {}, 'hemorrhage': {}}}))
+  # Interrupted after its first image: the manifest on disk vouches for
+  # nothing (the classifier refuses the folder), the old images are gone.
+  saved = []
+
+  def save_then_stop(img, path):
+    if saved:
+      raise KeyboardInterrupt
+    saved.append(path)
+    Image.fromarray(img[..., 0]).save(path)
+
+  monkeypatch.setattr(sample.image_io, 'save_png', save_then_stop)
+  with pytest.raises(KeyboardInterrupt):
+    sample.sample(workdir, 3, str(out))
+  monkeypatch.undo()
+  m = json.loads((out / 'manifest.json').read_text())
+  assert m['runs'] == {} and m['files'] == [] and m['gan_training'] == {}
+  assert sorted(os.listdir(out)) == ['0000_00000.png', 'manifest.json',
+                                     'notes.txt']
+  # A complete run: exactly what its manifest lists, the user's file kept.
+  m = sample.sample(workdir, 3, str(out))
+  pngs = sorted(f for f in os.listdir(out) if f.endswith('.png'))
+  assert pngs == m['files'] == [f'0000_{i:05d}.png' for i in range(3)]
+  assert sorted(os.listdir(out)) == pngs + ['manifest.json', 'notes.txt']
+  assert list(m['runs']) == ['all']
+
+
 def test_merged_manifest_keeps_other_classes_and_names_stale_files(
     tmp_path):
   names = ['normal', 'hemorrhage']

@@ -1,4 +1,4 @@
-"""Tests for resnet_jax.train: the step, the arms, the :tiny run end to end."""
+"""resnet_jax.train and resnet_jax.steps: the step, the arms, :tiny end to end."""
 
 import csv
 import json
