@@ -284,7 +284,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       if (config.eval_every_steps and step % config.eval_every_steps == 0
           and step != total_steps and len(val_images)):
         probs = steps.predict(state, eval_graphdef, val_images,
-                        config.eval_batch_size, mesh)
+                              config.eval_batch_size, mesh)
         vm = metrics.binary_metrics(val_labels, probs)
         _write_scalars(writer, step, {f'eval/val_{k}': vm[k] for k in (
             'accuracy', 'auc', 'balanced_accuracy')})
@@ -306,12 +306,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
 
   # Final evaluation: threshold chosen on val, applied to test unchanged.
   val_probs = steps.predict(state, eval_graphdef, val_images,
-                      config.eval_batch_size, mesh)
+                            config.eval_batch_size, mesh)
   threshold = metrics.choose_threshold(val_labels, val_probs)
   test_images, test_labels, test_ids = pipeline.load_arrays(
       prepared, config.data, role='test', resolution=res)
   test_probs = steps.predict(state, eval_graphdef, test_images,
-                       config.eval_batch_size, mesh)
+                             config.eval_batch_size, mesh)
   results = {
       'val': metrics.binary_metrics(val_labels, val_probs),
       'val_at_val_threshold': metrics.binary_metrics(val_labels, val_probs,
@@ -377,7 +377,7 @@ class Feed:
     """n <= self.length steps -> (state, metrics of [>= n] arrays)."""
     if self.mode == 'device':
       return steps.train_steps(state, self.data, np.int32(n), sched,
-                         draw=self.draw, length=self.length, **kw)
+                               draw=self.draw, length=self.length, **kw)
     batch = sharding.shard_batch(next(self.iter), self.mesh)
     return steps.train_step(state, batch, sched, **kw)
 
