@@ -73,6 +73,11 @@ def load_generator(workdir: str, step: int | None = None):
   return cfg, g_graph, restored['g_ema'], restored['meta'], step
 
 
+def _every_class(label) -> bool:
+  """config.label unset: a conditional GAN samples every class."""
+  return label in (None, '', -1)
+
+
 def _resolve_label(label, class_names: list[str]) -> int:
   if isinstance(label, str) and label in class_names:
     return class_names.index(label)
@@ -106,10 +111,10 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
     class_filter = int(cfg.data.get('class_filter', -1))
     if conditional:
       labels = ([_resolve_label(label, class_names)]
-                if label not in (None, '', -1) else range(len(class_names)))
+                if not _every_class(label) else range(len(class_names)))
       folders = {lab: class_names[lab] for lab in labels}
     else:
-      if label not in (None, '', -1):
+      if not _every_class(label):
         raise UserInputError('config.label is set but the model in '
                              f'{workdir} is unconditional')
       labels = [None]
@@ -230,8 +235,8 @@ def sample_from_config(config: ml_collections.ConfigDict,
   manifest = sample(gan_workdir, config.num_images, config.output_dir,
                     seed=config.seed, label=config.label or None,
                     step=config.step if config.step >= 0 else None)
-  per_class = ' per class' if (manifest['conditional']
-                               and manifest['label'] in (None, '', -1)) else ''
+  per_class = (' per class' if manifest['conditional']
+               and _every_class(manifest['label']) else '')
   print(f'wrote {config.num_images} images{per_class} at '
         f'{manifest["resolution"]}x{manifest["resolution"]} to '
         f'{config.output_dir} ({manifest["num_images"]} there in all)')
