@@ -31,6 +31,13 @@
 #   loop_batch  the loop section's bfloat16 loop at batches 64 and 128
 #            (:gpu trains at 32 at 64x64): how much of the GPU a bigger
 #            per-resolution minibatch would use.
+#   targets  the figures issues 8 and 11 set targets for, in about 7
+#            minutes: the Head CT loop (loop's model) at 64x64 in bfloat16
+#            at batches 32 and 128, and float32 at 128; the loop at 256x256
+#            (pggan's fmap 8192/512, batch 16, float32) beside the PyTorch
+#            step at 256x256 alone; the ResNet-50 step (224x224, batch
+#            128) in bfloat16, JAX and PyTorch, then JAX with 1x1 convs as
+#            convolutions and at batch 256.
 #   resnet_tune  the JAX ResNet-50 bf16 step in variants: 1x1 convs as
 #            convolutions (--nopointwise_dot) and batch 256.
 #   compile_flags  the loop section's GAN (float32 and bfloat16) under
@@ -195,6 +202,36 @@ section_loop_batch() {
     step loop_headct_batch$b "${LIMIT_loop:-150}" python3 \
         benchmarks/pggan_loop.py --res=$top $HC --batch=$b --k=$k \
         --dispatches=$DISP --dtypes=bfloat16 --mirror --ada
+  done
+}
+
+section_targets() {
+  local top=64 k=16 big=256 big_k=$K b
+  [ "$QUICK" = 1 ] && { top=16; k=1; big=16; }
+  for b in "$((4 * HC_BATCH)) bfloat16,float32" "$HC_BATCH bfloat16"; do
+    set -- $b
+    step "target_loop_headct[batch $1]" "${LIMIT_loop:-150}" python3 \
+        benchmarks/pggan_loop.py --res=$top $HC --batch=$1 --k=$k \
+        --dispatches=$DISP --dtypes=$2 --mirror --ada
+  done
+  step target_pggan_jax_$big "${LIMIT_pggan:-180}" python3 \
+      benchmarks/pggan_loop.py --res=$big $BIG --batch=16 --k=$big_k \
+      --dispatches=$DISP --dtypes=float32
+  if have_torch; then
+    step target_pggan_torch_$big "${LIMIT_pggan_torch:-75}" python3 \
+        benchmarks/pggan_step_torch.py $BIG --min_res=$big --max_res=$big \
+        --batch=16 --iters=$(((big_k * DISP + 1) / 2)) --dtype=float32
+    step target_resnet_torch_bfloat16 "${LIMIT_resnet_torch:-60}" python3 \
+        benchmarks/resnet_step_torch.py --resolution=$RN_RES \
+        --batch_size=$RN_BATCH --channels=3 --channels_last \
+        --dtype=bfloat16 --steps=10 --warmup=3
+  fi
+  for b in "--batch_size=$RN_BATCH" "--nopointwise_dot --batch_size=$RN_BATCH" \
+      "--batch_size=$((2 * RN_BATCH))"; do
+    # shellcheck disable=SC2086
+    step "target_resnet_jax_bfloat16[$b]" "${LIMIT_resnet:-90}" python3 \
+        benchmarks/resnet_step.py $RN --resolution=$RN_RES --channels=3 \
+        --dtype=bfloat16 --steps=10 --warmup=3 $b
   done
 }
 

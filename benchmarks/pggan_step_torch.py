@@ -2,7 +2,8 @@ r"""PyTorch reference for benchmarks/pggan_step.py (same PGGAN shape).
 
   pip install torch   # not a project dependency
   python benchmarks/pggan_step_torch.py [--fmap_base=8192 --fmap_max=512]
-      [--max_res=256] [--batch=16] [--iters=5] [--device=cuda|cpu]
+      [--max_res=256] [--min_res=4] [--batch=16] [--iters=5]
+      [--device=cuda|cpu]
       [--dtype=float32|bfloat16]
 
 On CUDA, float32 runs with TF32 matmuls and convolutions (as XLA's default
@@ -26,7 +27,7 @@ also updates the parameters of blocks not used at the current stage (with
 zero gradients). Layout is NCHW (torch's native); the 4x4 <-> dense
 flattening order is thus (C, H, W) instead of (H, W, C), a fixed
 permutation of the dense weights (same FLOPs). Prints, per resolution
-4..max_res: ms per (critic + generator + EMA) step and img/s.
+min_res..max_res: ms per (critic + generator + EMA) step and img/s.
 """
 
 import argparse
@@ -195,6 +196,8 @@ def main():
   p.add_argument('--fmap_base', type=int, default=8192)
   p.add_argument('--fmap_max', type=int, default=512)
   p.add_argument('--max_res', type=int, default=256)
+  p.add_argument('--min_res', type=int, default=4,
+                 help='first resolution timed (the nets are built at max_res)')
   p.add_argument('--batch', type=int, default=16)
   p.add_argument('--iters', type=int, default=5)
   torch_twin.add_args(p)
@@ -215,7 +218,10 @@ def main():
         f'dtype={a.dtype}')
   print(f'{"res":>5} {"ms/step":>9} {"img/s":>8} {"warm-up s":>9}')
   alpha, n = 0.5, a.batch
-  for stage in range(num_stages(a.max_res)):
+  first = num_stages(a.min_res) - 1
+  if a.min_res & (a.min_res - 1) or not 0 <= first < num_stages(a.max_res):
+    p.error(f'--min_res={a.min_res} must be a power of two in 4..max_res')
+  for stage in range(first, num_stages(a.max_res)):
     r = 4 * 2 ** stage
     gen = torch.Generator('cpu').manual_seed(stage)
     reals = (torch.rand(n, 1, r, r, generator=gen, device='cpu') * 2
