@@ -19,7 +19,16 @@ drawn, 16 steps per dispatch / compute alone:
   --model=_resnet1 --num_filters=4 --dtype=float32 (almost no compute, so
       what feeding costs): 2,508 / 4,455 / 2,473 / 5,422
 (16 steps per dispatch is slow on the CPU, where XLA runs convolutions
-inside a loop body slowly; the CPU's auto is 1.)
+inside a loop body slowly; the CPU's auto is 1.) On one H200 (2026-11-27,
+--name=head_ct --steps=128, the defaults' ResNet-50): 1,821 / 4,430 /
+10,127 / 2,652 img/s; there the last row waits for a dispatch every step,
+so it is no ceiling.
+
+It trains as main.py does, so it takes main.py's XLA flags
+(input_pipeline.cli.XLA_DEFAULTS, unless XLA_FLAGS sets them): with XLA's
+defaults, XLA of jax 0.11.2 aborted compiling this ResNet-50 step on an
+H200 (triton_tiling_propagation.cc, as cli.py says of the quality
+metrics; device_check.sh SECTIONS=feed, 2026-11-27).
 """
 
 import os
@@ -32,6 +41,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import app
 from absl import flags
+
+from input_pipeline import cli
+
+# Before JAX starts a backend: XLA reads XLA_FLAGS then (as main.py).
+os.environ['XLA_FLAGS'] = cli.xla_flags_with_defaults(
+    os.environ.get('XLA_FLAGS', ''))
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,7 +92,8 @@ def main(_):
   print(f'{config.model} width {config.num_filters} {config.dtype} '
         f'{FLAGS.resolution}x{FLAGS.resolution} batch {config.batch_size}, '
         f'arm {config.arm}, {FLAGS.name}, on {jax.device_count()} '
-        f'{jax.devices()[0].platform} device(s):')
+        f'{jax.devices()[0].platform} device(s), '
+        f'XLA_FLAGS={os.environ["XLA_FLAGS"]!r}:')
 
   def timed(run, length):
     state_ = jax.tree.map(jnp.copy, state)

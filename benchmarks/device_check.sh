@@ -31,8 +31,8 @@
 #   loop_batch  the loop section's bfloat16 loop at batches 64 and 128
 #            (:gpu trains at 32 at 64x64): how much of the GPU a bigger
 #            per-resolution minibatch would use.
-#   targets  the figures issues 8 and 11 set targets for, in about 7
-#            minutes: the Head CT loop (loop's model) at 64x64 in bfloat16
+#   targets  the figures issues 8 and 11 set targets for (456 s on one
+#            H200, 2026-11-27; the README's table): the Head CT loop (loop's model) at 64x64 in bfloat16
 #            at batches 32 and 128, and float32 at 128; the loop at 256x256
 #            (pggan's fmap 8192/512, batch 16, float32) beside the PyTorch
 #            step at 256x256 alone; the ResNet-50 step (224x224, batch
