@@ -11,7 +11,8 @@ G_ema's samples beside that of the training images (diversity). Then a
 markdown table of the cell's quality metrics against that fold's held-out
 test images (quality/<class>/gan_metrics.json): SWD, KID, C2ST with its
 95% interval, precision / recall, mean pairwise MS-SSIM of synthetic vs
-real images (mode collapse), and the quality gate.
+real images (mode collapse), the spectral excess at high frequencies with
+its p-value (pggan_jax.quality.spectral_test), and the quality gate.
 
 Runs that differ in one setting, on the same folds and with two or more
 seeds (--config.seed), show whether a difference exceeds seed-to-seed
@@ -80,13 +81,16 @@ def _row(name: str, cell: str, cls: str, m: dict) -> str:
   return (f"| {name} | {cell} | {cls} | {g('swd', '.1f')} | "
           f"{g('kid', '.3f')} ± {g('kid_std', '.3f')} | {c2st} | "
           f"{g('precision')} / {g('recall')} | "
-          f"{g('ms_ssim_synthetic')} / {g('ms_ssim_real')} | {verdict} |")
+          f"{g('ms_ssim_synthetic')} / {g('ms_ssim_real')} | "
+          f"{g('spectral_excess')} ({g('spectral_excess_p', '.3f')}) | "
+          f"{verdict} |")
 
 
 # The settings table's metrics (gan_metrics.json keys) and formats.
 _SUMMARY = (('SWD', 'swd', '.1f'), ('KID', 'kid', '.3f'),
             ('C2ST', 'c2st_accuracy', '.2f'), ('recall', 'recall', '.2f'),
-            ('MS-SSIM synthetic', 'ms_ssim_synthetic', '.2f'))
+            ('MS-SSIM synthetic', 'ms_ssim_synthetic', '.2f'),
+            ('spectral excess', 'spectral_excess', '.2f'))
 
 
 def _settings(workdirs: list[str]) -> dict[str, str]:
@@ -128,8 +132,9 @@ def main():
   p.add_argument('workdirs', nargs='+')
   a = p.parse_args()
   table = ['| run | cell | class | SWD | KID | C2ST [95% CI] | '
-           'precision / recall | MS-SSIM synthetic / real | gate |',
-           '|---|---|---|---|---|---|---|---|---|']
+           'precision / recall | MS-SSIM synthetic / real | '
+           'spectral excess (p) | gate |',
+           '|---|---|---|---|---|---|---|---|---|---|']
   curves = []
   settings = _settings(a.workdirs)
   groups = {}   # (setting, class) -> gan_metrics of every run and cell

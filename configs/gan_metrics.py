@@ -81,6 +81,9 @@ def get_metrics_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.swd = ml_collections.ConfigDict(dict(
       patches_per_image=64, patch_size=7, num_directions=512, num_repeats=4,
       min_resolution=16))
+  # Random splits of the permutation test of pggan_jax.quality's
+  # spectral_test (power at high frequencies; p-values down to 1/201).
+  m.spectral_permutations = 200
   # A synthetic image whose nearest real training image is closer than
   # this pixel RMS ([-1, 1] units; 0.01 = 1.3 grey levels of 255) is an
   # exact copy: only rounding or re-encoding differs.
@@ -114,6 +117,7 @@ def get_metrics_config(arg: str | None = None) -> ml_collections.ConfigDict:
     m.classifier.kimg = 0.08  # 10 steps
     m.kid_subsets = 10
     m.ms_ssim_pairs = 20
+    m.spectral_permutations = 20
     m.swd.num_directions = 64
     m.swd.patches_per_image = 16
   elif arg:

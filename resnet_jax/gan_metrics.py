@@ -34,6 +34,13 @@ Metrics (A = real held-out, B = synthetic, T = real training images):
                      `exact_copy_rms`.
   ms_ssim_*          mean pairwise MS-SSIM of B and of A + T; synthetic well
                      above real = mode collapse (Odena et al. 2017).
+  spectral_*         B's mean power spectrum against A's at high spatial
+                     frequencies: the largest excess and deficit (log10
+                     power ratio; 0.3 = twice the power), the frequency of
+                     the excess, and permutation p-values (quality.
+                     spectral_test): upsampling stripes and grids show as
+                     excess (Durall et al. 2020), blur as deficit. Reported,
+                     not part of the gate.
 """
 
 import os
@@ -159,6 +166,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   if config.feature_net not in FEATURE_NETS:
     raise UserInputError(f'config.metrics.feature_net={config.feature_net!r}'
                          f' is not one of {list(FEATURE_NETS)}')
+  n = config.spectral_permutations
+  if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+    raise UserInputError(f'config.metrics.spectral_permutations={n!r} must '
+                         'be a whole number >= 1')
   gan_classifiers.check_config(config.classifier)
 
 
@@ -170,6 +181,7 @@ def _effective(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     cfg.kid_subsets = min(cfg.kid_subsets, 20)
     cfg.ms_ssim_pairs = min(cfg.ms_ssim_pairs, 100)
     cfg.swd.num_directions = min(cfg.swd.num_directions, 128)
+    cfg.spectral_permutations = min(cfg.spectral_permutations, 100)
   return cfg
 
 
@@ -258,6 +270,13 @@ def evaluate(real_train: np.ndarray, real_train_labels: np.ndarray,
     out['ms_ssim_synthetic'] = out['ms_ssim_real'] = None
     out['ms_ssim_note'] = (f'{side}px images: MS-SSIM needs >= '
                            f'{quality.SSIM_WINDOW}')
+  if side >= 8:
+    out.update(quality.spectral_test(
+        real_heldout, synthetic, num_permutations=cfg.spectral_permutations,
+        seed=seed))
+  else:
+    out['spectral_excess'] = out['spectral_deficit'] = None
+    out['spectral_note'] = f'{side}px images: the spectral test needs >= 8'
 
   # Feature network: trained on the real training labels when there are
   # two or more classes, else random (see gan_classifiers.random_network).
@@ -536,6 +555,12 @@ def summary(m: dict[str, Any]) -> str:
       f"{m['num_exact_copies']}  ms-ssim synthetic "
       f"{f(m['ms_ssim_synthetic'])} real {f(m['ms_ssim_real'])}",
   ]
+  if m.get('spectral_excess') is not None:
+    lines.append(
+        f"  spectrum: excess {f(m['spectral_excess'], 2)} (log10 power, p "
+        f"{f(m['spectral_excess_p'])}) at {m['spectral_excess_at']} "
+        f"cycles/image, deficit {f(m['spectral_deficit'], 2)} (p "
+        f"{f(m['spectral_deficit_p'])})")
   if m.get('tstr_note'):
     lines.append(f"  note: {m['tstr_note']}")
   if gate:

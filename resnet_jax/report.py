@@ -35,7 +35,7 @@ COMPARISONS = (('classic+gan', 'classic'), ('gan', 'none'))
 QUALITY_KEYS = ('swd', 'fd', 'kid', 'precision', 'recall', 'c2st_accuracy',
                 'c2st_ci_low', 'c2st_ci_high', 'tstr_accuracy',
                 'trtr_accuracy', 'nn_distance_ratio', 'ms_ssim_synthetic',
-                'ms_ssim_real')
+                'ms_ssim_real', 'spectral_excess', 'spectral_excess_p')
 
 Row = Mapping[str, Any]
 
@@ -444,8 +444,11 @@ def _quality_lines(quality: Sequence[Mapping[str, Any]],
            'indistinguishable); nn ratio: median synthetic-to-train over '
            'held-out-to-train nearest-neighbour distance (< 1: closer to '
            'training images than new patients are); ms-ssim: mean pairwise '
-           'MS-SSIM (synthetic far above real: mode collapse). n/a where '
-           'not measured.'
+           'MS-SSIM (synthetic far above real: mode collapse); spectral '
+           'excess: the largest log10 ratio of synthetic to held-out power '
+           'at high spatial frequencies (0.3 = twice the power; upsampling '
+           'stripes and grids), with its permutation p-value, reported but '
+           'not part of the gate. n/a where not measured.'
            + ('' if gate is None else
               ' Quality gate: ' + ('passed.' if gate.get('passed') else
                                    'FAILED (' + '; '.join(

@@ -212,7 +212,9 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   {n: d for n, (d, _) in gans.items()}, names, counts,
                   samples_dir, seed, manifest)
         if use_quality:
-          qcfg = config.quality
+          # Under its block's name: HASH_IGNORED_KEYS' 'metrics.*' (the
+          # GANs' tick metrics) must not match config.quality.metrics.
+          qcfg = ml_collections.ConfigDict({'quality': config.quality})
           quality_hashes[(repeat, fold)] = study_steps.config_hash(
               'quality', samples_hash, qcfg)
           steps.run(os.path.join(done, 'quality.json'),

@@ -220,6 +220,11 @@ def test_evaluate_identical_sets_and_memorised_copies(tmp_path):
   assert m['tstr_accuracy'] is not None and m['trtr_auc'] is not None
   assert m['nn_distance_ratio'] == pytest.approx(1.0)
   assert m['num_exact_copies'] == 0
+  # The same images: no frequency has more or less power, and every random
+  # split of the pooled sets is at least as extreme.
+  assert m['spectral_excess'] == pytest.approx(0, abs=1e-6)
+  assert m['spectral_deficit'] == pytest.approx(0, abs=1e-6)
+  assert m['spectral_excess_p'] == m['spectral_deficit_p'] == 1.0
   assert (tmp_path / 'nearest_neighbours.png').exists()
   # Synthetic = training images (memorised) plus one new image: all copies
   # but one are flagged, their nearest pairs point at the originals, and
@@ -242,16 +247,22 @@ def test_evaluate_identical_sets_and_memorised_copies(tmp_path):
 def test_evaluate_swd_grows_with_blur():
   (tr, tr_y), (he, he_y), _ = _labelled_sets()
   cfg = _tiny(feature_net='random')
-  swd, fd = [], []
+  swd, fd, deficit = [], [], []
   for sigma in (0.0, 0.7, 1.5):
     syn = scipy.ndimage.gaussian_filter(he, (0, sigma, sigma, 0)).astype(
         np.float32)
     m = gan_metrics.evaluate(tr, tr_y, he, he_y, syn, he_y, config=cfg)
     swd.append(m['swd'])
     fd.append(m['fd'])
+    deficit.append(m['spectral_deficit'])
   assert swd[0] == pytest.approx(0, abs=1e-9) and fd[0] < 1e-4
   assert swd[0] < swd[1] < swd[2]
   assert fd[0] < fd[1] < fd[2]
+  # Blur removes power at high frequencies.
+  assert deficit[0] == pytest.approx(0, abs=1e-6)
+  assert deficit[0] > deficit[1] > deficit[2]
+  assert 'spectrum: excess' in gan_metrics.summary(
+      {**m, 'gate': gan_metrics.quality_gate(m, cfg)})
 
 
 def test_evaluate_one_class_uses_random_features():
@@ -272,6 +283,12 @@ def test_evaluate_tiny_images():
                            config=_tiny())
   assert set(k for k in m if k.startswith('swd')) == {'swd', 'swd/8'}
   assert m['ms_ssim_synthetic'] is None and '8px' in m['ms_ssim_note']
+  assert m['spectral_excess'] is not None   # 8 px is enough for it
+  x4 = _textures(24, size=4, seed=6, smooth=0.7)
+  m4 = gan_metrics.evaluate(x4[::2], y[::2], x4[1::2], y[1::2], x4[1::2],
+                            None, config=_tiny())
+  assert m4['spectral_excess'] is None and '4px' in m4['spectral_note']
+  assert 'spectrum' not in gan_metrics.summary(m4)
   gate = gan_metrics.quality_gate(m, _tiny())
   assert 'ms_ssim_real' in gate['skipped']
 
@@ -392,6 +409,8 @@ def test_cli_too_few_real_images_of_the_synthetic_class(tmp_path):
     ('feature_net', 'inception', r"^config\.metrics\.feature_net='inception'"),
     ('classifier.model', 'vgg', r"^config\.metrics\.classifier\.model='vgg'"),
     ('classifier.dtype', 'int8', r"^config\.metrics\.classifier\.dtype="),
+    ('spectral_permutations', 0,
+     r"^config\.metrics\.spectral_permutations=0 must be a whole number"),
 ])
 def test_check_config_names_the_key(key, value, match):
   gan_metrics.check_config(_tiny())

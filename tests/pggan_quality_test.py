@@ -132,3 +132,64 @@ def test_mean_pairwise_ms_ssim_detects_collapse():
       quality.mean_pairwise_ms_ssim(diverse[:4], seed=2))
   with pytest.raises(ValueError):
     quality.mean_pairwise_ms_ssim(diverse[:1])
+
+
+def _stripes(x, amplitude):
+  """x plus horizontal lines alternating every row (period 2 px: the
+  Nyquist row frequency), as nearest-neighbour upsampling leaves."""
+  rows = np.where(np.arange(x.shape[1]) % 2 == 0, 1.0, -1.0)
+  return (x + amplitude * rows[None, :, None, None]).astype(np.float32)
+
+
+def test_spectral_test_same_distribution_is_not_significant():
+  # Independent draws of the same textures, the held-out set smaller (as in
+  # the study): no excess or deficit beyond what random splits give.
+  real, fake = _textures(20, size=32, seed=11), _textures(60, size=32, seed=12)
+  out = quality.spectral_test(real, fake, num_permutations=99, seed=0)
+  assert out['spectral_excess_p'] > 0.05
+  assert out['spectral_deficit_p'] > 0.05
+  assert out['spectral_permutations'] == 99
+
+
+def test_spectral_test_finds_stripes_where_they_are():
+  real = _textures(20, size=32, seed=11)
+  fake = _stripes(_textures(60, size=32, seed=12), 0.05)
+  out = quality.spectral_test(real, fake, num_permutations=99, seed=0)
+  # The smallest p-value 99 splits can give; the excess at the row
+  # frequency 16 cycles per image (fy = -16 after centring), fx = 0, to
+  # within the 3 x 3 smoothing.
+  assert out['spectral_excess_p'] == pytest.approx(0.01)
+  assert out['spectral_excess'] > 0.5   # over 3x the power
+  fy, fx = out['spectral_excess_at']
+  assert abs(fy) >= 15 and abs(fx) <= 1
+  # Nothing is missing: the stripes only add power.
+  assert out['spectral_deficit_p'] > 0.05
+
+
+def test_spectral_test_finds_blur_as_a_deficit():
+  real = _textures(20, size=32, seed=11)
+  fake = _blur(_textures(60, size=32, seed=12), 1.0)
+  out = quality.spectral_test(real, fake, num_permutations=99, seed=0)
+  assert out['spectral_deficit_p'] == pytest.approx(0.01)
+  assert out['spectral_deficit'] < -1.0
+  assert out['spectral_excess_p'] > 0.05
+
+
+def test_spectral_test_is_seeded_and_takes_uint8():
+  real, fake = _textures(10, size=16, seed=1), _textures(12, size=16, seed=2)
+  a = quality.spectral_test(real, fake, num_permutations=30, seed=3)
+  assert a == quality.spectral_test(real, fake, num_permutations=30, seed=3)
+  to_u8 = lambda x: np.round((x + 1) * 127.5).astype(np.uint8)
+  b = quality.spectral_test(to_u8(real), to_u8(fake), num_permutations=30,
+                            seed=3)
+  assert b['spectral_excess'] == pytest.approx(a['spectral_excess'], abs=0.02)
+
+
+def test_spectral_test_rejects_bad_shapes():
+  with pytest.raises(ValueError, match='square images of one size'):
+    quality.spectral_test(_textures(4, size=16), _textures(4, size=32))
+  with pytest.raises(ValueError, match='at least 8 px'):
+    quality.spectral_test(_textures(4, size=4), _textures(4, size=4))
+  with pytest.raises(ValueError, match='num_permutations=0'):
+    quality.spectral_test(_textures(4, size=8), _textures(4, size=8),
+                          num_permutations=0)

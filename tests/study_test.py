@@ -274,6 +274,19 @@ def test_changed_config_is_refused_or_recomputed(tmp_path, monkeypatch):
       'gan', 'gan', 'quality', 'quality', 'quality', 'resnet', 'resnet']
   assert sorted(c[2] for c in redone if c[0] == 'resnet') == [
       'classic+gan', 'gan']
+  n = len(calls)
+
+  # A quality-metrics setting changed (config.quality.metrics.*, whose keys
+  # the GANs' tick metrics must not shadow): only the quality step reruns.
+  config.on_config_change = 'error'
+  config.quality.metrics.spectral_permutations += 1
+  with pytest.raises(errors.UserInputError, match=(
+      r'synthetic-image quality was run with another configuration')):
+    study.run_study(config, workdir)
+  assert len(calls) == n
+  config.on_config_change = 'recompute'
+  study.run_study(config, workdir)
+  assert sorted(c[0] for c in calls[n:]) == ['quality'] * 3
 
 
 def test_partial_step_dir_of_another_config_is_refused(tmp_path,
