@@ -193,3 +193,14 @@ def test_spectral_test_rejects_bad_shapes():
   with pytest.raises(ValueError, match='num_permutations=0'):
     quality.spectral_test(_textures(4, size=8), _textures(4, size=8),
                           num_permutations=0)
+
+
+def test_spectral_test_p_values_are_calibrated_under_the_null():
+  # 40 comparisons of independent sets of the same textures (sizes as in a
+  # study cell): p-values spread over (0, 1], not piled up near 0.
+  p = np.array([quality.spectral_test(
+      _textures(20, size=16, seed=100 + i),
+      _textures(40, size=16, seed=200 + i), num_permutations=49,
+      seed=i)['spectral_excess_p'] for i in range(40)])
+  assert np.mean(p <= 0.1) <= 0.25
+  assert 0.3 <= np.median(p) <= 0.7
