@@ -7,7 +7,9 @@ PGGAN workdir (configs/pggan.py: its curve only). For every finished cell
 (repeat, fold) and GAN it prints the curves against kimg from
 W/repeat*/fold*/gan/<class>/metrics.jsonl: SWD against training images,
 ADA's p where ADA ran, and from 16x16 on the mean pairwise MS-SSIM of
-G_ema's samples beside that of the training images (diversity). Then a
+G_ema's samples beside that of the training images (diversity), and from
+8x8 on the spectral test's excess power of those samples over the training
+images (log10; upsampling artifacts). Then a
 markdown table of the cell's quality metrics against that fold's held-out
 test images (quality/<class>/gan_metrics.json): SWD, KID, C2ST with its
 95% interval, precision / recall, mean pairwise MS-SSIM of synthetic vs
@@ -61,6 +63,10 @@ def _curve(path: str) -> str:
     swd += '   MS-SSIM G_ema/real: ' + ' '.join(
         f"{r['kimg']:.1f}:{r['ms_ssim']:.2f}/{r['ms_ssim_real']:.2f}{fade(r)}"
         for r in rows if 'ms_ssim' in r)
+  if any('spectral_excess' in r for r in rows):
+    swd += '   spectral excess: ' + ' '.join(
+        f"{r['kimg']:.1f}:{r['spectral_excess']:.2f}{fade(r)}"
+        for r in rows if 'spectral_excess' in r)
   return swd
 
 

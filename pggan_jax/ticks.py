@@ -3,7 +3,8 @@
 `Metrics` keeps each dispatch's device-side metric means and reads them back
 only when a log interval ends (raising on a non-finite one); `tick_job` runs
 in a worker thread at every tick: G_ema's grid, its sliced Wasserstein
-distance to training images and the MS-SSIM diversity of both;
+distance to training images, the MS-SSIM diversity of both and the
+spectral test;
 `trim_metrics` cuts metrics.jsonl back to a resumed checkpoint.
 """
 
@@ -50,13 +51,17 @@ GRID_CELL = 128
 
 
 def tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
-             is_main: bool, ms_ssim_pairs: int, real_ms_ssim: dict) -> dict:
+             is_main: bool, ms_ssim_pairs: int, real_ms_ssim: dict,
+             spectral_permutations: int = 0) -> dict:
   """Worker thread: reads G_ema's samples back, saves the grid, SWD.
 
   With ms_ssim_pairs > 0, also the mean pairwise MS-SSIM of the SWD samples
   ('ms_ssim', diversity: mode collapse drives it up) and of the SWD reals
   ('ms_ssim_real', computed once per resolution and cached in
-  real_ms_ssim), from 16x16 on (quality.SSIM_WINDOW: 11 pixels).
+  real_ms_ssim), from 16x16 on (quality.SSIM_WINDOW: 11 pixels). With
+  spectral_permutations > 0, from 8x8 on, quality.spectral_test of the SWD
+  samples against the SWD reals: 'spectral_excess' (upsampling stripes and
+  grids), its p-value 'spectral_excess_p', and 'spectral_deficit' (blur).
   """
   fakes = np.asarray(fakes)
   out = {}
@@ -81,6 +86,12 @@ def tick_job(fakes, grid_size: int, reals, swd_kw: dict, path: str,
         real_ms_ssim[res] = quality.mean_pairwise_ms_ssim(
             reals, num_pairs=ms_ssim_pairs, seed=swd_kw['seed'])
       out['ms_ssim_real'] = real_ms_ssim[res]
+    if spectral_permutations > 0 and res >= 8:
+      spec = quality.spectral_test(reals, fakes[grid_size:],
+                                   num_permutations=spectral_permutations,
+                                   seed=swd_kw['seed'])
+      out.update({k: spec[k] for k in ('spectral_excess', 'spectral_excess_p',
+                                       'spectral_deficit')})
   return out
 
 

@@ -467,7 +467,8 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
     path = os.path.join(workdir, 'samples', f'fakes_{nimg:09d}.png')
     pending_ticks.append((tick_pool.submit(
         ticks.tick_job, fakes, len(grid_z), reals, swd_kw, path, is_main,
-        cfg.metrics.get('ms_ssim_pairs', 0), real_ms_ssim),
+        cfg.metrics.get('ms_ssim_pairs', 0), real_ms_ssim,
+        cfg.metrics.get('spectral_permutations', 0)),
         rec, nimg))
 
   # Ctrl-C / SIGTERM: save and stop between dispatches, never inside one.

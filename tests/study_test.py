@@ -501,6 +501,16 @@ def test_gan_curves_benchmark_reads_the_study(tiny_study):
               ) == 1, div
   assert any(t['ms_ssim'] != t['ms_ssim_real'] for t in div), div
   assert f"{div[-1]['kimg']:.1f}:{div[-1]['ms_ssim']:.2f}/" in curve
+  # The spectral test per tick from 8x8 on (config.metrics.
+  # spectral_permutations), its excess the curve's last section.
+  spec = [t for t in ticks if 'spectral_excess' in t]
+  assert spec and all(t['resolution'] >= 8 for t in spec), ticks
+  assert all(t['resolution'] < 8 for t in ticks if t not in spec), ticks
+  for t in spec:
+    assert 0.0 < t['spectral_excess_p'] <= 1.0, t
+    assert t['spectral_deficit'] <= t['spectral_excess'], t
+  assert curve.endswith(f"{spec[-1]['kimg']:.1f}:"
+                        f"{spec[-1]['spectral_excess']:.2f}"), curve
   # A PGGAN workdir alone: its curves, the same line.
   gan_dir = os.path.join(workdir, 'repeat0', 'fold0', 'gan', 'normal')
   proc = subprocess.run(
