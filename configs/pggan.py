@@ -90,6 +90,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.fmap_max = 64
   # Minibatch stddev group size (<= 1 disables the layer).
   config.model.mbstd_group_size = 4
+  # How G's blocks upsample their features: 'nearest' (the paper's) or
+  # 'bilinear' (a low-pass filter; nearest leaves upsampling stripes that
+  # quality.spectral_test measures: README, "Upsampling artifacts").
+  config.model.upsample = 'nearest'
   # One class-conditional G and D for all classes (label embedding in G,
   # projection critic). False = unconditional (use data.class_filter).
   config.model.conditional = False

@@ -24,9 +24,19 @@ def leaky_relu(x: jax.Array, slope: float = 0.2) -> jax.Array:
   return jnp.maximum(x, x * slope)
 
 
-def upsample2x(x: jax.Array) -> jax.Array:
-  """Nearest-neighbour 2x upsampling of NHWC images."""
-  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+UPSAMPLE_METHODS = ('nearest', 'bilinear')
+
+
+def upsample2x(x: jax.Array, method: str = 'nearest') -> jax.Array:
+  """2x upsampling of NHWC images: nearest neighbour (the PGGAN paper's)
+  or bilinear (jax.image.resize; a low-pass that leaves less power at the
+  new Nyquist frequency, as StyleGAN's filtered upsampling)."""
+  if method == 'nearest':
+    return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+  if method == 'bilinear':
+    n, h, w, c = x.shape
+    return jax.image.resize(x, (n, 2 * h, 2 * w, c), 'bilinear')
+  raise ValueError(f'upsample method {method!r} not in {UPSAMPLE_METHODS}')
 
 
 def downsample2x(x: jax.Array) -> jax.Array:

@@ -52,10 +52,14 @@ class Generator(nnx.Module):
   def __init__(self, *, resolution: int, channels: int = 1,
                latent_size: int | None = None, fmap_base: int = 8192,
                fmap_max: int = 512, num_classes: int = 0,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               upsample: str = 'nearest', dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
     nf = lambda r: num_features(r, fmap_base, fmap_max)
     self.num_stages = num_stages(resolution)
     self.latent_size = latent_size or min(fmap_base, fmap_max)
+    # How each block upsamples its input features (layers.upsample2x); the
+    # fade-in's upsampled toRGB image stays nearest, as the faded reals.
+    self.upsample = upsample
     self.num_classes = num_classes
     self.dtype = dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -92,7 +96,7 @@ class Generator(nnx.Module):
     prev = None
     for conv0, conv1 in self.blocks[:stage]:
       prev = x
-      x = act(conv0(layers.upsample2x(x)))
+      x = act(conv0(layers.upsample2x(x, self.upsample)))
       x = act(conv1(x))
     return x, prev
 
@@ -176,6 +180,7 @@ def build(config, rngs: nnx.Rngs) -> tuple[Generator, Discriminator]:
                 fmap_base=m.fmap_base, fmap_max=m.fmap_max,
                 num_classes=m.num_classes, dtype=dtype,
                 param_dtype=jnp.float32, rngs=rngs)
-  g = Generator(latent_size=m.latent_size or None, **common)
+  g = Generator(latent_size=m.latent_size or None,
+                upsample=m.get('upsample', 'nearest'), **common)
   d = Discriminator(mbstd_group_size=m.mbstd_group_size, **common)
   return g, d

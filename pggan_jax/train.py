@@ -71,6 +71,7 @@ from input_pipeline import sharding
 from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
 from pggan_jax import compiling
+from pggan_jax import layers
 from pggan_jax import networks
 from pggan_jax import schedule
 from pggan_jax import steps
@@ -93,8 +94,9 @@ IGNORED_KEYS = ('total_kimg', 'grid_size', 'metrics.*',
 # What a PGGAN workdir holds that a rerun resumes.
 OUTPUTS = ('checkpoints',)
 # Keys added since older workdirs were written, and the values that give
-# what those runs computed (the penalty on the whole batch).
-LEGACY_ABSENT = {'gp_batch_shrink': 1}
+# what those runs computed (the penalty on the whole batch, nearest
+# upsampling).
+LEGACY_ABSENT = {'gp_batch_shrink': 1, 'model.upsample': 'nearest'}
 # Filled in from the data by resolve_config.
 _RESOLVED_KEYS = ('class_names', 'model.channels', 'model.num_classes',
                   'model.latent_size')
@@ -123,6 +125,10 @@ def check_config(config) -> None:
     raise UserInputError(
         f'config.model.resolution={m.resolution} exceeds '
         f'config.data.storage_size={config.data.storage_size}')
+  up = m.get('upsample', 'nearest')   # absent: written before it
+  if up not in layers.UPSAMPLE_METHODS:
+    raise UserInputError(f'config.model.upsample={up!r} is not one of '
+                         f'{list(layers.UPSAMPLE_METHODS)}')
   shrink = config.get('gp_batch_shrink', 1)   # absent: written before it
   if not isinstance(shrink, int) or shrink < 1:
     raise UserInputError(f'config.gp_batch_shrink={shrink!r} must be an '

@@ -292,12 +292,17 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _without(config: ml_collections.ConfigDict,
              keys) -> ml_collections.ConfigDict:
-  """A copy of `config` without top-level `keys`."""
+  """A copy of `config` without `keys` (dotted paths: 'model.upsample')."""
   out = config.copy_and_resolve_references()
-  with out.unlocked():
-    for k in keys:
-      if k in out:
-        del out[k]
+  for k in keys:
+    *parents, leaf = k.split('.')
+    node = out
+    for p in parents:
+      node = node[p] if isinstance(node, ml_collections.ConfigDict) and (
+          p in node) else None
+    if isinstance(node, ml_collections.ConfigDict) and leaf in node:
+      with node.unlocked():
+        del node[leaf]
   return out
 
 

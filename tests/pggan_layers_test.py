@@ -61,15 +61,38 @@ def test_up_and_down_sampling():
                              (0 + 1 + 4 + 5) / 4)
 
 
-def _nets():
+def test_bilinear_upsampling_is_a_low_pass():
+  # A constant stays constant; a random image keeps its mean; bilinear
+  # leaves far less power than nearest at the high frequencies that
+  # upsampling creates (images of each frequency beyond the old Nyquist,
+  # 8 cycles per image here, where nearest's duplicated pixels put power).
+  c = jnp.full((1, 4, 4, 1), 0.3)
+  np.testing.assert_allclose(layers.upsample2x(c, 'bilinear'), 0.3,
+                             rtol=1e-6)
+  x = jax.random.normal(jax.random.key(0), (8, 16, 16, 1))
+  near, bil = layers.upsample2x(x), layers.upsample2x(x, 'bilinear')
+  assert near.shape == bil.shape == (8, 32, 32, 1)
+  np.testing.assert_allclose(bil.mean(), x.mean(), atol=1e-5)
+
+  def high(y):   # mean power at 9..16 cycles per image along either axis
+    p = jnp.abs(jnp.fft.fft2(y[..., 0])) ** 2
+    return float(jnp.mean(p[:, 9:24, :]) + jnp.mean(p[:, :, 9:24]))
+
+  assert high(bil) < 0.5 * high(near)
+  with pytest.raises(ValueError, match="'cubic' not in"):
+    layers.upsample2x(x, 'cubic')
+
+
+def _nets(upsample='nearest'):
   kw = dict(resolution=16, channels=1, fmap_base=64, fmap_max=16)
-  return (networks.Generator(**kw, rngs=nnx.Rngs(0)),
+  return (networks.Generator(**kw, upsample=upsample, rngs=nnx.Rngs(0)),
           networks.Discriminator(**kw, rngs=nnx.Rngs(1)))
 
 
-@pytest.mark.parametrize('stage', [1, 2])
-def test_generator_fade_in_endpoints(stage):
-  g, _ = _nets()
+@pytest.mark.parametrize('stage, upsample', [(1, 'nearest'), (2, 'nearest'),
+                                             (2, 'bilinear')])
+def test_generator_fade_in_endpoints(stage, upsample):
+  g, _ = _nets(upsample)
   z = jax.random.normal(jax.random.key(0), (4, g.latent_size))
 
   @jax.jit  # one compilation instead of many eager ops
@@ -127,3 +150,14 @@ def test_generator_first_pixel_norm_is_per_pixel():
   got, _ = g._features(z, None, 0)
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected),
                              rtol=1e-4, atol=1e-5)
+
+
+def test_generator_upsampling_option():
+  """model.upsample changes G's blocks, not its parameters."""
+  near, _ = _nets('nearest')
+  bil, _ = _nets('bilinear')
+  z = jax.random.normal(jax.random.key(1), (2, near.latent_size))
+  a, b = near(z, stage=2), bil(z, stage=2)
+  assert a.shape == b.shape == (2, 16, 16, 1)
+  assert not np.allclose(a, b, atol=1e-3)
+  np.testing.assert_array_equal(near(z, stage=0), bil(z, stage=0))

@@ -291,6 +291,17 @@ def test_gp_batch_shrink_is_checked(shrink, match):
     train.check_config(cfg)
 
 
+def test_upsample_is_checked():
+  cfg = pggan.get_config('tiny')
+  cfg.model.upsample = 'bilinear'
+  train.check_config(cfg)
+  cfg.model.upsample = 'bicubic'
+  with pytest.raises(train.UserInputError, match=(
+      r"^config\.model\.upsample='bicubic' is not one of "
+      r"\['nearest', 'bilinear'\]$")):
+    train.check_config(cfg)
+
+
 def test_another_gp_batch_shrink_is_refused_on_resume(runs):
   """Checkpoints made with the penalty on the whole batch do not resume
   with it on half of it: refused, naming the key."""
