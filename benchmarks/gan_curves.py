@@ -88,7 +88,8 @@ def _row(name: str, cell: str, cls: str, m: dict) -> str:
           f"{g('kid', '.3f')} ± {g('kid_std', '.3f')} | {c2st} | "
           f"{g('precision')} / {g('recall')} | "
           f"{g('ms_ssim_synthetic')} / {g('ms_ssim_real')} | "
-          f"{g('spectral_excess')} ({g('spectral_excess_p', '.3f')}) | "
+          f"{g('spectral_excess')} ({g('spectral_excess_null95')}, "
+          f"{g('spectral_excess_p', '.3f')}) | "
           f"{verdict} |")
 
 
@@ -139,7 +140,7 @@ def main():
   a = p.parse_args()
   table = ['| run | cell | class | SWD | KID | C2ST [95% CI] | '
            'precision / recall | MS-SSIM synthetic / real | '
-           'spectral excess (p) | gate |',
+           'spectral excess (null 95%, p) | gate |',
            '|---|---|---|---|---|---|---|---|---|---|']
   curves = []
   settings = _settings(a.workdirs)

@@ -280,12 +280,12 @@ def _gpu(config: ml_collections.ConfigDict) -> None:
   share two compiled steps for the whole study; on an H200 they trained
   at 10,127 img/s (benchmarks/classifier_feed.py).
 
-  The GANs alone make 10 minutes out of reach on one GPU: 6.1 PFLOP a
-  GAN (80 % of it at 64x64), 183 PFLOP for 30, 10.4 min at the 293 TFLOP/s
-  the loop reaches at batch 32 on an H200, 6.8 min at the best rate
-  measured there (batch 128 with gp_batch_shrink=4, 449 TFLOP/s; neither
-  used here, see the README's "GPU, TPU and clusters"). Several GPUs run
-  the study as a job array (config.shard).
+  At these settings the GANs alone exceed 10 minutes on one GPU: 6.1
+  PFLOP a GAN (80 % of it at 64x64), 183 PFLOP for 30, 10.4 min at the
+  293 TFLOP/s the loop reaches at batch 32 on an H200. Batch 128 at 64x64
+  (7.1 min) would give the last phase a quarter of its steps, which the
+  CPU's diversity curves advise against (README, "GPU, TPU and
+  clusters"). Several GPUs run the study as a job array (config.shard).
   """
   gan = config.gan
   gan.model.fmap_base = 4096

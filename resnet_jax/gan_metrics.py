@@ -37,10 +37,11 @@ Metrics (A = real held-out, B = synthetic, T = real training images):
   spectral_*         B's mean power spectrum against A's at high spatial
                      frequencies: the largest excess and deficit (log10
                      power ratio; 0.3 = twice the power), the frequency of
-                     the excess, and permutation p-values (quality.
-                     spectral_test): upsampling stripes and grids show as
-                     excess (Durall et al. 2020), blur as deficit. Reported,
-                     not part of the gate.
+                     the excess, the random splits' 95th / 5th percentiles
+                     and permutation p-values (quality.spectral_test):
+                     upsampling stripes and grids show as excess (Durall et
+                     al. 2020), blur as deficit. Reported, not part of the
+                     gate.
 """
 
 import os
@@ -270,13 +271,15 @@ def evaluate(real_train: np.ndarray, real_train_labels: np.ndarray,
     out['ms_ssim_synthetic'] = out['ms_ssim_real'] = None
     out['ms_ssim_note'] = (f'{side}px images: MS-SSIM needs >= '
                            f'{quality.SSIM_WINDOW}')
-  if side >= 8:
+  if side >= 8 and synthetic.shape[1] == synthetic.shape[2]:
     out.update(quality.spectral_test(
         real_heldout, synthetic, num_permutations=cfg.spectral_permutations,
         seed=seed))
   else:
     out['spectral_excess'] = out['spectral_deficit'] = None
-    out['spectral_note'] = f'{side}px images: the spectral test needs >= 8'
+    out['spectral_note'] = (f'{synthetic.shape[1]}x{synthetic.shape[2]} '
+                            'images: the spectral test needs square ones '
+                            'of >= 8 px')
 
   # Feature network: trained on the real training labels when there are
   # two or more classes, else random (see gan_classifiers.random_network).
@@ -557,9 +560,11 @@ def summary(m: dict[str, Any]) -> str:
   ]
   if m.get('spectral_excess') is not None:
     lines.append(
-        f"  spectrum: excess {f(m['spectral_excess'], 2)} (log10 power, p "
+        f"  spectrum: excess {f(m['spectral_excess'], 2)} (log10 power; "
+        f"random splits' 95% {f(m['spectral_excess_null95'], 2)}, p "
         f"{f(m['spectral_excess_p'])}) at {m['spectral_excess_at']} "
-        f"cycles/image, deficit {f(m['spectral_deficit'], 2)} (p "
+        f"cycles/image, deficit {f(m['spectral_deficit'], 2)} (5% "
+        f"{f(m['spectral_deficit_null05'], 2)}, p "
         f"{f(m['spectral_deficit_p'])})")
   if m.get('tstr_note'):
     lines.append(f"  note: {m['tstr_note']}")

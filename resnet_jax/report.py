@@ -35,7 +35,8 @@ COMPARISONS = (('classic+gan', 'classic'), ('gan', 'none'))
 QUALITY_KEYS = ('swd', 'fd', 'kid', 'precision', 'recall', 'c2st_accuracy',
                 'c2st_ci_low', 'c2st_ci_high', 'tstr_accuracy',
                 'trtr_accuracy', 'nn_distance_ratio', 'ms_ssim_synthetic',
-                'ms_ssim_real', 'spectral_excess', 'spectral_excess_p')
+                'ms_ssim_real', 'spectral_excess', 'spectral_excess_null95',
+                'spectral_excess_p', 'spectral_deficit', 'spectral_deficit_p')
 
 Row = Mapping[str, Any]
 
@@ -445,10 +446,13 @@ def _quality_lines(quality: Sequence[Mapping[str, Any]],
            'held-out-to-train nearest-neighbour distance (< 1: closer to '
            'training images than new patients are); ms-ssim: mean pairwise '
            'MS-SSIM (synthetic far above real: mode collapse); spectral '
-           'excess: the largest log10 ratio of synthetic to held-out power '
-           'at high spatial frequencies (0.3 = twice the power; upsampling '
-           'stripes and grids), with its permutation p-value, reported but '
-           'not part of the gate. n/a where not measured.'
+           'excess / deficit: the largest / most negative log10 ratio of '
+           'synthetic to held-out power at high spatial frequencies (0.3 = '
+           'twice the power; excess: upsampling stripes and grids, deficit: '
+           'blur), beside the 95th percentile of the excess over random '
+           'splits of the pooled images (null95) and permutation p-values; '
+           'reported, not part of the gate. The mean row counts p-values '
+           'at most 0.05 instead of averaging them. n/a where not measured.'
            + ('' if gate is None else
               ' Quality gate: ' + ('passed.' if gate.get('passed') else
                                    'FAILED (' + '; '.join(
@@ -466,7 +470,11 @@ def _quality_lines(quality: Sequence[Mapping[str, Any]],
     v = [float(q[k]) for q in quality
          if isinstance(q.get(k), (int, float, np.number))
          and not isinstance(q.get(k), bool) and math.isfinite(q[k])]
-    means.append(_num(float(np.mean(v))) if v else 'n/a')
+    if k.endswith('_p'):   # p-values are not averaged: how many are small
+      means.append(f'{sum(x <= 0.05 for x in v)}/{len(v)} <= 0.05' if v
+                   else 'n/a')
+    else:
+      means.append(_num(float(np.mean(v))) if v else 'n/a')
   if has_passed:
     means.append(f'{sum(bool(q.get("passed")) for q in quality)}/'
                  f'{len(quality)}')

@@ -120,7 +120,8 @@ class Steps:
     if not self.recompute:
       raise UserInputError(
           f'{where}: {what} was run with another configuration (hash '
-          f'{old}, now {new}); use a new --workdir, restore the old '
+          f'{old}, now {new}: a setting, or this code, changed what the step '
+          'computes); use a new --workdir, restore the old '
           'settings, or set --config.on_config_change=recompute to redo the '
           'steps whose configuration changed')
     logging.warning('%s: configuration changed (%s -> %s); recomputing %s',

@@ -287,7 +287,7 @@ def test_evaluate_tiny_images():
   x4 = _textures(24, size=4, seed=6, smooth=0.7)
   m4 = gan_metrics.evaluate(x4[::2], y[::2], x4[1::2], y[1::2], x4[1::2],
                             None, config=_tiny())
-  assert m4['spectral_excess'] is None and '4px' in m4['spectral_note']
+  assert m4['spectral_excess'] is None and '4x4 images' in m4['spectral_note']
   assert 'spectrum' not in gan_metrics.summary(m4)
   gate = gan_metrics.quality_gate(m, _tiny())
   assert 'ms_ssim_real' in gate['skipped']

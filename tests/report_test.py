@@ -242,6 +242,15 @@ def test_markdown_sections_from_the_caller():
   assert '| **mean** | | | 2.000 | 200.0 | 0.200 | 0.980 | 1/2 |' in md
 
 
+def test_quality_mean_row_counts_small_p_values():
+  quality = [dict(q, spectral_excess=e, spectral_excess_p=p)
+             for q, e, p in zip(_QUALITY, (0.8, 0.2), (0.005, 0.6))]
+  md = _markdown(_rows(), gan_quality=quality, gate=_GATE)
+  assert '| spectral_excess | spectral_excess_p | passed |' in md
+  # The excess is averaged; its p-values are counted, never averaged.
+  assert '| 0.500 | 1/2 <= 0.05 | 1/2 |' in md
+
+
 def test_summary_json_is_strict_and_complete():
   rows = _rows()
   rows[0]['auc'] = float('nan')  # an undefined AUC must not break JSON

@@ -276,9 +276,14 @@ def test_changed_config_is_refused_or_recomputed(tmp_path, monkeypatch):
       'classic+gan', 'gan']
   n = len(calls)
 
+  # The GANs' tick metrics (config.gan.metrics.*) are only logged: every
+  # finished step is kept.
+  config.on_config_change = 'error'
+  config.gan.metrics.swd_images += 1
+  study.run_study(config, workdir)
+  assert len(calls) == n
   # A quality-metrics setting changed (config.quality.metrics.*, whose keys
   # the GANs' tick metrics must not shadow): only the quality step reruns.
-  config.on_config_change = 'error'
   config.quality.metrics.spectral_permutations += 1
   with pytest.raises(errors.UserInputError, match=(
       r'synthetic-image quality was run with another configuration')):
