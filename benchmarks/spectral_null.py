@@ -17,9 +17,9 @@ share of p-values at most 0.05 and 0.01.
 
 Measured on the shared 2-core CPU (2026-11-27; Head CT, 3 repeats x 5
 folds x 3 sets = 45 comparisons each; 200 permutations; about 9 s a
-resolution): excess p <= 0.05 in 6.7 % / 4.4 % at 64 / 128 px, deficit in
-4.4 % / 11.1 %; medians 0.48-0.56 (README, "Upsampling artifacts: the
-spectral test").
+resolution): excess p <= 0.05 in 2 of 45 (4.4 %) at 64 and at 128 px,
+deficit in 2 and 5 (4.4 % and 11.1 %); medians 0.47-0.53 (README,
+"Upsampling artifacts: the spectral test").
 """
 
 import os
