@@ -198,7 +198,7 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
           # at the value that computes what older GANs did.
           gan_hashes[name] = study_steps.config_hash('gan', base, _without(
               sub, [k for k, v in pggan_train.LEGACY_ABSENT.items()
-                    if sub.get(k) == v]))
+                    if sub.get(k) == v]), ignore=study_steps.GAN_LOG_KEYS)
           steps.run(os.path.join(done, f'gan_{name}.json'),
                     f'{tag} GAN {name}', gan_hashes[name], train_gan, sub,
                     gan_dir, dirs=(gan_dir,))
@@ -212,11 +212,8 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   {n: d for n, (d, _) in gans.items()}, names, counts,
                   samples_dir, seed, manifest)
         if use_quality:
-          # Under its block's name: HASH_IGNORED_KEYS' 'metrics.*' (the
-          # GANs' tick metrics) must not match config.quality.metrics.
-          qcfg = ml_collections.ConfigDict({'quality': config.quality})
           quality_hashes[(repeat, fold)] = study_steps.config_hash(
-              'quality', samples_hash, qcfg)
+              'quality', samples_hash, config.quality)
           steps.run(os.path.join(done, 'quality.json'),
                     f'{tag} synthetic-image quality',
                     quality_hashes[(repeat, fold)],

@@ -31,12 +31,14 @@ HASH_FILE = '.study_config_hash'
 # Bump when a change to the study's code changes what a finished step would
 # produce: every step's hash includes it, so old results are not reused.
 STUDY_CODE_VERSION = 1
-# Keys that do not change a step's result (besides workdir.IGNORED_KEYS):
-# where data comes from is named by the data's content fingerprint, and
-# progress grids / tick metrics are only logged.
+# Keys that do not change any step's result (besides workdir.IGNORED_KEYS):
+# where data comes from is named by the data's content fingerprint.
 PATH_KEYS = ('data.dir', 'data.labels_csv', 'data.patient_labels_csv')
-HASH_IGNORED_KEYS = (*PATH_KEYS, 'grid_size', 'metrics.*', 'sched.tick_kimg',
-                     'sched.tick_kimg_dict')
+# A GAN step's keys that are only logged (progress grids, tick metrics): its
+# own `ignore=`, not every step's, since other blocks have keys of these
+# names that do change results (config.quality.metrics).
+GAN_LOG_KEYS = ('grid_size', 'metrics.*', 'sched.tick_kimg',
+                'sched.tick_kimg_dict')
 # What a GAN's or classifier's own resume check ignores inside a study:
 # the step hash has already pinned what these paths hold (the data's
 # content, the samples' place in the workdir), so a partial sub-run resumes
@@ -66,15 +68,16 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
-def config_hash(*parts: Any) -> str:
+def config_hash(*parts: Any, ignore: tuple[str, ...] = ()) -> str:
   """Short sha256 of JSON-able parts (ConfigDicts flattened to dotted keys).
 
-  Keys that do not change results (workdir.IGNORED_KEYS, HASH_IGNORED_KEYS)
-  are left out, so moving the data or the caches, or logging more often,
-  keeps finished steps; the code version and JAX backend are included.
+  Keys that do not change results (workdir.IGNORED_KEYS, PATH_KEYS, and
+  this step's `ignore` patterns) are left out, so moving the data or
+  the caches, or logging more often, keeps finished steps; the code version
+  and JAX backend are included.
   """
   from input_pipeline import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  patterns = (*workdir_lib.IGNORED_KEYS, *HASH_IGNORED_KEYS)
+  patterns = (*workdir_lib.IGNORED_KEYS, *PATH_KEYS, *ignore)
   norm = [STUDY_CODE_VERSION, jax.default_backend()]
   for p in parts:
     if isinstance(p, ml_collections.ConfigDict):
