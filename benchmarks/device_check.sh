@@ -105,11 +105,11 @@ have_torch() { python3 -c 'import torch' 2>/dev/null; }
 if [ "$QUICK" = 1 ]; then    # shapes for a CPU dry run of this script
   RES=4,8,16; BIG="--fmap_base=64 --fmap_max=16"; K=1; DISP=1
   RN_RES=32; RN_BATCH=4; RN="--model=resnet18 --num_filters=8"
-  HC="--fmap_base=64 --fmap_max=16"; HC_BATCH=8
+  HC="--fmap_base=64 --fmap_max=16"; HC_BATCH=8; HC_RES=16; HC_K=1
 else
   RES=${PGGAN_RES:-4,8,16,32,64,128,256}; BIG="--fmap_base=8192 --fmap_max=512"; K=8
   DISP=4; RN_RES=224; RN_BATCH=128; RN="--model=resnet50"
-  HC="--fmap_base=4096 --fmap_max=256"; HC_BATCH=32
+  HC="--fmap_base=4096 --fmap_max=256"; HC_BATCH=32; HC_RES=64; HC_K=16
 fi
 
 section_install() {
@@ -152,19 +152,40 @@ section_pggan() { pggan_pair float32; }
 
 section_pggan_bf16() { pggan_pair bfloat16; }
 
+# headct_loop NAME LIMIT BATCH DTYPES [ARGS...]: the Head CT model of
+# configs/study.py:gpu in the training loop at HC_RES.
+headct_loop() {
+  local name=$1 limit=$2 batch=$3 dtypes=$4
+  shift 4
+  step "$name" "$limit" python3 benchmarks/pggan_loop.py --res=$HC_RES $HC \
+      --batch=$batch --k=$HC_K --dispatches=$DISP --dtypes=$dtypes --mirror \
+      --ada "$@"
+}
+
+# resnet_jax NAME LIMIT DTYPE [ARGS...]: the JAX ResNet-50 train step
+# (--batch_size=RN_BATCH unless ARGS give another).
+resnet_jax() {
+  local name=$1 limit=$2 dt=$3
+  shift 3
+  step "$name" "$limit" python3 benchmarks/resnet_step.py $RN \
+      --resolution=$RN_RES --batch_size=$RN_BATCH --channels=3 --dtype=$dt \
+      --steps=10 --warmup=3 "$@"
+}
+
+# resnet_torch DTYPE: its PyTorch twin (channels_last).
+resnet_torch() {
+  step resnet_torch_$1 "${LIMIT_resnet_torch:-60}" python3 \
+      benchmarks/resnet_step_torch.py --resolution=$RN_RES \
+      --batch_size=$RN_BATCH --channels=3 --channels_last --dtype=$1 \
+      --steps=10 --warmup=3
+}
+
 section_resnet() {
   for dt in float32 bfloat16; do
-    step resnet_jax_$dt "${LIMIT_resnet:-90}" python3 \
-        benchmarks/resnet_step.py $RN --resolution=$RN_RES \
-        --batch_size=$RN_BATCH --channels=3 --dtype=$dt --steps=10 --warmup=3
+    resnet_jax resnet_jax_$dt "${LIMIT_resnet:-90}" $dt
   done
   if have_torch; then
-    for dt in float32 bfloat16; do
-      step resnet_torch_$dt "${LIMIT_resnet_torch:-60}" python3 \
-          benchmarks/resnet_step_torch.py --resolution=$RN_RES \
-          --batch_size=$RN_BATCH --channels=3 --channels_last --dtype=$dt \
-          --steps=10 --warmup=3
-    done
+    for dt in float32 bfloat16; do resnet_torch $dt; done
   fi
 }
 
@@ -174,46 +195,33 @@ section_resnet_tune() {
       "--batch_size=$((2 * RN_BATCH))" \
       "--nopointwise_dot --batch_size=$((2 * RN_BATCH))"; do
     # shellcheck disable=SC2086
-    step "resnet_jax_bf16[$variant]" \
-        "${LIMIT_resnet_tune:-${LIMIT_resnet:-90}}" python3 \
-        benchmarks/resnet_step.py $RN --resolution=$RN_RES --channels=3 \
-        --dtype=bfloat16 --steps=10 --warmup=3 $variant
+    resnet_jax "resnet_jax_bf16[$variant]" \
+        "${LIMIT_resnet_tune:-${LIMIT_resnet:-90}}" bfloat16 $variant
   done
 }
 
 section_loop() {
-  local top=64 k=16
-  [ "$QUICK" = 1 ] && { top=16; k=1; }
-  step loop_headct "${LIMIT_loop:-150}" python3 benchmarks/pggan_loop.py \
-      --res=$top $HC --batch=$HC_BATCH --k=$k --dispatches=$DISP \
-      --dtypes=float32,bfloat16 --mirror --ada
+  headct_loop loop_headct "${LIMIT_loop:-150}" $HC_BATCH float32,bfloat16
   local shrink=4
   [ "$QUICK" = 1 ] && shrink=2   # batch 8: whole groups of 4
-  step loop_headct_gp_shrink$shrink "${LIMIT_loop:-150}" python3 \
-      benchmarks/pggan_loop.py --res=$top $HC --batch=$HC_BATCH --k=$k \
-      --dispatches=$DISP --dtypes=bfloat16 --mirror --ada \
-      --gp_batch_shrink=$shrink
+  headct_loop loop_headct_gp_shrink$shrink "${LIMIT_loop:-150}" $HC_BATCH \
+      bfloat16 --gp_batch_shrink=$shrink
 }
 
 section_loop_batch() {
-  local top=64 k=16 b
-  [ "$QUICK" = 1 ] && { top=16; k=1; }
+  local b
   for b in $((2 * HC_BATCH)) $((4 * HC_BATCH)); do
-    step loop_headct_batch$b "${LIMIT_loop:-150}" python3 \
-        benchmarks/pggan_loop.py --res=$top $HC --batch=$b --k=$k \
-        --dispatches=$DISP --dtypes=bfloat16 --mirror --ada
+    headct_loop loop_headct_batch$b "${LIMIT_loop:-150}" $b bfloat16
   done
 }
 
 section_targets() {
-  local top=64 k=16 big=256 big_k=$K b
-  [ "$QUICK" = 1 ] && { top=16; k=1; big=16; }
-  for b in "$((4 * HC_BATCH)) bfloat16,float32" "$HC_BATCH bfloat16"; do
-    set -- $b
-    step "target_loop_headct[batch $1]" "${LIMIT_loop:-150}" python3 \
-        benchmarks/pggan_loop.py --res=$top $HC --batch=$1 --k=$k \
-        --dispatches=$DISP --dtypes=$2 --mirror --ada
-  done
+  local big=256 big_k=$K variant
+  [ "$QUICK" = 1 ] && big=16
+  headct_loop "target_loop_headct[batch $((4 * HC_BATCH))]" \
+      "${LIMIT_loop:-150}" $((4 * HC_BATCH)) bfloat16,float32
+  headct_loop "target_loop_headct[batch $HC_BATCH]" "${LIMIT_loop:-150}" \
+      $HC_BATCH bfloat16
   step target_pggan_jax_$big "${LIMIT_pggan:-180}" python3 \
       benchmarks/pggan_loop.py --res=$big $BIG --batch=16 --k=$big_k \
       --dispatches=$DISP --dtypes=float32
@@ -221,31 +229,25 @@ section_targets() {
     step target_pggan_torch_$big "${LIMIT_pggan_torch:-75}" python3 \
         benchmarks/pggan_step_torch.py $BIG --min_res=$big --max_res=$big \
         --batch=16 --iters=$(((big_k * DISP + 1) / 2)) --dtype=float32
-    step target_resnet_torch_bfloat16 "${LIMIT_resnet_torch:-60}" python3 \
-        benchmarks/resnet_step_torch.py --resolution=$RN_RES \
-        --batch_size=$RN_BATCH --channels=3 --channels_last \
-        --dtype=bfloat16 --steps=10 --warmup=3
+    resnet_torch bfloat16
   fi
-  for b in "--batch_size=$RN_BATCH" "--nopointwise_dot --batch_size=$RN_BATCH" \
+  for variant in "--batch_size=$RN_BATCH" \
+      "--nopointwise_dot --batch_size=$RN_BATCH" \
       "--batch_size=$((2 * RN_BATCH))"; do
     # shellcheck disable=SC2086
-    step "target_resnet_jax_bfloat16[$b]" "${LIMIT_resnet:-90}" python3 \
-        benchmarks/resnet_step.py $RN --resolution=$RN_RES --channels=3 \
-        --dtype=bfloat16 --steps=10 --warmup=3 $b
+    resnet_jax "target_resnet_jax_bfloat16[$variant]" "${LIMIT_resnet:-90}" \
+        bfloat16 $variant
   done
 }
 
 section_compile_flags() {
-  local top=64 k=16 flag i=0
-  [ "$QUICK" = 1 ] && { top=16; k=1; }
+  local flag i=0
   for flag in "" --xla_gpu_autotune_level=1 \
       --xla_gpu_enable_triton_gemm=false; do
     i=$((i + 1))
     XLA_FLAGS="${XLA_FLAGS:-}${flag:+ $flag}" JAX_COMPILATION_CACHE_DIR=$TMPW/cc$i \
-        step "compile_flags[$flag]" \
-        "${LIMIT_compile_flags:-${LIMIT_loop:-150}}" python3 \
-        benchmarks/pggan_loop.py --res=$top $HC --batch=$HC_BATCH --k=$k \
-        --dispatches=$DISP --dtypes=float32,bfloat16 --mirror --ada
+        headct_loop "compile_flags[$flag]" \
+        "${LIMIT_compile_flags:-${LIMIT_loop:-150}}" $HC_BATCH float32,bfloat16
   done
 }
 
