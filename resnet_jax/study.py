@@ -157,106 +157,135 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
               c, d, resume_ignore=ignore))})
   # The quality markers the report may read (a stale one never enters it).
   quality_hashes = {}
-  # Repeat-major: every fold of the first repeat finishes before the next
-  # repeat starts, so a partial run already covers all folds.
-  for repeat in repeats:
+
+  def run_cell(repeat: int, fold: int, backend: str | None) -> None:
+    """Runs (merge: checks) one cell's steps; `backend` names the JAX
+    backend their hashes are taken for (None: this process's)."""
+
+    def cell_hash(*parts, ignore=()):
+      return study_steps.config_hash(*parts, ignore=ignore, backend=backend)
+
     prep = prepared[repeat]
     seed = int(config.seed) + repeat
+    cell = study_cells.cell_dir(workdir, repeat, fold)
+    done = os.path.join(cell, 'done')
+    tag = f'repeat {repeat} fold {fold}'
+    manifest = study_cells.cell_manifest(prep, fold, seed, repeat)
+    study_cells.check_leakage(manifest, dup_groups,
+                              prep.manifest.get('patients'))
+    study_cells.write_manifest(os.path.join(cell, 'manifest.json'),
+                               manifest, steps.recompute)
+    # Every step of the cell depends on the data and this split.
+    base = (data_fp, prep.split_fingerprint, fold, seed)
+    cell_data = dict(data__fold=fold,
+                     data__split_seed=split_seeds[repeat])
+    samples_dir = os.path.join(cell, 'samples')
+    samples_hash = ''
+
+    if use_gan:
+      # {name: (workdir, data.class_filter)}; a conditional GAN sees all.
+      gans = ({n: (os.path.join(cell, 'gan', n), label)
+               for label, n in enumerate(names)}
+              if config.gan_mode == 'per_class' else
+              {'conditional': (os.path.join(cell, 'gan', 'conditional'),
+                               -1)})
+      gan_hashes = {}
+      for name, (gan_dir, label) in gans.items():
+        sub = study_config.sub_config(config.gan, config.data, seed=seed,
+                                      data__class_filter=label,
+                                      **cell_data)
+        if config.gan_mode == 'conditional':
+          study_config.set_conditional(sub)
+        # A key added since (pggan_train.LEGACY_ABSENT) hashes as before
+        # at the value that computes what older GANs did.
+        gan_hashes[name] = cell_hash('gan', base, _without(
+            sub, [k for k, v in pggan_train.LEGACY_ABSENT.items()
+                  if sub.get(k) == v]), ignore=study_steps.GAN_LOG_KEYS)
+        steps.run(os.path.join(done, f'gan_{name}.json'),
+                  f'{tag} GAN {name}', gan_hashes[name], train_gan, sub,
+                  gan_dir, dirs=(gan_dir,))
+      counts = study_cells.synthetic_counts(
+          manifest, config.num_synthetic_per_class * len(names),
+          config.synthetic_class_balance)
+      samples_hash = cell_hash(
+          'samples', base, gan_hashes, counts, config.gan_mode)
+      steps.run(os.path.join(done, 'samples.json'), f'{tag} sampling',
+                samples_hash, _sample, sample_lib, config,
+                {n: d for n, (d, _) in gans.items()}, names, counts,
+                samples_dir, seed, manifest)
+      if use_quality:
+        quality_hashes[(repeat, fold)] = cell_hash('quality', samples_hash,
+                                                   config.quality)
+        steps.run(os.path.join(done, 'quality.json'),
+                  f'{tag} synthetic-image quality',
+                  quality_hashes[(repeat, fold)],
+                  study_config.in_block('quality', _quality), config,
+                  prep, fold, samples_dir, os.path.join(cell, 'quality'),
+                  seed, dirs=(os.path.join(cell, 'quality'),))
+
+    for arm in arms:
+      sub = study_config.sub_config(
+          config.classifier, config.data, seed=seed, arm=arm,
+          data__class_filter=-1,
+          data__synthetic_dir=samples_dir if 'gan' in arm else '',
+          **cell_data)
+      arm_dir = os.path.join(cell, 'arms', study_cells.ARM_DIRS[arm])
+      # The synthetic images are named by samples_hash and their folder
+      # by its place in the workdir, so a moved or copied workdir resumes.
+      # Markers written before hashed the absolute path (`legacy`).
+      keyed = sub.copy_and_resolve_references()
+      legacy = []
+      if keyed.data.synthetic_dir:
+        keyed.data.synthetic_dir = os.path.relpath(samples_dir, workdir)
+        legacy.append(cell_hash('arm', base, sub, samples_hash))
+      h = cell_hash('arm', base, keyed, samples_hash if 'gan' in arm else '')
+      # Arms finished before the classifier's keys in
+      # resnet_train.LEGACY_ABSENT existed streamed their batches by grain:
+      # data_on_device='no' computes what they did.
+      if sub.get('data_on_device') == 'no':
+        legacy.append(cell_hash(
+            'arm', base, _without(keyed, resnet_train.LEGACY_ABSENT),
+            samples_hash if 'gan' in arm else ''))
+        if keyed.data.synthetic_dir:
+          legacy.append(cell_hash(
+              'arm', base, _without(sub, resnet_train.LEGACY_ABSENT),
+              samples_hash))
+      steps.run(os.path.join(done, f'arm_{study_cells.ARM_DIRS[arm]}.json'),
+                f'{tag} arm {arm}', h,
+                train_arm, sub, arm_dir, (repeat, fold, seed, arm),
+                dirs=(arm_dir,), also=tuple(legacy))
+
+  # Repeat-major: every fold of the first repeat finishes before the next
+  # repeat starts, so a partial run already covers all folds.
+  merge_missing = []
+  for repeat in repeats:
     for fold in folds:
       if (repeat, fold) not in mine:
         continue
-      cell = study_cells.cell_dir(workdir, repeat, fold)
-      done = os.path.join(cell, 'done')
-      tag = f'repeat {repeat} fold {fold}'
-      manifest = study_cells.cell_manifest(prep, fold, seed, repeat)
-      study_cells.check_leakage(manifest, dup_groups,
-                                prep.manifest.get('patients'))
-      study_cells.write_manifest(os.path.join(cell, 'manifest.json'),
-                                 manifest, steps.recompute)
-      # Every step of the cell depends on the data and this split.
-      base = (data_fp, prep.split_fingerprint, fold, seed)
-      cell_data = dict(data__fold=fold,
-                       data__split_seed=split_seeds[repeat])
-      samples_dir = os.path.join(cell, 'samples')
-      samples_hash = ''
-
-      if use_gan:
-        # {name: (workdir, data.class_filter)}; a conditional GAN sees all.
-        gans = ({n: (os.path.join(cell, 'gan', n), label)
-                 for label, n in enumerate(names)}
-                if config.gan_mode == 'per_class' else
-                {'conditional': (os.path.join(cell, 'gan', 'conditional'),
-                                 -1)})
-        gan_hashes = {}
-        for name, (gan_dir, label) in gans.items():
-          sub = study_config.sub_config(config.gan, config.data, seed=seed,
-                                        data__class_filter=label,
-                                        **cell_data)
-          if config.gan_mode == 'conditional':
-            study_config.set_conditional(sub)
-          # A key added since (pggan_train.LEGACY_ABSENT) hashes as before
-          # at the value that computes what older GANs did.
-          gan_hashes[name] = study_steps.config_hash('gan', base, _without(
-              sub, [k for k, v in pggan_train.LEGACY_ABSENT.items()
-                    if sub.get(k) == v]), ignore=study_steps.GAN_LOG_KEYS)
-          steps.run(os.path.join(done, f'gan_{name}.json'),
-                    f'{tag} GAN {name}', gan_hashes[name], train_gan, sub,
-                    gan_dir, dirs=(gan_dir,))
-        counts = study_cells.synthetic_counts(
-            manifest, config.num_synthetic_per_class * len(names),
-            config.synthetic_class_balance)
-        samples_hash = study_steps.config_hash(
-            'samples', base, gan_hashes, counts, config.gan_mode)
-        steps.run(os.path.join(done, 'samples.json'), f'{tag} sampling',
-                  samples_hash, _sample, sample_lib, config,
-                  {n: d for n, (d, _) in gans.items()}, names, counts,
-                  samples_dir, seed, manifest)
-        if use_quality:
-          quality_hashes[(repeat, fold)] = study_steps.config_hash(
-              'quality', samples_hash, config.quality)
-          steps.run(os.path.join(done, 'quality.json'),
-                    f'{tag} synthetic-image quality',
-                    quality_hashes[(repeat, fold)],
-                    study_config.in_block('quality', _quality), config,
-                    prep, fold, samples_dir, os.path.join(cell, 'quality'),
-                    seed, dirs=(os.path.join(cell, 'quality'),))
-
-      for arm in arms:
-        sub = study_config.sub_config(
-            config.classifier, config.data, seed=seed, arm=arm,
-            data__class_filter=-1,
-            data__synthetic_dir=samples_dir if 'gan' in arm else '',
-            **cell_data)
-        arm_dir = os.path.join(cell, 'arms', study_cells.ARM_DIRS[arm])
-        # The synthetic images are named by samples_hash and their folder
-        # by its place in the workdir, so a moved or copied workdir resumes.
-        # Markers written before hashed the absolute path (`legacy`).
-        keyed = sub.copy_and_resolve_references()
-        legacy = []
-        if keyed.data.synthetic_dir:
-          keyed.data.synthetic_dir = os.path.relpath(samples_dir, workdir)
-          legacy.append(
-              study_steps.config_hash('arm', base, sub, samples_hash))
-        h = study_steps.config_hash('arm', base, keyed,
-                                    samples_hash if 'gan' in arm else '')
-        # Arms finished before the classifier's keys in
-        # resnet_train.LEGACY_ABSENT existed streamed their batches by grain:
-        # data_on_device='no' computes what they did.
-        if sub.get('data_on_device') == 'no':
-          legacy.append(study_steps.config_hash(
-              'arm', base, _without(keyed, resnet_train.LEGACY_ABSENT),
-              samples_hash if 'gan' in arm else ''))
-          if keyed.data.synthetic_dir:
-            legacy.append(study_steps.config_hash(
-                'arm', base, _without(sub, resnet_train.LEGACY_ABSENT),
-                samples_hash))
-        steps.run(os.path.join(done, f'arm_{study_cells.ARM_DIRS[arm]}.json'),
-                  f'{tag} arm {arm}', h,
-                  train_arm, sub, arm_dir, (repeat, fold, seed, arm),
-                  dirs=(arm_dir,), also=tuple(legacy))
+      if not config.merge:
+        run_cell(repeat, fold, None)
+        continue
+      # A merge trains nothing, maybe on another backend than the
+      # shards' (a CPU login node after GPU jobs): a cell counts as
+      # finished when all its steps hold one backend's hashes.
+      tried = []
+      backends = study_steps.hash_backends()
+      for backend in backends:
+        steps.missing = []
+        run_cell(repeat, fold, backend)
+        if not steps.missing:
+          if backend != backends[0]:
+            logging.info('repeat %d fold %d: finished on backend %s',
+                         repeat, fold, backend)
+          break
+        tried.append(steps.missing)
+      else:
+        # As the backend with the fewest unfinished steps sees them.
+        merge_missing.extend(min(tried, key=len))
+  steps.missing = merge_missing
   progress.bar.close()
   if config.merge and steps.missing:
-    raise UserInputError(
+    raise study_steps.StepsMissing(
         f'config.merge=True: {len(steps.missing)} step(s) of the study in '
         f'{workdir} are not finished (e.g. {", ".join(steps.missing[:3])}); '
         'run the study (or its missing shards, --config.shard=i/N) first')
@@ -275,8 +304,17 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
             '--config.merge=True', flush=True)
       return {}
     # The last shard to finish: check every step's hash, then report
-    # (under this shard's locks).
-    return _run_study(study_config.as_merge(config), workdir)
+    # (under this shard's locks). Markers of another configuration in
+    # other shards' cells (a rerun with recompute still under way there)
+    # leave the report to a later shard or merge: this shard's work is done.
+    try:
+      return _run_study(study_config.as_merge(config), workdir)
+    except study_steps.StepsMissing as e:
+      logging.info('shard %d/%d done; report not written: %s', shard_i,
+                   shard_n, e)
+      print(f'shard {shard_i}/{shard_n} finished its {len(mine)} cell(s); '
+            f'the report is not written yet: {e}', flush=True)
+      return {}
 
   t = time.time()
   written = study_outputs.write_outputs(

@@ -46,6 +46,10 @@ GAN_LOG_KEYS = ('grid_size', 'metrics.*', 'sched.tick_kimg',
 RESUME_IGNORED_KEYS = (*PATH_KEYS, 'data.synthetic_dir')
 
 
+class StepsMissing(UserInputError):
+  """A merge found steps of the study not finished (or stale)."""
+
+
 def write_json(path: str, obj: Any) -> None:
   """Atomic: a marker either exists complete or not at all."""
   files.write_json(path, obj, default=json_default)
@@ -68,17 +72,19 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
-def config_hash(*parts: Any, ignore: tuple[str, ...] = ()) -> str:
+def config_hash(*parts: Any, ignore: tuple[str, ...] = (),
+                backend: str | None = None) -> str:
   """Short sha256 of JSON-able parts (ConfigDicts flattened to dotted keys).
 
   Keys that do not change results (workdir.IGNORED_KEYS, PATH_KEYS, and
   this step's `ignore` patterns) are left out, so moving the data or
   the caches, or logging more often, keeps finished steps; the code version
-  and JAX backend are included.
+  and the JAX backend (`backend`, default this process's: a step resumed
+  on another backend would compute other numbers) are included.
   """
   from input_pipeline import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   patterns = (*workdir_lib.IGNORED_KEYS, *PATH_KEYS, *ignore)
-  norm = [STUDY_CODE_VERSION, jax.default_backend()]
+  norm = [STUDY_CODE_VERSION, backend or jax.default_backend()]
   for p in parts:
     if isinstance(p, ml_collections.ConfigDict):
       p = {k: v for k, v in workdir_lib.flatten(p).items()
@@ -86,6 +92,13 @@ def config_hash(*parts: Any, ignore: tuple[str, ...] = ()) -> str:
     norm.append(p)
   blob = json.dumps(norm, sort_keys=True, default=json_default)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def hash_backends() -> tuple[str, ...]:
+  """The backends a merge checks finished steps against: this process's
+  first, then the others JAX names ('cpu', 'gpu', 'tpu')."""
+  here = jax.default_backend()
+  return (here, *[b for b in ('cpu', 'gpu', 'tpu') if b != here])
 
 
 class Progress:
@@ -170,6 +183,7 @@ class Steps:
     out = fn(*args) or {}
     out['seconds'] = time.time() - t0
     out['config_hash'] = h
+    out['backend'] = jax.default_backend()  # for the record
     write_json(marker, out)
     self.progress.done(what, out['seconds'])
     return out

@@ -92,7 +92,10 @@ def _install_fakes(monkeypatch, calls):
     calls.append(('resnet', workdir, config.arm, config.data.fold,
                   config.data.synthetic_dir, config.seed))
     os.makedirs(workdir, exist_ok=True)
-    rng = np.random.default_rng(len(calls))
+    # Numbers of the cell and arm alone, as a real run's (not of the
+    # call order): sharded and merged studies can be compared row by row.
+    rng = np.random.default_rng(
+        [config.data.fold, config.seed, report.ARMS.index(config.arm)])
     with open(os.path.join(workdir, 'test_predictions.csv'), 'w') as f:
       f.write('id,label,prob\n')
       for i in range(10):
@@ -627,10 +630,64 @@ def test_shards_then_merge_match_one_process(tmp_path, monkeypatch):
 
   def rows(w):
     with open(os.path.join(w, 'results.csv')) as f:
-      return [r[:4] for r in csv.reader(f)]
-  assert rows(sharded) == rows(one)
+      return list(csv.reader(f))
+  assert len(rows(one)) == 1 + 4 * 4 and rows(sharded) == rows(one)
   study.run_study(merge, sharded)  # merge alone rebuilds the same report
   assert rows(sharded) == rows(one)
+  summary = lambda w: json.load(open(os.path.join(w, 'summary.json')))
+  for key in ('arms', 'comparisons', 'gate'):
+    assert summary(sharded)[key] == summary(one)[key]
+
+
+def test_merge_on_another_backend(tmp_path, monkeypatch):
+  # Shards on GPUs, the merge on a CPU login node: the merge accepts steps
+  # finished on another backend; training there still refuses them.
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  workdir = str(tmp_path / 'study')
+  with monkeypatch.context() as m:
+    m.setattr(study_steps.jax, 'default_backend', lambda: 'gpu')
+    for i in range(2):
+      config.shard = f'{i}/2'
+      study.run_study(config, workdir)
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    gpu_rows = f.read()
+  os.remove(os.path.join(workdir, 'results.csv'))
+  n = len(calls)
+  merge = config.copy_and_resolve_references()
+  merge.shard, merge.merge = '', True
+  study.run_study(merge, workdir)
+  assert len(calls) == n  # nothing trained
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    assert f.read() == gpu_rows
+  config.shard = ''
+  with pytest.raises(errors.UserInputError,
+                     match='another configuration'):
+    study.run_study(config, workdir)
+  # A step missing is named as the backend closest to finished sees it.
+  os.remove(os.path.join(workdir, 'repeat0', 'fold0', 'done',
+                         'arm_classic.json'))
+  with pytest.raises(errors.UserInputError,
+                     match=r'1 step\(s\) .* repeat 0 fold 0 arm classic\)'):
+    study.run_study(merge, workdir)
+
+
+def test_last_shard_leaves_report_while_other_cells_are_stale(
+    tmp_path, monkeypatch):
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  workdir = str(tmp_path / 'study')
+  study.run_study(config, workdir)
+  # A changed setting, recomputed shard by shard: the first shard to end
+  # sees the other shard's cells finished with the old configuration.
+  config.classifier.learning_rate *= 2
+  config.on_config_change = 'recompute'
+  config.shard = '0/2'
+  assert study.run_study(config, workdir) == {}
+  config.shard = '1/2'
+  assert 'report.md' in study.run_study(config, workdir)
 
 
 def test_bad_shard_is_one_line_error(tmp_path):
