@@ -70,8 +70,10 @@ def training_schedule(
     lod -= max(phase_kimg - lod_training_kimg, 0.0) / lod_transition_kimg
   lod = max(lod, 0.0)
   resolution = 2 ** (res_log2 - int(math.floor(lod)))
+  # The official code rounds the minibatch down to a multiple of the GPU
+  # count; here a minibatch that does not divide over the devices is an
+  # error (train.check_config), so a run's batches do not depend on them.
   batch = int(minibatch_dict.get(resolution, minibatch_base))
-  batch -= batch % num_devices
   if resolution in max_minibatch_per_gpu:
     batch = min(batch, int(max_minibatch_per_gpu[resolution]) * num_devices)
   return Point(

@@ -152,11 +152,14 @@ def check_config(config) -> None:
         minibatch_dict=schedule.parse_res_dict(s.minibatch_dict),
         max_minibatch_per_gpu=schedule.parse_res_dict(s.max_minibatch_per_gpu),
         num_devices=jax.device_count())
-    if p.batch_size < 1:
+    n_dev = jax.device_count()
+    if p.batch_size < 1 or p.batch_size % n_dev:
+      key = ('sched.minibatch_dict' if r in schedule.parse_res_dict(
+          s.minibatch_dict) else 'sched.minibatch_base')
       raise UserInputError(
-          f'minibatch at {r}x{r} is 0 after rounding down to a multiple of '
-          f'the {jax.device_count()} devices (config.sched.minibatch_*)')
-    sharding.check_batch_size(p.batch_size, 'sched.minibatch_dict')
+          f'config.{key}: the minibatch {p.batch_size} at {r}x{r} does not '
+          f'divide over the {n_dev} devices (every minibatch must be a '
+          'positive multiple of the device count)')
     g = min(m.mbstd_group_size, p.batch_size)
     if m.mbstd_group_size > 1 and p.batch_size % g:
       raise UserInputError(

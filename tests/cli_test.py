@@ -222,3 +222,26 @@ def test_every_config_refuses_an_unknown_variant(path, monkeypatch):
   assert config is None
   assert reason.startswith(f"--config={path}:nosuch: unknown variant "
                            f"'nosuch' of {path} (variants: "), reason
+
+
+@pytest.mark.parametrize('config, message', [
+    ('configs/pggan.py:tiny',
+     'error: config.sched.minibatch_base: the minibatch 8 at 4x4 does not '
+     'divide over the 3 devices'),
+    ('configs/resnet.py:tiny',
+     'error: config.batch_size=8 is not divisible by the 3 devices')])
+def test_batch_not_divisible_by_devices_is_one_line_error(
+    tmp_path, config, message):
+  # Three CPU devices and :tiny's minibatch of 8: refused before training,
+  # in one line naming the key, nothing rounded or written.
+  env = {**{k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},
+         'JAX_PLATFORMS': 'cpu',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=3'}
+  res = subprocess.run(
+      [sys.executable, 'main.py', f'--config={config}',
+       f'--workdir={tmp_path}/w'], cwd=lib.ROOT, env=env,
+      capture_output=True, text=True)
+  assert res.returncode == 2, res.stderr[-2000:]
+  last = res.stderr.strip().splitlines()[-1]
+  assert last.startswith(message), last
+  assert not os.path.exists(os.path.join(tmp_path, 'w', 'checkpoints'))
