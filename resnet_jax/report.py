@@ -283,7 +283,12 @@ def render_markdown(rows: Sequence[Row], *, config_json: str = '',
         'that did not pass it, so their results say nothing about what '
         'good synthetic images would add.') + ['']
   elif gate is not None:
-    lines += ['The GANs passed the synthetic-image quality gate.', '']
+    lines += [_gate_passed_line(gate, gan_quality), '']
+  elif any('gan' in r['arm'] for r in rows):
+    lines += _quote(
+        '**GAN quality was not measured** (`config.quality.enabled` off): '
+        'nothing here shows whether the synthetic images were good enough '
+        'for the `gan` arms to test GAN augmentation.') + ['']
   lines += [f'{len(rows)} results: {len(repeats)} repeat(s) x {len(folds)} '
             f'fold(s) x {len(_arms_present(rows))} arms, each evaluated on '
             'its cell\'s held-out test images.', '']
@@ -424,6 +429,31 @@ def _group_lines(rows, metric) -> list[str]:
       lines.append(f'| {arm} | ' + ' | '.join(cells) + ' |')
     lines.append('')
   return lines
+
+
+def _gate_passed_line(gate: Mapping[str, Any],
+                      quality: Sequence[Mapping[str, Any]] | None) -> str:
+  """'The GANs passed ...' with the pooled C2ST and any per-class GAN
+  that failed on its own (the gate judges all classes together)."""
+  line = 'The GANs passed the synthetic-image quality gate'
+  pooled = gate.get('pooled') or {}
+  if pooled.get('c2st_accuracy') is not None and pooled.get('c2st_n'):
+    ci = ''
+    if pooled.get('c2st_ci_low') is not None:
+      ci = f" [{pooled['c2st_ci_low']:.2f}, {pooled['c2st_ci_high']:.2f}]"
+    line += (f", judged on all classes together and pooled over the cells: "
+             f"C2ST accuracy {pooled['c2st_accuracy']:.2f}{ci} "
+             f"(n = {pooled['c2st_n']}; 0.5 = indistinguishable from "
+             'held-out real images)')
+  per_class = [q for q in quality or () if q.get('class') != 'all'
+               and 'passed' in q]
+  failed = [q for q in per_class if not q['passed']]
+  if failed:
+    line += (f'. {len(failed)} of the {len(per_class)} per-class '
+             'measurements failed it on their own: ' + ', '.join(
+                 f"repeat {q.get('repeat')} fold {q.get('fold')} "
+                 f"{q.get('class')}" for q in failed))
+  return line + '.'
 
 
 def _quality_lines(quality: Sequence[Mapping[str, Any]],

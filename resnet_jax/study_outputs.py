@@ -76,6 +76,12 @@ def pooled_gate(quality: list[dict], metrics_config) -> dict | None:
       'ms_ssim_synthetic': mean('ms_ssim_synthetic'),
       'ms_ssim_real': mean('ms_ssim_real'),
   }
+  if pooled['c2st_n']:
+    from resnet_jax import gan_classifiers  # pylint: disable=g-import-not-at-top
+    pooled['c2st_ci_low'], pooled['c2st_ci_high'] = (
+        gan_classifiers.clopper_pearson(
+            round(pooled['c2st_accuracy'] * pooled['c2st_n']),
+            pooled['c2st_n']))
   gate = gan_metrics.quality_gate(pooled, metrics_config)
   gate['pooled'] = pooled
   gate['reasons'] = [f'pooled over {len(rows)} cells: {r}'

@@ -185,8 +185,10 @@ def test_markdown_mentions_arms_intervals_and_tests():
   assert 'boot' not in md.lower()
   # Without the optional sections they are absent.
   for head in ('How the defaults were chosen', 'Synthetic image quality',
-               '## Figures', '> '):
+               '## Figures'):
     assert head not in md
+  # One quote: gan arms with no quality measured say so.
+  assert md.count('\n> ') == 1 and '\n> **GAN quality was not measured' in md
 
 
 def test_markdown_marks_clipped_bounds():
@@ -214,6 +216,26 @@ def test_markdown_first_lines_warn_about_smoke_run_and_gate():
   passed = _markdown(_rows(), gate={'passed': True, 'reasons': []})
   assert 'do not test GAN augmentation' not in passed
   assert 'passed the synthetic-image quality gate' in passed
+  assert 'not measured' not in passed
+
+
+def test_markdown_passed_gate_names_pooled_c2st_and_failed_classes():
+  gate = {'passed': True, 'reasons': [], 'pooled': {
+      'c2st_accuracy': 0.72, 'c2st_n': 200, 'c2st_ci_low': 0.653,
+      'c2st_ci_high': 0.781}}
+  md = _markdown(_rows(), gate=gate, gan_quality=_QUALITY)
+  line = next(l for l in md.splitlines() if 'passed the synthetic' in l)
+  assert 'C2ST accuracy 0.72 [0.65, 0.78] (n = 200;' in line
+  assert ('1 of the 2 per-class measurements failed it on their own: '
+          'repeat 0 fold 0 hemorrhage.') in line
+
+
+def test_markdown_says_when_gan_quality_was_not_measured():
+  md = _markdown(_rows())  # gan arms, no gate
+  head = md[:md.index('|')]
+  assert '**GAN quality was not measured**' in head
+  no_gan = [r for r in _rows() if 'gan' not in r['arm']]
+  assert 'not measured' not in _markdown(no_gan)
 
 
 def test_markdown_sections_from_the_caller():

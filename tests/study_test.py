@@ -45,6 +45,12 @@ def test_config_variants_build():
     assert config.data.storage_size >= config.gan.model.resolution
   with pytest.raises(ValueError):
     study_cfg.get_config('nope')
+  # The CPU default's 4.5-kimg GANs are a smoke test, said whether or not
+  # its quality step runs; the variants whose GANs can pass the gate say
+  # nothing up front.
+  assert 'smoke test' in study_cfg.get_config(None).report.smoke_note
+  for variant in ('cpu32', 'gpu', 'paper'):
+    assert not study_cfg.get_config(variant).report.smoke_note
 
 
 def _install_fakes(monkeypatch, calls):
