@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 from input_pipeline import files as files_lib
 from input_pipeline import images as image_io
 from input_pipeline import provenance
+from input_pipeline import sharding
 from input_pipeline import workdir as workdir_lib
 from input_pipeline.errors import UserInputError
 from pggan_jax import schedule
@@ -148,17 +149,28 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
       except OSError:  # gone, or holds other files
         pass
     files = []
+    # Data-parallel over this process's devices (sampling runs in one
+    # process): G_ema replicated, each chunk of latents split over 'data'.
+    mesh = sharding.make_mesh()
+    chunk = -(-_CHUNK // jax.device_count()) * jax.device_count()
+    g_ema = sharding.put_replicated(g_ema, mesh)
+    batch = sharding.data_sharding(mesh)
     for lab in labels:
       out = os.path.join(output_dir, folders[lab])
       if folders[lab]:  # a class folder is replaced whole, never mixed
         shutil.rmtree(out, ignore_errors=True)
       key = jax.random.fold_in(jax.random.key(seed), lab or 0)
-      z_all = jax.random.normal(key, (num_images, cfg.model.latent_size))
-      for start in range(0, num_images, _CHUNK):
-        z = z_all[start:start + _CHUNK]
-        y = jnp.full((z.shape[0],), lab or 0, jnp.int32)
-        imgs = np.asarray(steps.generate(g_ema, z, y, jnp.float32(alpha),
-                                         g_graph=g_graph, stage=stage))
+      z_all = np.asarray(jax.random.normal(
+          key, (num_images, cfg.model.latent_size)))
+      for start in range(0, num_images, chunk):
+        z = z_all[start:start + chunk]
+        # One shape (the last chunk padded), split over the devices.
+        z_dev, y_dev = jax.device_put(
+            (sharding.pad_rows(z, chunk), np.full((chunk,), lab or 0,
+                                                   np.int32)), batch)
+        imgs = np.asarray(steps.generate(
+            g_ema, z_dev, y_dev, jnp.float32(alpha), g_graph=g_graph,
+            stage=stage))[:len(z)]
         for i, img in enumerate(image_io.to_uint8(imgs)):
           path = os.path.join(out, f'{seed:04d}_{start + i:05d}.png')
           image_io.save_png(img, path)

@@ -361,6 +361,11 @@ def train_iterations(state: dict, data: dict, plan: dict, *, g_graph,
 @functools.partial(jax.jit, static_argnames=('g_graph', 'stage'))
 def generate(g_params, z: jax.Array, labels: jax.Array, alpha: jax.Array, *,
              g_graph, stage: int) -> jax.Array:
-  """Images in [-1, 1] (clipped) from given latents."""
-  g = nnx.merge(g_graph, g_params)
-  return jnp.clip(g(z, labels, alpha, stage=stage), -1.0, 1.0)
+  """Images in [-1, 1] (clipped) from given latents; batch-sharded over the
+  mesh when z is (each device generates its slice: G has no batch
+  statistics, so every image is the same on any device count)."""
+  def run(g_params, z, labels, alpha):
+    g = nnx.merge(g_graph, g_params)
+    return jnp.clip(g(z, labels, alpha, stage=stage), -1.0, 1.0)
+  return sharding.auto_axes(run, z, out_spec=P('data'))(
+      g_params, z, labels, alpha)

@@ -1,4 +1,5 @@
-"""8 simulated devices against 1: same step results, checkpoints portable.
+"""8 simulated devices against 1: same step results and samples, checkpoints
+portable.
 
 Two subprocesses (JAX fixes its device count at start-up) run this file as
 a script: one with XLA_FLAGS=--xla_force_host_platform_device_count=8, one
@@ -13,9 +14,14 @@ with a single CPU device. Each runs, on a ('data',) mesh of all its devices
   (c) four classifier steps on batches drawn on the device (classic
       augmentation, half synthetic; resnet_jax.train_data.Draw), two per
       dispatch (steps.train_steps);
-and saves the resulting parameters. The 8-device process also trains a tiny
-PGGAN (train.train_and_evaluate, 0.04 kimg); the 1-device process restores
-its latest checkpoint and resumes it to 0.08 kimg.
+and saves the resulting parameters, and whether each compiled step
+reduces across devices (an all-reduce: data parallel, not replicated).
+The 8-device process also trains a tiny PGGAN (train.train_and_evaluate,
+0.04 kimg) and a tiny classifier (configs/resnet.py:tiny, 4 steps); the
+1-device process restores the classifier's checkpoint (the same arrays)
+and the PGGAN's, samples 150 images from the PGGAN on its devices as the
+8-device process did (pggan_jax.sample: latents split over 'data'), and
+resumes the PGGAN to 0.08 kimg.
 
 Tolerance (rtol 1e-4, atol 1e-5, float32): the sharded program sums the
 batch's gradient and BatchNorm / minibatch-stddev statistics per device and
@@ -59,6 +65,17 @@ def _flat(tree, prefix):
   return {prefix + jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
 
 
+# Facts the helpers gather besides arrays (merged into info_<n>.json).
+_INFO = {}
+
+
+def _has_all_reduce(jitted, *args, **kwargs) -> bool:
+  """Whether the compiled program reduces across devices: a data-parallel
+  step must (the batch's gradient); one run replicated would not."""
+  text = jitted.lower(*args, **kwargs).compile().as_text()
+  return 'all-reduce' in text or 'reduce-scatter' in text
+
+
 def _pggan_models():
   """cfg, g_graph, g_params, d_graph, d_params (train.resolve_config's
   fields for the 1-channel, unconditional synthetic data, by hand)."""
@@ -90,10 +107,12 @@ def _pggan_iteration(mesh, gp_batch_shrink=1):
           'alpha': np.float32([0.5]), 'ema_beta': np.float32([0.9]),
           'lr_d': np.float32(1e-3), 'lr_g': np.float32(1e-3),
           'key': jax.random.key(7), 'data_key': jax.random.key(8)}
-  state, means = steps.train_iterations(
-      state, data, plan, g_graph=g_graph, d_graph=d_graph, stage=1, hp=hp,
-      batch_size=8 * gp_batch_shrink)
+  kw = dict(g_graph=g_graph, d_graph=d_graph, stage=1, hp=hp,
+            batch_size=8 * gp_batch_shrink)
   name = 'pggan' if gp_batch_shrink == 1 else f'pggan_shrink{gp_batch_shrink}'
+  _INFO[f'{name}_all_reduce'] = _has_all_reduce(
+      steps.train_iterations, state, data, plan, **kw)
+  state, means = steps.train_iterations(state, data, plan, **kw)
   out = _flat({k: state[k] for k in ('g', 'd', 'g_ema')}, name)
   out.update(_flat(means, f'{name}_metrics'))
   return out
@@ -120,9 +139,10 @@ def _resnet_step(mesh):
       {'image': rng.normal(size=(8, 32, 32, 1)).astype(np.float32),
        'label': np.arange(8, dtype=np.int32) % 2}, mesh)
   # 4 steps: warmup round(0.1 * 4) = 0, so step 1 has the peak rate.
-  state, m = steps.train_step(state, batch, steps.schedule(cfg, 4),
-                              graphdef=graphdef, tx=tx,
-                              label_smoothing=cfg.label_smoothing)
+  kw = dict(graphdef=graphdef, tx=tx, label_smoothing=cfg.label_smoothing)
+  _INFO['resnet_all_reduce'] = _has_all_reduce(
+      steps.train_step, state, batch, steps.schedule(cfg, 4), **kw)
+  state, m = steps.train_step(state, batch, steps.schedule(cfg, 4), **kw)
   out = _flat({'params': state.params, 'batch_stats': state.batch_stats},
               'resnet')
   out['resnet_loss'] = np.asarray(m['loss'])
@@ -190,6 +210,60 @@ def _restore_and_resume(workdir):
           'resumed_loss_finite': bool(np.isfinite(last['d/loss']))}
 
 
+def _sample(workdir, outdir, n):
+  """150 images of the tiny GAN's 40-image checkpoint (3 chunks, the last
+  padded) as an array, and the spec of steps.generate's output for
+  batch-sharded latents."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
+  from pggan_jax import sample  # pylint: disable=g-import-not-at-top
+  from pggan_jax import steps  # pylint: disable=g-import-not-at-top
+  out = os.path.join(outdir, f'samples_{n}')
+  manifest = sample.sample(workdir, 150, out, seed=3, step=40)
+  pixels = np.stack([np.asarray(Image.open(os.path.join(out, f)))
+                     for f in sorted(manifest['files'])])[..., None]
+  cfg, g_graph, g_ema, _, _ = sample.load_generator(workdir, 40)
+  mesh = sharding.make_mesh()
+  z = jax.device_put(np.zeros((8, cfg.model.latent_size), np.float32),
+                     sharding.data_sharding(mesh))
+  y = jax.device_put(np.zeros((8,), np.int32), sharding.data_sharding(mesh))
+  imgs = steps.generate(sharding.put_replicated(g_ema, mesh), z, y,
+                        np.float32(1.0), g_graph=g_graph, stage=1)
+  _INFO['generate_spec'] = str(imgs.sharding.spec)
+  return {'sampled': pixels}
+
+
+def _classifier_checkpoint(workdir, n):
+  """configs/resnet.py:tiny trained on 8 devices (4 steps, checkpoints);
+  its latest checkpoint restored onto this process's devices."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from configs import resnet  # pylint: disable=g-import-not-at-top
+  from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
+  from resnet_jax import steps  # pylint: disable=g-import-not-at-top
+  from resnet_jax import train  # pylint: disable=g-import-not-at-top
+  cfg = resnet.get_config('tiny')
+  cfg.data.tfds_dir = workdir + '_tfds'
+  if n > 1:
+    train.train_and_evaluate(cfg, workdir)
+  mesh = sharding.make_mesh()
+  _, _, state = steps.init_state(steps.create_model(cfg, 1),
+                                 steps.create_optimizer(cfg))
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                          sharding.put_replicated(state, mesh))
+  mgr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'))
+  step = mgr.latest_step()
+  state = mgr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))['state']
+  mgr.close()
+  _INFO['classifier_ckpt_step'] = int(step)
+  _INFO['classifier_ckpt_devices'] = len(
+      {d for x in jax.tree.leaves(state) for d in x.sharding.device_set})
+  return _flat({'params': state.params, 'batch_stats': state.batch_stats,
+                'opt': state.opt_state}, 'ckpt_resnet')
+
+
 def _worker(outdir, workdir):
   import jax  # pylint: disable=g-import-not-at-top
   from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
@@ -198,13 +272,17 @@ def _worker(outdir, workdir):
   arrays = {**_pggan_iteration(mesh), **_pggan_iteration(mesh, 2),
             **_resnet_step(mesh),
             **_resnet_drawn_steps(mesh)}
-  np.savez(os.path.join(outdir, f'steps_{n}.npz'), **arrays)
   info = {'devices': n}
+  arrays.update(_classifier_checkpoint(workdir + '_classifier', n))
   if n > 1:  # write the checkpoints on 8 devices
     from pggan_jax import train  # pylint: disable=g-import-not-at-top
     train.train_and_evaluate(_pggan_config(), workdir)
-  else:      # restore and resume them on 1
+    arrays.update(_sample(workdir, outdir, n))
+  else:      # sample from, restore and resume them on 1
+    arrays.update(_sample(workdir, outdir, n))
     info.update(_restore_and_resume(workdir))
+  np.savez(os.path.join(outdir, f'steps_{n}.npz'), **arrays)
+  info.update(_INFO)
   with open(os.path.join(outdir, f'info_{n}.json'), 'w') as f:
     json.dump(info, f)
 
@@ -272,6 +350,36 @@ def test_classifier_step_matches_on_8_and_1_devices(results):
 def test_classifier_steps_on_drawn_batches_match_on_8_and_1_devices(results):
   many, one, _ = results
   _compare(many, one, 'drawn')
+
+
+def test_steps_reduce_across_devices_only_when_sharded(results):
+  # The programs really are data-parallel on 8 devices (a replicated run
+  # would match the 1-device numbers too, with no collective).
+  _, _, info = results
+  for name in ('pggan', 'pggan_shrink2', 'resnet'):
+    assert info[8][f'{name}_all_reduce'] is True, name
+    assert info[1][f'{name}_all_reduce'] is False, name
+
+
+def test_sampling_is_sharded_and_matches_on_8_and_1_devices(results):
+  many, one, info = results
+  assert info[8]['generate_spec'] == "P('data', None, None, None)"
+  assert many['sampled'].shape == one['sampled'].shape == (150, 8, 8, 1)
+  # 8-bit PNGs of float32 images that differ by rounding: at most one
+  # level apart, almost all equal.
+  diff = np.abs(many['sampled'].astype(int) - one['sampled'].astype(int))
+  assert diff.max() <= 1 and diff.mean() < 0.01
+
+
+def test_classifier_checkpoint_written_on_8_devices_restores_on_1(results):
+  many, one, info = results
+  assert info[8]['classifier_ckpt_step'] == info[1]['classifier_ckpt_step'] > 0
+  assert info[1]['classifier_ckpt_devices'] == 1
+  assert info[8]['classifier_ckpt_devices'] == 8
+  keys = sorted(k for k in many if k.startswith('ckpt_resnet'))
+  assert keys and keys == sorted(k for k in one if k.startswith('ckpt_resnet'))
+  for k in keys:
+    np.testing.assert_array_equal(many[k], one[k], err_msg=k)
 
 
 def test_checkpoint_written_on_8_devices_restores_and_resumes_on_1(results):
