@@ -15,7 +15,9 @@ its validation or test images (input_pipeline/provenance.py). Sampling
 another class's GAN into the same O adds to the manifest; sampling a GAN
 into O again replaces the images (and entry) of the classes it writes, and
 a GAN of all classes everything sampled there before, so that after a run O
-holds exactly what its manifest lists. Same seed, same images.
+holds exactly what its manifest lists. G_ema generates data-parallel over
+this process's devices. Same seed, same images (on another device count,
+within one 8-bit level: float32 rounding).
 """
 
 import json
@@ -97,6 +99,10 @@ def sample(workdir: str, num_images: int, output_dir: str, *, seed: int = 0,
   """Writes `num_images` PNGs (per class if conditional); returns manifest."""
   if num_images < 1:
     raise UserInputError(f'config.num_images={num_images} must be >= 1')
+  if jax.process_count() > 1:
+    raise UserInputError(
+        f'sampling runs in one process, not over {jax.process_count()} '
+        '(its chunks are placed on this process\'s devices)')
   cfg, g_graph, g_ema, meta, step = load_generator(workdir, step)
   # One sampler per output folder at a time: two would interleave their
   # class folders and manifest.json (input_pipeline/workdir.py).

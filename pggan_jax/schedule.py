@@ -10,8 +10,9 @@ L = log2(final) - log2(initial) and phase p = floor(kimg / phase_kimg),
 
 so during a fade-in the resolution is already the new one. Minibatch and
 learning rate are looked up per resolution (official `minibatch_dict`,
-`G_lrate_dict`), the minibatch rounded down to a multiple of the device
-count and capped by `max_minibatch_per_gpu`.
+`G_lrate_dict`), the minibatch capped by `max_minibatch_per_gpu` (per
+device); unlike the official code it is not rounded down to a multiple of
+the device count: train.check_config refuses one that does not divide.
 
 The generator EMA is a half-life in images (`ema_beta`), tied to the
 schedule by `ema_half_life_kimg` (a fraction of a phase by default).

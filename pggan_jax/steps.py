@@ -367,5 +367,7 @@ def generate(g_params, z: jax.Array, labels: jax.Array, alpha: jax.Array, *,
   def run(g_params, z, labels, alpha):
     g = nnx.merge(g_graph, g_params)
     return jnp.clip(g(z, labels, alpha, stage=stage), -1.0, 1.0)
-  return sharding.auto_axes(run, z, out_spec=P('data'))(
-      g_params, z, labels, alpha)
+  spec = jax.typeof(z).sharding.spec
+  if spec and spec[0] == 'data':
+    run = sharding.auto_axes(run, z, out_spec=P('data'))
+  return run(g_params, z, labels, alpha)

@@ -153,13 +153,17 @@ def check_config(config) -> None:
         max_minibatch_per_gpu=schedule.parse_res_dict(s.max_minibatch_per_gpu),
         num_devices=jax.device_count())
     n_dev = jax.device_count()
-    if p.batch_size < 1 or p.batch_size % n_dev:
-      key = ('sched.minibatch_dict' if r in schedule.parse_res_dict(
-          s.minibatch_dict) else 'sched.minibatch_base')
+    key = ('sched.minibatch_dict' if r in schedule.parse_res_dict(
+        s.minibatch_dict) else 'sched.minibatch_base')
+    if p.batch_size < 1:
+      raise UserInputError(
+          f'config.{key} (or sched.max_minibatch_per_gpu) gives a minibatch '
+          f'of {p.batch_size} at {r}x{r}; it must be at least 1')
+    if p.batch_size % n_dev:
       raise UserInputError(
           f'config.{key}: the minibatch {p.batch_size} at {r}x{r} does not '
           f'divide over the {n_dev} devices (every minibatch must be a '
-          'positive multiple of the device count)')
+          'multiple of the device count)')
     g = min(m.mbstd_group_size, p.batch_size)
     if m.mbstd_group_size > 1 and p.batch_size % g:
       raise UserInputError(

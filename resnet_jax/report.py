@@ -440,7 +440,8 @@ def _gate_passed_line(gate: Mapping[str, Any],
   if pooled.get('c2st_accuracy') is not None and pooled.get('c2st_n'):
     ci = ''
     if pooled.get('c2st_ci_low') is not None:
-      ci = f" [{pooled['c2st_ci_low']:.2f}, {pooled['c2st_ci_high']:.2f}]"
+      ci = (f" [{pooled['c2st_ci_low']:.2f}, {pooled['c2st_ci_high']:.2f}]"
+            ' (exact 95% interval)')
     line += (f", judged on all classes together and pooled over the cells: "
              f"C2ST accuracy {pooled['c2st_accuracy']:.2f}{ci} "
              f"(n = {pooled['c2st_n']}; 0.5 = indistinguishable from "
@@ -450,9 +451,10 @@ def _gate_passed_line(gate: Mapping[str, Any],
   failed = [q for q in per_class if not q['passed']]
   if failed:
     line += (f'. {len(failed)} of the {len(per_class)} per-class '
-             'measurements failed it on their own: ' + ', '.join(
-                 f"repeat {q.get('repeat')} fold {q.get('fold')} "
-                 f"{q.get('class')}" for q in failed))
+             'measurements (a few dozen images each: noisy) failed it on '
+             'their own' + (', e.g.' if len(failed) > 5 else ':') + ' '
+             + ', '.join(f"repeat {q.get('repeat')} fold {q.get('fold')} "
+                         f"{q.get('class')}" for q in failed[:5]))
   return line + '.'
 
 

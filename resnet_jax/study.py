@@ -42,6 +42,7 @@ results.csv, the pooled gate and the report in study_outputs.py.
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -304,16 +305,21 @@ def _run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
             '--config.merge=True', flush=True)
       return {}
     # The last shard to finish: check every step's hash, then report
-    # (under this shard's locks). Markers of another configuration in
-    # other shards' cells (a rerun with recompute still under way there)
-    # leave the report to a later shard or merge: this shard's work is done.
+    # (under this shard's locks). In a rerun with recompute, other shards'
+    # cells may still hold steps of the old configuration (their shards
+    # still recomputing): the report is left to a later shard or a merge,
+    # said loudly. Otherwise stale steps are an error (shards started
+    # with different settings).
     try:
       return _run_study(study_config.as_merge(config), workdir)
     except study_steps.StepsMissing as e:
-      logging.info('shard %d/%d done; report not written: %s', shard_i,
-                   shard_n, e)
+      if not steps.recompute:
+        raise
+      logging.warning('shard %d/%d done; report not written: %s', shard_i,
+                      shard_n, e)
       print(f'shard {shard_i}/{shard_n} finished its {len(mine)} cell(s); '
-            f'the report is not written yet: {e}', flush=True)
+            f'the report is not written yet: {e}', file=sys.stderr,
+            flush=True)
       return {}
 
   t = time.time()

@@ -76,7 +76,9 @@ def pooled_gate(quality: list[dict], metrics_config) -> dict | None:
       'ms_ssim_synthetic': mean('ms_ssim_synthetic'),
       'ms_ssim_real': mean('ms_ssim_real'),
   }
-  if pooled['c2st_n']:
+  # An exact interval only where the judgements are independent: with
+  # several repeats the same real test images come back in each.
+  if pooled['c2st_n'] and len({q.get('repeat') for q in rows}) == 1:
     from resnet_jax import gan_classifiers  # pylint: disable=g-import-not-at-top
     pooled['c2st_ci_low'], pooled['c2st_ci_high'] = (
         gan_classifiers.clopper_pearson(
@@ -87,6 +89,22 @@ def pooled_gate(quality: list[dict], metrics_config) -> dict | None:
   gate['reasons'] = [f'pooled over {len(rows)} cells: {r}'
                      for r in gate['reasons']]
   return gate
+
+
+def smoke_note(config, arms) -> str:
+  """config.report.smoke_note, plus a warning when the study's GANs are
+  too short to test GAN augmentation (config.report.smoke_gan_kimg)."""
+  note = config.report.smoke_note
+  kimg = float(config.gan.total_kimg)
+  if (any('gan' in a for a in arms)
+      and kimg <= float(config.report.get('smoke_gan_kimg', 0.0))):
+    note = ' '.join(filter(None, [note, (
+        f'Its GANs train {kimg:g} kimg each, far too short for PGGAN, so '
+        'its `gan` arms are a smoke test of the machinery, not a test of '
+        'GAN augmentation; `configs/study.py:cpu32` (32x32) and '
+        '`configs/study.py:gpu` train GANs that can pass the quality '
+        'gate.')]))
+  return note
 
 
 def describe_design(config) -> str:
@@ -210,7 +228,7 @@ def write_outputs(config, workdir, prepared, folds, repeats, arms,
       data_summary=study_cells.data_summary(prepared0, config.data,
                                             split_seeds),
       timings=timings, title=config.report.title,
-      smoke_note=config.report.smoke_note, gate=gate,
+      smoke_note=smoke_note(config, arms), gate=gate,
       gan_quality=quality or None, design=describe_design(config),
       sub_configs=sub_configs, provenance=config.report.provenance,
       **kwargs)

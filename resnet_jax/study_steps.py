@@ -84,7 +84,7 @@ def config_hash(*parts: Any, ignore: tuple[str, ...] = (),
   """
   from input_pipeline import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   patterns = (*workdir_lib.IGNORED_KEYS, *PATH_KEYS, *ignore)
-  norm = [STUDY_CODE_VERSION, backend or jax.default_backend()]
+  norm = [STUDY_CODE_VERSION, backend or this_backend()]
   for p in parts:
     if isinstance(p, ml_collections.ConfigDict):
       p = {k: v for k, v in workdir_lib.flatten(p).items()
@@ -94,10 +94,15 @@ def config_hash(*parts: Any, ignore: tuple[str, ...] = (),
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def this_backend() -> str:
+  """The JAX backend this process computes on ('cpu', 'gpu', 'tpu')."""
+  return jax.default_backend()
+
+
 def hash_backends() -> tuple[str, ...]:
   """The backends a merge checks finished steps against: this process's
   first, then the others JAX names ('cpu', 'gpu', 'tpu')."""
-  here = jax.default_backend()
+  here = this_backend()
   return (here, *[b for b in ('cpu', 'gpu', 'tpu') if b != here])
 
 
@@ -183,7 +188,7 @@ class Steps:
     out = fn(*args) or {}
     out['seconds'] = time.time() - t0
     out['config_hash'] = h
-    out['backend'] = jax.default_backend()  # for the record
+    out['backend'] = this_backend()  # for the record
     write_json(marker, out)
     self.progress.done(what, out['seconds'])
     return out

@@ -212,8 +212,8 @@ def _restore_and_resume(workdir):
 
 def _sample(workdir, outdir, n):
   """150 images of the tiny GAN's 40-image checkpoint (3 chunks, the last
-  padded) as an array, and the spec of steps.generate's output for
-  batch-sharded latents."""
+  padded) as an array; the spec of steps.generate's output for
+  batch-sharded latents and the collectives its program holds."""
   import jax  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from input_pipeline import sharding  # pylint: disable=g-import-not-at-top
@@ -228,9 +228,16 @@ def _sample(workdir, outdir, n):
   z = jax.device_put(np.zeros((8, cfg.model.latent_size), np.float32),
                      sharding.data_sharding(mesh))
   y = jax.device_put(np.zeros((8,), np.int32), sharding.data_sharding(mesh))
-  imgs = steps.generate(sharding.put_replicated(g_ema, mesh), z, y,
-                        np.float32(1.0), g_graph=g_graph, stage=1)
+  args = (sharding.put_replicated(g_ema, mesh), z, y, np.float32(1.0))
+  imgs = steps.generate(*args, g_graph=g_graph, stage=1)
   _INFO['generate_spec'] = str(imgs.sharding.spec)
+  # Each device generates its own rows: no collective at all (a replicated
+  # generator would gather the latents first).
+  text = steps.generate.lower(*args, g_graph=g_graph,
+                              stage=1).compile().as_text()
+  _INFO['generate_collectives'] = [
+      op for op in ('all-gather', 'all-reduce', 'all-to-all',
+                    'collective-permute') if op in text]
   return {'sampled': pixels}
 
 
@@ -364,6 +371,7 @@ def test_steps_reduce_across_devices_only_when_sharded(results):
 def test_sampling_is_sharded_and_matches_on_8_and_1_devices(results):
   many, one, info = results
   assert info[8]['generate_spec'] == "P('data', None, None, None)"
+  assert info[8]['generate_collectives'] == []
   assert many['sampled'].shape == one['sampled'].shape == (150, 8, 8, 1)
   # 8-bit PNGs of float32 images that differ by rounding: at most one
   # level apart, almost all equal.

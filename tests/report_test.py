@@ -225,9 +225,15 @@ def test_markdown_passed_gate_names_pooled_c2st_and_failed_classes():
       'c2st_ci_high': 0.781}}
   md = _markdown(_rows(), gate=gate, gan_quality=_QUALITY)
   line = next(l for l in md.splitlines() if 'passed the synthetic' in l)
-  assert 'C2ST accuracy 0.72 [0.65, 0.78] (n = 200;' in line
-  assert ('1 of the 2 per-class measurements failed it on their own: '
-          'repeat 0 fold 0 hemorrhage.') in line
+  assert 'C2ST accuracy 0.72 [0.65, 0.78] (exact 95% interval) (n = 200;' \
+      in line
+  assert ('1 of the 2 per-class measurements (a few dozen images each: '
+          'noisy) failed it on their own: repeat 0 fold 0 hemorrhage.') in line
+  many = [dict(_QUALITY[0], fold=f) for f in range(7)]
+  line = next(l for l in _markdown(_rows(), gate=gate, gan_quality=many)
+              .splitlines() if 'passed the synthetic' in l)
+  assert '7 of the 7' in line and 'e.g. repeat 0 fold 0' in line
+  assert 'fold 4 hemorrhage.' in line and 'fold 5' not in line
 
 
 def test_markdown_says_when_gan_quality_was_not_measured():

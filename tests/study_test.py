@@ -28,6 +28,7 @@ from input_pipeline import images
 from input_pipeline import workdir as workdir_lib
 from resnet_jax import report
 from resnet_jax import study
+from resnet_jax import study_outputs
 from resnet_jax import study_steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,9 +49,21 @@ def test_config_variants_build():
   # The CPU default's 4.5-kimg GANs are a smoke test, said whether or not
   # its quality step runs; the variants whose GANs can pass the gate say
   # nothing up front.
-  assert 'smoke test' in study_cfg.get_config(None).report.smoke_note
+  default = study_cfg.get_config(None)
+  assert default.report.smoke_gan_kimg == default.gan.total_kimg == 4.5
   for variant in ('cpu32', 'gpu', 'paper'):
-    assert not study_cfg.get_config(variant).report.smoke_note
+    assert study_cfg.get_config(variant).report.smoke_gan_kimg == 0
+
+
+def test_smoke_note_for_short_gans_only_with_gan_arms():
+  config = study_cfg.get_config(None)
+  note = study_outputs.smoke_note(config, study_cfg.get_config(None).arms)
+  assert 'Its GANs train 4.5 kimg each' in note and 'smoke test' in note
+  assert not study_outputs.smoke_note(config, ('none', 'classic'))
+  config.gan.total_kimg = 54.0  # overridden: no longer called too short
+  assert not study_outputs.smoke_note(config, config.arms)
+  tiny = study_cfg.get_config('tiny')  # its own note, no GAN warning
+  assert study_outputs.smoke_note(tiny, tiny.arms) == tiny.report.smoke_note
 
 
 def _install_fakes(monkeypatch, calls):
@@ -640,7 +653,9 @@ def test_shards_then_merge_match_one_process(tmp_path, monkeypatch):
   assert len(rows(one)) == 1 + 4 * 4 and rows(sharded) == rows(one)
   study.run_study(merge, sharded)  # merge alone rebuilds the same report
   assert rows(sharded) == rows(one)
-  summary = lambda w: json.load(open(os.path.join(w, 'summary.json')))
+  def summary(w):
+    with open(os.path.join(w, 'summary.json')) as f:
+      return json.load(f)
   for key in ('arms', 'comparisons', 'gate'):
     assert summary(sharded)[key] == summary(one)[key]
 
@@ -653,7 +668,7 @@ def test_merge_on_another_backend(tmp_path, monkeypatch):
   config = _fake_config(tmp_path)
   workdir = str(tmp_path / 'study')
   with monkeypatch.context() as m:
-    m.setattr(study_steps.jax, 'default_backend', lambda: 'gpu')
+    m.setattr(study_steps, 'this_backend', lambda: 'gpu')
     for i in range(2):
       config.shard = f'{i}/2'
       study.run_study(config, workdir)
@@ -694,6 +709,34 @@ def test_last_shard_leaves_report_while_other_cells_are_stale(
   assert study.run_study(config, workdir) == {}
   config.shard = '1/2'
   assert 'report.md' in study.run_study(config, workdir)
+
+
+def test_last_shard_refuses_shards_run_with_different_settings(
+    tmp_path, monkeypatch):
+  calls = []
+  _install_fakes(monkeypatch, calls)
+  config = _fake_config(tmp_path)
+  workdir = str(tmp_path / 'study')
+  config.shard = '0/2'
+  assert study.run_study(config, workdir) == {}
+  config.classifier.learning_rate *= 2  # not a recompute: a mistake
+  config.shard = '1/2'
+  with pytest.raises(errors.UserInputError, match='another configuration'):
+    study.run_study(config, workdir)
+
+
+def test_pooled_gate_interval_only_where_judgements_are_independent():
+  metrics = study_cfg.get_config('tiny').quality.metrics
+  row = lambda r, f: {
+      'repeat': r, 'fold': f, 'class': 'all', 'c2st_accuracy': 0.7,
+      'c2st_n': 40, 'nn_distance_ratio': 1.0, 'num_exact_copies': 0,
+      'num_synthetic': 40, 'ms_ssim_synthetic': 0.3, 'ms_ssim_real': 0.3}
+  one = study_outputs.pooled_gate([row(0, 0), row(0, 1)], metrics)['pooled']
+  assert one['c2st_n'] == 80
+  assert one['c2st_ci_low'] < 0.7 < one['c2st_ci_high']
+  # Repeats test the same real images again: no exact interval.
+  two = study_outputs.pooled_gate([row(0, 0), row(1, 0)], metrics)['pooled']
+  assert two['c2st_n'] == 80 and 'c2st_ci_low' not in two
 
 
 def test_bad_shard_is_one_line_error(tmp_path):
