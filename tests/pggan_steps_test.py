@@ -209,9 +209,13 @@ def test_bf16_penalty_gradient_near_unit_norms_is_within_its_noise():
   p16, g16 = flat_grad(jnp.bfloat16, 0)
   assert p32 < 0.05  # the regime: norms near 1
   assert p16 == pytest.approx(p32, rel=0.15)
-  noise = min(rel(g32, flat_grad(jnp.float32, k)[1]) for k in (1, 2, 3))
-  assert rel(g32, g16) < 0.5 * noise, (rel(g32, g16), noise)
-  assert float(g32 @ g16 / np.linalg.norm(g32) / np.linalg.norm(g16)) > 0.98
+  noises = [rel(g32, flat_grad(jnp.float32, k)[1]) for k in (1, 2, 3)]
+  cos = float(g32 @ g16 / np.linalg.norm(g32) / np.linalg.norm(g16))
+  print(f'penalty float32 {p32:.5f} bf16 {p16:.5f}; parameter gradient: '
+        f'bf16 off by {rel(g32, g16):.3f} (cosine {cos:.4f}), another draw '
+        f'of u: {min(noises):.2f}-{max(noises):.2f}')
+  assert rel(g32, g16) < 0.5 * min(noises), (rel(g32, g16), noises)
+  assert cos > 0.98
 
 
 def test_bf16_train_iterations_keeps_float32_state():
