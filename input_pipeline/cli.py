@@ -40,16 +40,30 @@ EXIT_DIVERGED = 3
 # SECTIONS=study, 2026-11-27). Matmuls go to cuBLAS instead. Only main.py
 # sets them: the benchmarks measure XLA's own defaults.
 XLA_DEFAULTS = ('--xla_gpu_enable_triton_gemm=false',)
+# Added where XLA_FLAGS simulates several CPU devices: their collectives
+# run as threads that meet at a rendezvous, and XLA ends the process when
+# one thread waits there 60 s (20 s, then a 40 s termination timeout),
+# which a busy machine caused once in a study's quality step. Measured
+# with a 70 s delay before an all-reduce on 2 CPU devices (jaxlib 0.10.2):
+# the process aborted at 60 s by default and finished with this flag.
+XLA_CPU_DEVICES_DEFAULTS = (
+    '--xla_cpu_collective_call_terminate_timeout_seconds=600',)
 
 
 def xla_flags_with_defaults(current: str) -> str:
-  """`current` (an XLA_FLAGS value) plus each of XLA_DEFAULTS whose flag
-  it does not name; the user's own setting of a flag wins. A value that is
+  """`current` (an XLA_FLAGS value) plus each of XLA_DEFAULTS (and, with
+  several simulated CPU devices, XLA_CPU_DEVICES_DEFAULTS) whose flag it
+  does not name; the user's own setting of a flag wins. A value that is
   not flags (XLA reads it as the name of a file of flags) is left alone."""
   if current.strip() and not current.strip().startswith('-'):
     return current
-  given = {f.split('=', 1)[0] for f in current.split()}
-  extra = [f for f in XLA_DEFAULTS if f.split('=', 1)[0] not in given]
+  flags_given = dict((f.split('=', 1) + [''])[:2] for f in current.split())
+  given = set(flags_given)
+  defaults = XLA_DEFAULTS
+  count = flags_given.get('--xla_force_host_platform_device_count', '')
+  if count.isdigit() and int(count) > 1:
+    defaults += XLA_CPU_DEVICES_DEFAULTS
+  extra = [f for f in defaults if f.split('=', 1)[0] not in given]
   return ' '.join([current.strip(), *extra]).strip()
 
 

@@ -162,8 +162,18 @@ def test_sample_workdir_errors(tmp_path, config_workdir, flag, message):
 
 @pytest.mark.parametrize('current, expected', [
     ('', '--xla_gpu_enable_triton_gemm=false'),
+    # Several simulated CPU devices: a longer rendezvous timeout too.
     ('--xla_force_host_platform_device_count=8',
      '--xla_force_host_platform_device_count=8 '
+     '--xla_gpu_enable_triton_gemm=false '
+     '--xla_cpu_collective_call_terminate_timeout_seconds=600'),
+    ('--xla_force_host_platform_device_count=1',
+     '--xla_force_host_platform_device_count=1 '
+     '--xla_gpu_enable_triton_gemm=false'),
+    ('--xla_force_host_platform_device_count=2 '
+     '--xla_cpu_collective_call_terminate_timeout_seconds=30',
+     '--xla_force_host_platform_device_count=2 '
+     '--xla_cpu_collective_call_terminate_timeout_seconds=30 '
      '--xla_gpu_enable_triton_gemm=false'),
     # The user's own setting wins.
     ('--xla_gpu_enable_triton_gemm=true', '--xla_gpu_enable_triton_gemm=true'),
@@ -197,7 +207,8 @@ def _main_log(tmp_path, env, defaults=None):
     ({'XLA_FLAGS': '--xla_force_host_platform_device_count=2 '
                    '--xla_gpu_enable_triton_gemm=true'},
      "XLA_FLAGS='--xla_force_host_platform_device_count=2 "
-     "--xla_gpu_enable_triton_gemm=true'")])
+     "--xla_gpu_enable_triton_gemm=true "
+     "--xla_cpu_collective_call_terminate_timeout_seconds=600'")])
 def test_main_logs_its_xla_flags(tmp_path, given, expected):
   line = _main_log(tmp_path, given)
   assert line.endswith(expected)
