@@ -8,9 +8,10 @@ synthetic images carry the most power relative to real ones. When that is
 the Nyquist row (fy = -n/2: intensity alternating from row to row), this
 tells apart a generator that puts power there from real images that lack
 it: for the real images of fold 0 (training and test split, as the study
-prepares them at --resolution) and, with --synthetic_dir, every PNG below
-it, the mean power spectrum's average along the Nyquist row (fy = -n/2,
-all fx) and the Nyquist column (fx = -n/2, all fy), and their ratio.
+prepares them at --resolution) and, with --synthetic_dir, the images
+below it (read as the quality CLI reads its synthetic_dir), the mean
+power spectrum's average along the Nyquist row (fy = -n/2, all fx) and
+the Nyquist column (fx = -n/2, all fy), and their ratio.
 
 Measured on the shared 2-core CPU (2026-11-27; Head CT at 128 px; the
 synthetic set the 400 samples of "128² on the CPU"'s bilinear run):
@@ -19,7 +20,6 @@ images 28.1 / 45.5 (0.62), synthetic 45.6 / 44.9 (1.02). The real images
 alone at 64 px: 0.74 / 0.79 (training / test); at 32 px: 0.68 / 0.62.
 """
 
-import glob
 import os
 import sys
 
@@ -29,19 +29,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from absl import app
 from absl import flags
 import numpy as np
-from PIL import Image
 
 from input_pipeline import config as data_config
 from input_pipeline import dataset
 from input_pipeline import pipeline
 from pggan_jax import quality
+from resnet_jax import gan_metrics
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 flags.DEFINE_string('name', 'synthetic_head_ct', 'config.data.name')
 flags.DEFINE_string('dir', '', 'config.data.dir')
 flags.DEFINE_integer('resolution', 128, 'Image side (and storage size).')
-flags.DEFINE_string('synthetic_dir', '', 'A folder of synthetic PNGs '
-                    '(searched recursively), each --resolution square.')
+flags.DEFINE_string('synthetic_dir', '', 'A folder of synthetic images '
+                    '(DIR/<class>/ or flat), as configs/gan_metrics.py '
+                    'reads it, at --resolution.')
 FLAGS = flags.FLAGS
 
 
@@ -60,16 +61,9 @@ def main(_):
     x, _, _ = pipeline.load_arrays(prep, data, role=role,
                                    resolution=FLAGS.resolution)
     sets[f'real {role} (fold {data.fold})'] = np.asarray(x, np.float32)
-  if FLAGS.synthetic_dir:
-    paths = sorted(glob.glob(os.path.join(FLAGS.synthetic_dir, '**', '*.png'),
-                             recursive=True))
-    if not paths:
-      sys.exit(f'no PNG below {FLAGS.synthetic_dir}')
-    x = np.stack([np.asarray(Image.open(p).convert('L'), np.float32)
-                  for p in paths])[..., None] / 127.5 - 1.0
-    if x.shape[1:3] != (FLAGS.resolution,) * 2:
-      sys.exit(f'{paths[0]} is {x.shape[2]}x{x.shape[1]}, not '
-               f'{FLAGS.resolution}x{FLAGS.resolution}')
+  if FLAGS.synthetic_dir:  # read as the quality CLI reads synthetic_dir
+    x = gan_metrics.load_image_folder(FLAGS.synthetic_dir, FLAGS.resolution,
+                                      key='synthetic_dir', allow_flat=True)[0]
     sets[f'synthetic ({FLAGS.synthetic_dir})'] = x
   print(f'{"set":>40} {"n":>5} {"row":>8} {"column":>8} {"ratio":>6}')
   for name, x in sets.items():
