@@ -69,11 +69,19 @@ def _flat(tree, prefix):
 _INFO = {}
 
 
-def _has_all_reduce(jitted, *args, **kwargs) -> bool:
-  """Whether the compiled program reduces across devices: a data-parallel
-  step must (the batch's gradient); one run replicated would not."""
-  text = jitted.lower(*args, **kwargs).compile().as_text()
-  return 'all-reduce' in text or 'reduce-scatter' in text
+_COLLECTIVES = ('all-reduce', 'reduce-scatter', 'all-gather', 'all-to-all',
+                'collective-permute')
+
+
+def _compile(jitted, name, *args, **static):
+  """`jitted` compiled once for `args`, to be run as it is; records the
+  collectives its program holds in _INFO[name + '_collectives'] (a
+  data-parallel training step reduces the batch's gradient across
+  devices; one run replicated would not)."""
+  compiled = jitted.lower(*args, **static).compile()
+  text = compiled.as_text()
+  _INFO[f'{name}_collectives'] = [op for op in _COLLECTIVES if op in text]
+  return compiled
 
 
 def _pggan_models():
@@ -110,9 +118,8 @@ def _pggan_iteration(mesh, gp_batch_shrink=1):
   kw = dict(g_graph=g_graph, d_graph=d_graph, stage=1, hp=hp,
             batch_size=8 * gp_batch_shrink)
   name = 'pggan' if gp_batch_shrink == 1 else f'pggan_shrink{gp_batch_shrink}'
-  _INFO[f'{name}_all_reduce'] = _has_all_reduce(
-      steps.train_iterations, state, data, plan, **kw)
-  state, means = steps.train_iterations(state, data, plan, **kw)
+  state, means = _compile(steps.train_iterations, name, state, data, plan,
+                          **kw)(state, data, plan)
   out = _flat({k: state[k] for k in ('g', 'd', 'g_ema')}, name)
   out.update(_flat(means, f'{name}_metrics'))
   return out
@@ -140,9 +147,8 @@ def _resnet_step(mesh):
        'label': np.arange(8, dtype=np.int32) % 2}, mesh)
   # 4 steps: warmup round(0.1 * 4) = 0, so step 1 has the peak rate.
   kw = dict(graphdef=graphdef, tx=tx, label_smoothing=cfg.label_smoothing)
-  _INFO['resnet_all_reduce'] = _has_all_reduce(
-      steps.train_step, state, batch, steps.schedule(cfg, 4), **kw)
-  state, m = steps.train_step(state, batch, steps.schedule(cfg, 4), **kw)
+  args = (state, batch, steps.schedule(cfg, 4))
+  state, m = _compile(steps.train_step, 'resnet', *args, **kw)(*args)
   out = _flat({'params': state.params, 'batch_stats': state.batch_stats},
               'resnet')
   out['resnet_loss'] = np.asarray(m['loss'])
@@ -229,15 +235,11 @@ def _sample(workdir, outdir, n):
                      sharding.data_sharding(mesh))
   y = jax.device_put(np.zeros((8,), np.int32), sharding.data_sharding(mesh))
   args = (sharding.put_replicated(g_ema, mesh), z, y, np.float32(1.0))
-  imgs = steps.generate(*args, g_graph=g_graph, stage=1)
-  _INFO['generate_spec'] = str(imgs.sharding.spec)
   # Each device generates its own rows: no collective at all (a replicated
   # generator would gather the latents first).
-  text = steps.generate.lower(*args, g_graph=g_graph,
-                              stage=1).compile().as_text()
-  _INFO['generate_collectives'] = [
-      op for op in ('all-gather', 'all-reduce', 'all-to-all',
-                    'collective-permute') if op in text]
+  imgs = _compile(steps.generate, 'generate', *args, g_graph=g_graph,
+                  stage=1)(*args)
+  _INFO['generate_spec'] = str(imgs.sharding.spec)
   return {'sampled': pixels}
 
 
@@ -363,9 +365,10 @@ def test_steps_reduce_across_devices_only_when_sharded(results):
   # The programs really are data-parallel on 8 devices (a replicated run
   # would match the 1-device numbers too, with no collective).
   _, _, info = results
+  reduce = {'all-reduce', 'reduce-scatter'}
   for name in ('pggan', 'pggan_shrink2', 'resnet'):
-    assert info[8][f'{name}_all_reduce'] is True, name
-    assert info[1][f'{name}_all_reduce'] is False, name
+    assert reduce & set(info[8][f'{name}_collectives']), name
+    assert not reduce & set(info[1][f'{name}_collectives']), name
 
 
 def test_sampling_is_sharded_and_matches_on_8_and_1_devices(results):
