@@ -4,10 +4,15 @@
       --config.real_dir=R --config.synthetic_dir=S
     R and S in the image_folder layout (one subfolder per class; S may hold
     some of R's classes, or be a flat folder of unlabelled PNGs, e.g. the
-    sample CLI's output). R is split 50/50 (stratified, seeded) into real
-    training images (feature network, TRTR, nearest-neighbour reference)
-    and held-out real images (compared with S), unless
-    --config.real_heldout_dir is given. When S holds some of R's classes
+    sample CLI's output). The held-out real images (compared with S) are
+    --config.real_heldout_dir's; without it, where S's manifest.json (the
+    sampler's) records the images its GAN trained on and R is that GAN's
+    image-folder dataset, those are R's real training images (feature
+    network, TRTR, nearest-neighbour reference) and the rest of R is held
+    out; otherwise R is split 50/50 (stratified, seeded), with a warning
+    that a GAN trained on R would have seen part of the held-out half.
+    (Near-duplicates of training images are not removed from R's held-out
+    images here; the study's metrics use its leak-free folds.) When S holds some of R's classes
     (one class's GAN), only those classes' real images are used, as in the
     study's per-class metrics (one class: random-network features, no
     TRTR). Writes W/gan_metrics.json and

@@ -48,6 +48,7 @@ import os
 import time
 from typing import Any
 
+from absl import logging
 import ml_collections
 import numpy as np
 import scipy.linalg
@@ -57,6 +58,7 @@ from sklearn import model_selection
 from input_pipeline import files
 from input_pipeline import images as image_io
 from input_pipeline import preprocess
+from input_pipeline import provenance
 from input_pipeline import sources
 from input_pipeline import transforms
 from input_pipeline.errors import UserInputError
@@ -460,6 +462,43 @@ def _relabel(labels, names, real_names, key, path):
   return np.asarray([real_names.index(names[y]) for y in labels], np.int64)
 
 
+def _heldout_split(config, real_y, names, real_paths):
+  """(train indices, held-out indices, how) of config.real_dir's images.
+
+  Held-out images must be images the GAN never saw. Where the sampler's
+  manifest.json in config.synthetic_dir records the GAN's training images
+  and some of them are in config.real_dir (ids are paths relative to the
+  dataset root, so real_dir is the GAN's image-folder dataset), those are
+  the real training images and the rest are held out ('gan_manifest').
+  Otherwise real_dir is split at random ('random'), with a warning: if the
+  GAN trained on some of its images, the held-out half holds some of them
+  and flatters the GAN.
+  """
+  seen = provenance.gan_train_ids(config.synthetic_dir)
+  rel = [os.path.relpath(p, config.real_dir) for p in real_paths]
+  in_gan = np.asarray([r in (seen or ()) for r in rel], bool)
+  if in_gan.any():
+    return np.flatnonzero(in_gan), np.flatnonzero(~in_gan), 'gan_manifest'
+  logging.warning(
+      'config.real_dir is split at random into real training and held-out '
+      'images: %s; if its GAN trained on images of config.real_dir, the '
+      'held-out half includes some of them and the metrics flatter the GAN '
+      '(give config.real_heldout_dir)',
+      'config.synthetic_dir has no manifest.json that records the images '
+      'its GAN trained on' if seen is None else
+      f'none of its images is among the {len(seen)} that the manifest.json '
+      'of config.synthetic_dir says its GAN trained on')
+  counts = np.bincount(real_y, minlength=len(names))
+  if counts.min() < 2:
+    raise UserInputError(
+        f'config.real_dir: class {names[int(np.argmin(counts))]!r} has '
+        f'{counts.min()} image(s); the held-out split needs >= 2 per class')
+  idx_train, idx_held = model_selection.train_test_split(
+      np.arange(len(real_y)), test_size=config.heldout_fraction,
+      stratify=real_y, random_state=config.seed)
+  return np.sort(idx_train), np.sort(idx_held), 'random'
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """CLI: metrics of config.synthetic_dir against config.real_dir.
 
@@ -485,16 +524,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     held_y = _relabel(held_y, held_names, names, 'real_heldout_dir',
                       config.real_heldout_dir)
     train_x, train_y, train_paths = real, real_y, real_paths
+    heldout_split = 'real_heldout_dir'
   else:
-    counts = np.bincount(real_y, minlength=len(names))
-    if counts.min() < 2:
-      raise UserInputError(
-          f'config.real_dir: class {names[int(np.argmin(counts))]!r} has '
-          f'{counts.min()} image(s); the held-out split needs >= 2 per class')
-    idx_train, idx_held = model_selection.train_test_split(
-        np.arange(len(real)), test_size=config.heldout_fraction,
-        stratify=real_y, random_state=config.seed)
-    idx_train, idx_held = np.sort(idx_train), np.sort(idx_held)
+    idx_train, idx_held, heldout_split = _heldout_split(config, real_y,
+                                                       names, real_paths)
     train_x, train_y = real[idx_train], real_y[idx_train]
     held, held_y = real[idx_held], real_y[idx_held]
     train_paths = [real_paths[i] for i in idx_train]
@@ -508,7 +541,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_x, train_y = train_x[in_train], train_y[in_train]
     train_paths = [p for p, k in zip(train_paths, in_train) if k]
     held, held_y = held[in_held], held_y[in_held]
-  split = '' if config.real_heldout_dir else ' after the held-out split'
+  split = {'real_heldout_dir': '',
+           'gan_manifest': (' not among the images its GAN trained on '
+                            '(manifest.json of config.synthetic_dir)'),
+           'random': ' after the held-out split'}[heldout_split]
   for n, what, key in (
       (len(train_x), 'real training', 'real_dir'),
       (len(held), 'held-out real',
@@ -529,10 +565,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   metrics['synthetic_classes'] = (sorted(names[i] for i in set(syn_y))
                                   if syn_y is not None else None)
   metrics['real_dir'] = os.path.abspath(config.real_dir)
+  metrics['heldout_split'] = heldout_split
   metrics['synthetic_dir'] = os.path.abspath(config.synthetic_dir)
   files.write_json(os.path.join(workdir, 'gan_metrics.json'), metrics)
   print(summary(metrics))
   return metrics
+
+
+_SPLITS = {'gan_manifest': "; held out: those its GAN's manifest lacks",
+           'random': '; held out: a random split'}
 
 
 def summary(m: dict[str, Any]) -> str:
@@ -545,7 +586,8 @@ def summary(m: dict[str, Any]) -> str:
   lines = [
       f"gan_metrics: {m['num_synthetic']} synthetic vs "
       f"{m['num_real_heldout']} held-out real ({m['num_real_train']} real "
-      f"train), {m['resolution']}px, {m['seconds']} s",
+      f"train{_SPLITS.get(m.get('heldout_split'), '')}), "
+      f"{m['resolution']}px, {m['seconds']} s",
       f"  swd {f(m['swd'], 2)}  fd {f(m['fd'])}  kid {f(m['kid'], 4)}"
       f" +- {f(m['kid_std'], 4)}  precision {f(m['precision'])}  recall "
       f"{f(m['recall'])}  ({m['feature_net']} features)",

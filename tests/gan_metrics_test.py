@@ -405,6 +405,42 @@ def test_cli_too_few_real_images_of_the_synthetic_class(tmp_path):
     gan_metrics.run(config, str(tmp_path / 'w'))
 
 
+def test_cli_holds_out_the_images_its_gan_did_not_see(tmp_path, caplog):
+  # The sampler's manifest lists the GAN's training images (ids relative
+  # to the dataset root, here real_dir): those are the real training
+  # images, the rest of the class is held out, never a random half.
+  real = _write_real(tmp_path / 'real')
+  syn = tmp_path / 'syn'
+  _write_pngs(str(syn / 'hemorrhage'), _textures(6, seed=3, smooth=0.7))
+  seen = [f'hemorrhage/{i:03d}.png' for i in (0, 2, 3, 5, 7)]
+
+  def run(train_ids, work):
+    (syn / 'manifest.json').write_text(json.dumps(
+        {'gan_training': {'hemorrhage': {'train_ids': train_ids}}}))
+    config = gan_metrics_cfg.get_config('tiny')
+    config.real_dir, config.synthetic_dir = real, str(syn)
+    caplog.clear()
+    return gan_metrics.run(config, str(tmp_path / work))
+
+  m = run(seen, 'w1')
+  assert m['heldout_split'] == 'gan_manifest'
+  assert (m['num_real_train'], m['num_real_heldout']) == (5, 3)
+  assert {os.path.relpath(p['real_train_path'], real)
+          for p in m['nearest_pairs']} <= set(seen)
+  assert 'random' not in caplog.text
+  # A manifest that names none of real_dir's images (a GAN trained on
+  # another copy or layout of the data): a random split, and a warning.
+  m = run(['images/001.png'], 'w2')
+  assert m['heldout_split'] == 'random'
+  assert (m['num_real_train'], m['num_real_heldout']) == (4, 4)
+  assert 'split at random' in caplog.text and 'none of its images' in caplog.text
+  # The GAN saw every real image of its class: nothing left to hold out.
+  with pytest.raises(UserInputError, match=(
+      r"^config\.real_dir: 0 held-out real image\(s\) of the class\(es\) "
+      r"compared \['hemorrhage'\] not among the images its GAN trained on")):
+    run([f'hemorrhage/{i:03d}.png' for i in range(8)], 'w3')
+
+
 @pytest.mark.parametrize('key, value, match', [
     ('feature_net', 'inception', r"^config\.metrics\.feature_net='inception'"),
     ('classifier.model', 'vgg', r"^config\.metrics\.classifier\.model='vgg'"),
