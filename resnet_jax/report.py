@@ -433,26 +433,35 @@ def _group_lines(rows, metric) -> list[str]:
 
 def _gate_passed_line(gate: Mapping[str, Any],
                       quality: Sequence[Mapping[str, Any]] | None) -> str:
-  """'The GANs passed ...' with the pooled C2ST and any per-class GAN
-  that failed on its own (the gate judges all classes together)."""
+  """'The GANs passed ...' with each class's pooled C2ST and any per-class
+  measurement that failed on its own (the gate allows a few)."""
   line = 'The GANs passed the synthetic-image quality gate'
-  pooled = gate.get('pooled') or {}
-  if pooled.get('c2st_accuracy') is not None and pooled.get('c2st_n'):
+  classes = dict(gate.get('classes') or {})
+  if not classes and gate.get('pooled'):
+    classes = {'all': gate['pooled']}
+  c2st = []
+  for cls, pooled in classes.items():
+    if pooled.get('c2st_accuracy') is None or not pooled.get('c2st_n'):
+      continue
     ci = ''
     if pooled.get('c2st_ci_low') is not None:
-      ci = (f" [{pooled['c2st_ci_low']:.2f}, {pooled['c2st_ci_high']:.2f}]"
-            ' (exact 95% interval)')
-    line += (f", judged on all classes together and pooled over the cells: "
-             f"C2ST accuracy {pooled['c2st_accuracy']:.2f}{ci} "
-             f"(n = {pooled['c2st_n']}; 0.5 = indistinguishable from "
-             'held-out real images)')
+      ci = f" [{pooled['c2st_ci_low']:.2f}, {pooled['c2st_ci_high']:.2f}]"
+    c2st.append(f"{'both classes' if cls == 'all' else cls} "
+                f"{pooled['c2st_accuracy']:.2f}{ci} (n = {pooled['c2st_n']})")
+  if c2st:
+    exact = any(p.get('c2st_ci_low') is not None for p in classes.values())
+    line += (', judged per class and on both together against held-out '
+             'real images, pooled over the cells: C2ST accuracy '
+             + ', '.join(c2st) + (' (exact 95% intervals)' if exact else '')
+             + '; 0.5 = indistinguishable from held-out real images')
   per_class = [q for q in quality or () if q.get('class') != 'all'
                and 'passed' in q]
   failed = [q for q in per_class if not q['passed']]
   if failed:
     line += (f'. {len(failed)} of the {len(per_class)} per-class '
-             'measurements (a few dozen images each: noisy) failed it on '
-             'their own' + (', e.g.' if len(failed) > 5 else ':') + ' '
+             'measurements failed it on their own (20-odd held-out images '
+             'each; the gate allows a few)'
+             + (', e.g.' if len(failed) > 5 else ':') + ' '
              + ', '.join(f"repeat {q.get('repeat')} fold {q.get('fold')} "
                          f"{q.get('class')}" for q in failed[:5]))
   return line + '.'

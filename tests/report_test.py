@@ -220,15 +220,23 @@ def test_markdown_first_lines_warn_about_smoke_run_and_gate():
 
 
 def test_markdown_passed_gate_names_pooled_c2st_and_failed_classes():
-  gate = {'passed': True, 'reasons': [], 'pooled': {
-      'c2st_accuracy': 0.72, 'c2st_n': 200, 'c2st_ci_low': 0.653,
-      'c2st_ci_high': 0.781}}
+  gate = {'passed': True, 'reasons': [], 'classes': {
+      'all': {'c2st_accuracy': 0.72, 'c2st_n': 200, 'c2st_ci_low': 0.653,
+              'c2st_ci_high': 0.781},
+      'normal': {'c2st_accuracy': 0.66, 'c2st_n': 100, 'c2st_ci_low': 0.558,
+                 'c2st_ci_high': 0.752}}}
   md = _markdown(_rows(), gate=gate, gan_quality=_QUALITY)
   line = next(l for l in md.splitlines() if 'passed the synthetic' in l)
-  assert 'C2ST accuracy 0.72 [0.65, 0.78] (exact 95% interval) (n = 200;' \
-      in line
-  assert ('1 of the 2 per-class measurements (a few dozen images each: '
-          'noisy) failed it on their own: repeat 0 fold 0 hemorrhage.') in line
+  assert ('C2ST accuracy both classes 0.72 [0.65, 0.78] (n = 200), normal '
+          '0.66 [0.56, 0.75] (n = 100) (exact 95% intervals); 0.5 =') in line
+  assert ('1 of the 2 per-class measurements failed it on their own '
+          '(20-odd held-out images each; the gate allows a few): repeat 0 '
+          'fold 0 hemorrhage.') in line
+  # A gate of an older summary.json: its all-class figures only.
+  old = {'passed': True, 'reasons': [], 'pooled': gate['classes']['all']}
+  line = next(l for l in _markdown(_rows(), gate=old).splitlines()
+              if 'passed the synthetic' in l)
+  assert 'both classes 0.72 [0.65, 0.78] (n = 200) (exact' in line
   many = [dict(_QUALITY[0], fold=f) for f in range(7)]
   line = next(l for l in _markdown(_rows(), gate=gate, gan_quality=many)
               .splitlines() if 'passed the synthetic' in l)
