@@ -77,10 +77,23 @@ def test_augmented_penalty_at_p0_equals_plain_penalty():
       losses.gradient_penalty(critic, reals, fakes, key))
 
 
-@pytest.mark.parametrize('aug', [
-    lambda x, k: augment.augment(x, 0.8, k, policy='bgc,cutout'),
-    lambda x, k: diffaug.diff_augment(x, k, 'color,translation,cutout'),
-], ids=['ada', 'diffaugment'])
+_AUGMENTS = {
+    'ada_bgc_cutout': lambda x, k: augment.augment(x, 0.8, k,
+                                                   policy='bgc,cutout'),
+    'diffaugment': lambda x, k: diffaug.diff_augment(
+        x, k, 'color,translation,cutout'),
+    # Every operation on its own, always applied: the equality below holds
+    # only for a T affine in x for a fixed draw (the penalty's segments
+    # are mapped to segments), so an operation that is not (a clip, a
+    # gamma) fails here.
+    **{f'ada_{op}': (lambda op: lambda x, k: augment.augment(
+        x, 1.0, k, policy=op))(op) for op in augment.OPS},
+    **{f'diffaugment_{pol}': (lambda pol: lambda x, k: diffaug.diff_augment(
+        x, k, pol))(pol) for pol in diffaug._POLICIES},  # pylint: disable=protected-access
+}
+
+
+@pytest.mark.parametrize('aug', _AUGMENTS.values(), ids=_AUGMENTS.keys())
 def test_augmented_penalty_uses_one_transform_for_both_ends(aug):
   # = the plain penalty between T(reals) and T(fakes), the same draw T.
   critic = _small_critic()
