@@ -462,32 +462,47 @@ def _relabel(labels, names, real_names, key, path):
   return np.asarray([real_names.index(names[y]) for y in labels], np.int64)
 
 
-def _heldout_split(config, real_y, names, real_paths):
+def _heldout_split(config, real_y, names, real_paths, classes):
   """(train indices, held-out indices, how) of config.real_dir's images.
 
   Held-out images must be images the GAN never saw. Where the sampler's
-  manifest.json in config.synthetic_dir records the GAN's training images
-  and some of them are in config.real_dir (ids are paths relative to the
-  dataset root, so real_dir is the GAN's image-folder dataset), those are
-  the real training images and the rest are held out ('gan_manifest').
-  Otherwise real_dir is split at random ('random'), with a warning: if the
+  manifest.json in config.synthetic_dir records the GANs' training images
+  and, for every compared class in `classes`, some of them are images of
+  config.real_dir (ids are paths relative to the dataset root, so real_dir
+  is the GANs' image-folder dataset), those are the real training images
+  and the rest are held out ('gan_manifest'). Where they name none of its
+  images, real_dir is split at random ('random'), with a warning: if the
   GAN trained on some of its images, the held-out half holds some of them
-  and flatters the GAN.
+  and flatters the GAN. Where they cover some compared classes and not
+  others, a one-line error: that class's held-out images could not be
+  told from its GAN's training images.
   """
-  seen = provenance.gan_train_ids(config.synthetic_dir)
-  rel = [os.path.relpath(p, config.real_dir) for p in real_paths]
-  in_gan = np.asarray([r in (seen or ()) for r in rel], bool)
-  if in_gan.any():
+  seen = provenance.gan_train_ids(config.synthetic_dir) or set()
+  rel = [os.path.relpath(p, config.real_dir).replace(os.sep, '/')
+         for p in real_paths]
+  in_gan = np.asarray([r in seen for r in rel], bool)
+  covered = [c for c in classes if np.any(in_gan & (real_y == c))]
+  if covered and len(covered) < len(classes):
+    missing = [names[c] for c in classes if c not in covered]
+    raise UserInputError(
+        f'config.synthetic_dir={config.synthetic_dir!r}: its manifest.json '
+        'records the training images of the GAN(s) of class(es) '
+        f'{[names[c] for c in covered]} among config.real_dir\'s images but '
+        f'none of class(es) {missing}, so their held-out images cannot be '
+        'told from their GAN\'s training images; sample every class with '
+        'configs/sample.py from GANs trained on config.real_dir, or give '
+        'config.real_heldout_dir')
+  if covered:
     return np.flatnonzero(in_gan), np.flatnonzero(~in_gan), 'gan_manifest'
   logging.warning(
       'config.real_dir is split at random into real training and held-out '
       'images: %s; if its GAN trained on images of config.real_dir, the '
       'held-out half includes some of them and the metrics flatter the GAN '
       '(give config.real_heldout_dir)',
-      'config.synthetic_dir has no manifest.json that records the images '
-      'its GAN trained on' if seen is None else
       f'none of its images is among the {len(seen)} that the manifest.json '
-      'of config.synthetic_dir says its GAN trained on')
+      'of config.synthetic_dir says its GAN trained on' if seen else
+      'config.synthetic_dir has no manifest.json that records the images '
+      'its GAN trained on')
   counts = np.bincount(real_y, minlength=len(names))
   if counts.min() < 2:
     raise UserInputError(
@@ -526,8 +541,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_x, train_y, train_paths = real, real_y, real_paths
     heldout_split = 'real_heldout_dir'
   else:
-    idx_train, idx_held, heldout_split = _heldout_split(config, real_y,
-                                                       names, real_paths)
+    compared_ids = (sorted(set(syn_y.tolist())) if syn_y is not None
+                    else list(range(len(names))))
+    idx_train, idx_held, heldout_split = _heldout_split(
+        config, real_y, names, real_paths, compared_ids)
     train_x, train_y = real[idx_train], real_y[idx_train]
     held, held_y = real[idx_held], real_y[idx_held]
     train_paths = [real_paths[i] for i in idx_train]

@@ -436,8 +436,9 @@ def _gate_passed_line(gate: Mapping[str, Any],
   """'The GANs passed ...' with each class's pooled C2ST and any per-class
   measurement that failed on its own (the gate allows a few)."""
   line = 'The GANs passed the synthetic-image quality gate'
+  per_class_gate = bool(gate.get('classes'))
   classes = dict(gate.get('classes') or {})
-  if not classes and gate.get('pooled'):
+  if not classes and gate.get('pooled'):  # a gate on all classes only
     classes = {'all': gate['pooled']}
   c2st = []
   for cls, pooled in classes.items():
@@ -446,21 +447,24 @@ def _gate_passed_line(gate: Mapping[str, Any],
     ci = ''
     if pooled.get('c2st_ci_low') is not None:
       ci = f" [{pooled['c2st_ci_low']:.2f}, {pooled['c2st_ci_high']:.2f}]"
-    c2st.append(f"{'both classes' if cls == 'all' else cls} "
+    c2st.append(f"{'all classes' if cls == 'all' else cls} "
                 f"{pooled['c2st_accuracy']:.2f}{ci} (n = {pooled['c2st_n']})")
   if c2st:
     exact = any(p.get('c2st_ci_low') is not None for p in classes.values())
-    line += (', judged per class and on both together against held-out '
-             'real images, pooled over the cells: C2ST accuracy '
-             + ', '.join(c2st) + (' (exact 95% intervals)' if exact else '')
+    line += ((', judged per class and on all classes together'
+              if per_class_gate else ', judged on all classes together')
+             + ' against held-out real images, pooled over the cells: C2ST '
+             'accuracy ' + ', '.join(c2st)
+             + (' (exact 95% intervals)' if exact else '')
              + '; 0.5 = indistinguishable from held-out real images')
   per_class = [q for q in quality or () if q.get('class') != 'all'
                and 'passed' in q]
   failed = [q for q in per_class if not q['passed']]
   if failed:
     line += (f'. {len(failed)} of the {len(per_class)} per-class '
-             'measurements failed it on their own (20-odd held-out images '
-             'each; the gate allows a few)'
+             'measurements failed it on their own'
+             + (' (each on its cell\'s held-out images alone; the gate '
+                'allows a few)' if per_class_gate else '')
              + (', e.g.' if len(failed) > 5 else ':') + ' '
              + ', '.join(f"repeat {q.get('repeat')} fold {q.get('fold')} "
                          f"{q.get('class')}" for q in failed[:5]))

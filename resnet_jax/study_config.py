@@ -139,6 +139,12 @@ def check_config(config: ml_collections.ConfigDict) -> list[str]:
     raise UserInputError(
         f'config.on_config_change={config.on_config_change!r} must be '
         "'error' or 'recompute'")
+  fraction = config.report.get('gate_max_failed_fraction', 0.25)
+  if not 0.0 <= fraction <= 1.0:
+    raise UserInputError(
+        f'config.report.gate_max_failed_fraction={fraction} must be a '
+        'fraction in [0, 1] (0.25: at most a quarter of the per-class '
+        'measurements may fail the quality gate on their own)')
   parse_shard(config.shard)
   return arms
 

@@ -7,6 +7,7 @@ networks with the ':tiny' metrics config (seconds); one end-to-end
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -434,6 +435,15 @@ def test_cli_holds_out_the_images_its_gan_did_not_see(tmp_path, caplog):
   assert m['heldout_split'] == 'random'
   assert (m['num_real_train'], m['num_real_heldout']) == (4, 4)
   assert 'split at random' in caplog.text and 'none of its images' in caplog.text
+  # Samples of both classes, a record for one: the other class's held-out
+  # images cannot be told from its GAN's training images.
+  _write_pngs(str(syn / 'normal'), _textures(6, seed=4, smooth=3.0))
+  with pytest.raises(UserInputError, match=(
+      r"manifest\.json records the training images of the GAN\(s\) of "
+      r"class\(es\) \['hemorrhage'\] among config\.real_dir's images but "
+      r"none of class\(es\) \['normal'\]")):
+    run(seen, 'w4')
+  shutil.rmtree(syn / 'normal')
   # The GAN saw every real image of its class: nothing left to hold out.
   with pytest.raises(UserInputError, match=(
       r"^config\.real_dir: 0 held-out real image\(s\) of the class\(es\) "

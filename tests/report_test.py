@@ -227,16 +227,20 @@ def test_markdown_passed_gate_names_pooled_c2st_and_failed_classes():
                  'c2st_ci_high': 0.752}}}
   md = _markdown(_rows(), gate=gate, gan_quality=_QUALITY)
   line = next(l for l in md.splitlines() if 'passed the synthetic' in l)
-  assert ('C2ST accuracy both classes 0.72 [0.65, 0.78] (n = 200), normal '
+  assert ('C2ST accuracy all classes 0.72 [0.65, 0.78] (n = 200), normal '
           '0.66 [0.56, 0.75] (n = 100) (exact 95% intervals); 0.5 =') in line
+  assert 'judged per class and on all classes together' in line
   assert ('1 of the 2 per-class measurements failed it on their own '
-          '(20-odd held-out images each; the gate allows a few): repeat 0 '
-          'fold 0 hemorrhage.') in line
+          "(each on its cell's held-out images alone; the gate allows a "
+          'few): repeat 0 fold 0 hemorrhage.') in line
   # A gate of an older summary.json: its all-class figures only.
   old = {'passed': True, 'reasons': [], 'pooled': gate['classes']['all']}
   line = next(l for l in _markdown(_rows(), gate=old).splitlines()
               if 'passed the synthetic' in l)
-  assert 'both classes 0.72 [0.65, 0.78] (n = 200) (exact' in line
+  assert ('judged on all classes together against held-out real images, '
+          'pooled over the cells: C2ST accuracy all classes 0.72 [0.65, '
+          '0.78] (n = 200) (exact') in line
+  assert 'the gate allows' not in line
   many = [dict(_QUALITY[0], fold=f) for f in range(7)]
   line = next(l for l in _markdown(_rows(), gate=gate, gan_quality=many)
               .splitlines() if 'passed the synthetic' in l)

@@ -364,6 +364,11 @@ def test_run_study_rejects_bad_config(tmp_path):
   config.arms = ('none', 'magic')
   with pytest.raises(errors.UserInputError, match='config.arms'):
     study.run_study(config, str(tmp_path))
+  config = study_cfg.get_config('tiny')
+  config.report.gate_max_failed_fraction = 25  # a percentage
+  with pytest.raises(errors.UserInputError, match=(
+      r'^config\.report\.gate_max_failed_fraction=25(\.0)? must be a fraction')):
+    study.run_study(config, str(tmp_path))
 
 
 @pytest.mark.parametrize('key, value, match', [
