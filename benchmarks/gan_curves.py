@@ -19,7 +19,7 @@ its p-value (pggan_jax.quality.spectral_test), and the quality gate.
 Runs that differ in one setting, on the same folds and with two or more
 seeds (--config.seed), show whether a difference exceeds seed-to-seed
 spread. With several study workdirs, a last table groups them by setting
-(the keys of their config.json that differ, the seed aside) and gives, per
+(the keys of their config.json that differ, the seed and report.* aside) and gives, per
 setting and class, the mean and range over its runs and cells of SWD, KID,
 C2ST, recall and synthetic MS-SSIM, and how many passed the gate. Measured with it (2-core CPU, 2026-11-26): the CPU-sized
 comparison in the README, "Choosing GAN settings on curves", e.g.
@@ -101,8 +101,9 @@ _SUMMARY = (('SWD', 'swd', '.1f'), ('KID', 'kid', '.3f'),
 
 
 def _settings(workdirs: list[str]) -> dict[str, str]:
-  """Study workdir -> its setting: `key=value` for each key, the seed
-  aside, whose value differs between the workdirs' config.json files."""
+  """Study workdir -> its setting: `key=value` for each key, the seed and
+  the report's keys aside (they change no GAN), whose value differs between
+  the workdirs' config.json files."""
   configs = {}
   for w in workdirs:
     path = os.path.join(w, 'config.json')
@@ -110,7 +111,8 @@ def _settings(workdirs: list[str]) -> dict[str, str]:
         os.path.join(w, 'metrics.jsonl')):
       with open(path) as f:
         configs[w] = workdir.flatten(json.load(f))
-  keys = sorted({k for c in configs.values() for k in c} - {'seed'})
+  keys = sorted({k for c in configs.values() for k in c
+                 if k != 'seed' and not k.startswith('report.')})
   varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True)
                                      for c in configs.values()}) > 1]
   return {w: ' '.join(f'{k}={json.dumps(c.get(k))}' for k in varying)
