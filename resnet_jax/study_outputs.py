@@ -115,7 +115,8 @@ def pooled_gate(quality: list[dict], metrics_config,
     judged = gan_metrics.quality_gate(pooled, metrics_config)
     what = 'all classes' if cls == 'all' else f'class {cls!r}'
     classes[cls] = {**pooled, 'passed': judged['passed'], 'cells': len(rows)}
-    reasons += [f'{what}, pooled over {len(rows)} cells: {r}'
+    cells = f'{len(rows)} cell' + ('s' if len(rows) != 1 else '')
+    reasons += [f'{what}, pooled over {cells}: {r}'
                 for r in judged['reasons']]
     skipped.update(judged.get('skipped', ()))
   per_class = [q for q in quality if q.get('class') != 'all'
