@@ -57,10 +57,9 @@ def xla_flags_with_defaults(current: str) -> str:
   not flags (XLA reads it as the name of a file of flags) is left alone."""
   if current.strip() and not current.strip().startswith('-'):
     return current
-  flags_given = dict((f.split('=', 1) + [''])[:2] for f in current.split())
-  given = set(flags_given)
+  given = dict((f.split('=', 1) + [''])[:2] for f in current.split())
   defaults = XLA_DEFAULTS
-  count = flags_given.get('--xla_force_host_platform_device_count', '')
+  count = given.get('--xla_force_host_platform_device_count', '')
   if count.isdigit() and int(count) > 1:
     defaults += XLA_CPU_DEVICES_DEFAULTS
   extra = [f for f in defaults if f.split('=', 1)[0] not in given]

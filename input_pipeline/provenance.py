@@ -197,13 +197,11 @@ def check_synthetic(synthetic_dir: str, prepared, fold: int, *,
   return summary
 
 
-def gan_train_ids(synthetic_dir: str) -> set[str] | None:
+def gan_train_ids(synthetic_dir: str) -> set[str]:
   """Ids of every real image the GANs behind synthetic_dir trained on.
 
-  The union over its manifests' training records; None where no manifest
+  The union over its manifests' training records; empty where no manifest
   records a GAN's training data (hand-made folders, old samplers).
   """
-  records = [rec for _, _, rec in _entries(synthetic_dir)]
-  if not records:
-    return None
-  return {i for rec in records for i in rec.get('train_ids', [])}
+  return {i for _, _, rec in _entries(synthetic_dir)
+          for i in rec.get('train_ids', [])}

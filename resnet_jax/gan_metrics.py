@@ -477,7 +477,7 @@ def _heldout_split(config, real_y, names, real_paths, classes):
   others, a one-line error: that class's held-out images could not be
   told from its GAN's training images.
   """
-  seen = provenance.gan_train_ids(config.synthetic_dir) or set()
+  seen = provenance.gan_train_ids(config.synthetic_dir)
   rel = [os.path.relpath(p, config.real_dir).replace(os.sep, '/')
          for p in real_paths]
   in_gan = np.asarray([r in seen for r in rel], bool)
@@ -533,6 +533,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   if syn_y is not None:
     syn_y = _relabel(syn_y, syn_names, names, 'synthetic_dir',
                      config.synthetic_dir)
+  # The classes compared: those of the samples (e.g. one class's GAN).
+  keep = (np.unique(syn_y) if syn_y is not None
+          else np.arange(len(names)))
   if config.real_heldout_dir:
     held, held_y, held_names, _ = load_image_folder(
         config.real_heldout_dir, res, key='real_heldout_dir')
@@ -541,19 +544,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     train_x, train_y, train_paths = real, real_y, real_paths
     heldout_split = 'real_heldout_dir'
   else:
-    compared_ids = (sorted(set(syn_y.tolist())) if syn_y is not None
-                    else list(range(len(names))))
     idx_train, idx_held, heldout_split = _heldout_split(
-        config, real_y, names, real_paths, compared_ids)
+        config, real_y, names, real_paths, keep)
     train_x, train_y = real[idx_train], real_y[idx_train]
     held, held_y = real[idx_held], real_y[idx_held]
     train_paths = [real_paths[i] for i in idx_train]
-  compared = list(names)
-  if syn_y is not None and len(set(syn_y)) < len(names):
-    # Samples of some classes (e.g. one class's GAN) against the real
-    # images of those classes only, as the study's per-class metrics.
-    keep = np.unique(syn_y)
-    compared = [names[int(c)] for c in keep]
+  compared = [names[int(c)] for c in keep]
+  if len(keep) < len(names):
+    # Samples of some classes against the real images of those classes
+    # only, as the study's per-class metrics.
     in_train, in_held = np.isin(train_y, keep), np.isin(held_y, keep)
     train_x, train_y = train_x[in_train], train_y[in_train]
     train_paths = [p for p, k in zip(train_paths, in_train) if k]

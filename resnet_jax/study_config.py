@@ -139,7 +139,7 @@ def check_config(config: ml_collections.ConfigDict) -> list[str]:
     raise UserInputError(
         f'config.on_config_change={config.on_config_change!r} must be '
         "'error' or 'recompute'")
-  fraction = config.report.get('gate_max_failed_fraction', 0.25)
+  fraction = config.report.gate_max_failed_fraction
   if not 0.0 <= fraction <= 1.0:
     raise UserInputError(
         f'config.report.gate_max_failed_fraction={fraction} must be a '
