@@ -32,14 +32,16 @@
 #            (:gpu trains at 32 at 64x64): how much of the GPU a bigger
 #            per-resolution minibatch would use.
 #   targets  the figures issues 8 and 11 set targets for (456 s on one
-#            H200, 2026-11-27; the README's table): the Head CT loop (loop's model) at 64x64 in bfloat16
-#            at batches 32 and 128, and float32 at 128; the loop at 256x256
+#            H200, 2026-11-27, the README's table, before the ResNet-50 at
+#            batch 512 was added: 28 s of compilation and 10 steps more):
+#            the Head CT loop (loop's model) at 64x64 in bfloat16 at
+#            batches 32 and 128, and float32 at 128; the loop at 256x256
 #            (pggan's fmap 8192/512, batch 16, float32) beside the PyTorch
 #            step at 256x256 alone; the ResNet-50 step (224x224, batch
-#            128) in bfloat16, JAX and PyTorch, then JAX with 1x1 convs as
-#            convolutions and at batch 256.
+#            128) in bfloat16, JAX and PyTorch, then JAX at batches 256
+#            and 512.
 #   resnet_tune  the JAX ResNet-50 bf16 step in variants: 1x1 convs as
-#            convolutions (--nopointwise_dot) and batch 256.
+#            convolutions (--nopointwise_dot), batches 256 and 512.
 #   compile_flags  the loop section's GAN (float32 and bfloat16) under
 #            XLA_FLAGS variants that may shorten its compilation (fresh
 #            compilation cache each): none, --xla_gpu_autotune_level=1 (no
@@ -55,12 +57,17 @@
 #   study    one cell (repeat 0, fold 0) of configs/study.py:gpu on
 #            $HEAD_CT: its two GANs, their quality metrics and the four
 #            classifier arms; wall time, the GANs' metrics.jsonl (SWD and
-#            MS-SSIM against kimg), quality and G_ema grids packed into
+#            MS-SSIM against kimg), quality, G_ema grids and samples packed into
 #            $OUT/study_cell_<STUDY_RES>.tgz. STUDY_RES=128 grows the GANs
 #            one stage further (to 128x128, 112 kimg; quality metrics at
 #            128x128, the classifier still at 64x64; raise LIMIT_study:
 #            the 64x64 cell took 364 s on an H100 with a fresh
-#            compilation cache, 226 s of it in its first GAN);
+#            compilation cache, 226 s of it in its first GAN; at 128x128
+#            the two GANs and the sampling took 492 s on an H200, the
+#            first GAN 433 s of it, so its quality step needs more than
+#            one 10-minute call: with the packed samples and splits the
+#            quality CLI can measure them elsewhere, the fold's training
+#            and test images as real_dir and real_heldout_dir);
 #            STUDY_ARGS adds overrides (--config.a.b=v ..., split on
 #            blanks).
 # img/s everywhere; TFLOP/s from convolution + matmul FLOPs counted from
@@ -192,7 +199,7 @@ section_resnet() {
 section_resnet_tune() {
   local variant
   for variant in "--nopointwise_dot --batch_size=$RN_BATCH" \
-      "--batch_size=$((2 * RN_BATCH))" \
+      "--batch_size=$((2 * RN_BATCH))" "--batch_size=$((4 * RN_BATCH))" \
       "--nopointwise_dot --batch_size=$((2 * RN_BATCH))"; do
     # shellcheck disable=SC2086
     resnet_jax "resnet_jax_bf16[$variant]" \
@@ -231,9 +238,8 @@ section_targets() {
         --batch=16 --iters=$(((big_k * DISP + 1) / 2)) --dtype=float32
     resnet_torch bfloat16
   fi
-  for variant in "--batch_size=$RN_BATCH" \
-      "--nopointwise_dot --batch_size=$RN_BATCH" \
-      "--batch_size=$((2 * RN_BATCH))"; do
+  for variant in "--batch_size=$RN_BATCH" "--batch_size=$((2 * RN_BATCH))" \
+      "--batch_size=$((4 * RN_BATCH))"; do
     # shellcheck disable=SC2086
     resnet_jax "target_resnet_jax_bfloat16[$variant]" "${LIMIT_resnet:-90}" \
         bfloat16 $variant
@@ -292,10 +298,12 @@ section_study() {
       --config=configs/study.py:gpu --workdir="$w" \
       --config.data.name=head_ct --config.data.dir="$HEAD_CT" \
       --config.shard=0/15 ${extra[@]+"${extra[@]}"}
-  # Not the synthetic images (fold0/samples) nor the checkpoints.
-  (cd "$w" && find . \( -path './repeat0/fold0/samples' -o -name checkpoints \
-      \) -prune -o \( -name '*.json*' -o -name '*.png' -o -name '*.csv' \
-      -o -name '*.md' \) -size -4096k -print0 \
+  # Not the checkpoints; the synthetic images (fold0/samples, a few MB of
+  # PNGs) with their manifest, so that their quality can be measured off
+  # the GPU when the step limit cuts the quality step.
+  (cd "$w" && find . -name checkpoints -prune -o \( -name '*.json*' \
+      -o -name '*.png' -o -name '*.csv' -o -name '*.md' \) -size -4096k \
+      -print0 \
       | tar czf "$OUT/study_cell_$res.tgz" --null -T -) 2>&1 | tee -a "$LOG"
 }
 
