@@ -54,3 +54,18 @@ def test_device_check_parses():
                                                  'device_check.sh')],
                      capture_output=True, text=True)
   assert r.returncode == 0, r.stderr
+
+
+def test_pggan_loop_counts_a_batch_larger_than_its_images():
+  # Its FLOP count took the first B of N images: B > N with the penalty on
+  # every 4th pair left the critic 50 points, not groups of 4 (an H200 run).
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('PYTHONPATH', None)
+  r = subprocess.run(
+      [sys.executable, 'benchmarks/pggan_loop.py', '--flops_only', '--res=8',
+       '--fmap_base=32', '--fmap_max=8', '--batch=32', '--num_images=10',
+       '--gp_batch_shrink=4', '--dtypes=float32'],
+      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  out = r.stdout + r.stderr
+  assert r.returncode == 0, out
+  assert 'GFLOP per image shown to D' in out, out
