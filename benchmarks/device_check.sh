@@ -29,7 +29,8 @@
 #            then bfloat16 with the penalty on a quarter of each batch
 #            (--gp_batch_shrink=4).
 #   loop_batch  the loop section's bfloat16 loop at batches 64 and 128
-#            (:gpu trains at 32 at 64x64): how much of the GPU a bigger
+#            (:gpu trains at 32 at 64x64), then at 256 with the penalty on
+#            a quarter of each batch: how much of the GPU a bigger
 #            per-resolution minibatch would use.
 #   targets  the figures issues 8 and 11 set targets for (456 s on one
 #            H200, 2026-11-27, the README's table, before the ResNet-50 at
@@ -69,7 +70,11 @@
 #            quality CLI can measure them elsewhere, the fold's training
 #            and test images as real_dir and real_heldout_dir);
 #            STUDY_ARGS adds overrides (--config.a.b=v ..., split on
-#            blanks).
+#            blanks). STUDY_WORKDIR keeps the study's workdir there
+#            (default: a temporary folder, removed at the end), so that a
+#            second call on a machine still warm resumes a cell its limit
+#            cut (the study's compilation cache, ~/.cache/pggan_jax, stays
+#            on such a machine too).
 # img/s everywhere; TFLOP/s from convolution + matmul FLOPs counted from
 # the jaxprs (benchmarks/flops.py). Each step has a time limit (seconds,
 # LIMIT_<section> overrides) and the script goes on after a failed or
@@ -220,6 +225,9 @@ section_loop_batch() {
   for b in $((2 * HC_BATCH)) $((4 * HC_BATCH)); do
     headct_loop loop_headct_batch$b "${LIMIT_loop:-150}" $b bfloat16
   done
+  b=$((8 * HC_BATCH))
+  headct_loop loop_headct_batch${b}_gp_shrink4 "${LIMIT_loop:-150}" $b \
+      bfloat16 --gp_batch_shrink=4
 }
 
 section_targets() {
@@ -271,7 +279,7 @@ section_study() {
     return
   fi
   local res=${STUDY_RES:-64} extra=()
-  local w=$TMPW/study_$res
+  local w=${STUDY_WORKDIR:-$TMPW/study_$res}
   [ "$QUICK" = 1 ] && extra+=(--config.gan.model.fmap_base=64
       --config.gan.model.fmap_max=16
       --config.gan.sched.lod_training_kimg=0.1
