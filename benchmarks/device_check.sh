@@ -58,10 +58,11 @@
 #   study    one cell (repeat 0, fold 0) of configs/study.py:gpu on
 #            $HEAD_CT: its two GANs, their quality metrics and the four
 #            classifier arms; wall time, the GANs' metrics.jsonl (SWD and
-#            MS-SSIM against kimg), quality, G_ema grids and samples packed into
-#            $OUT/study_cell_<STUDY_RES>.tgz. STUDY_RES=128 grows the GANs
-#            one stage further (to 128x128, 112 kimg; quality metrics at
-#            128x128, the classifier still at 64x64; raise LIMIT_study:
+#            MS-SSIM against kimg), quality, G_ema grids and synthetic
+#            images packed into $OUT/study_cell_<STUDY_RES>.tgz.
+#            STUDY_RES=128 grows the GANs one stage further (to
+#            128x128, 112 kimg; quality metrics at 128x128, the
+#            classifier still at 64x64; raise LIMIT_study:
 #            the 64x64 cell took 364 s on an H100 with a fresh
 #            compilation cache, 226 s of it in its first GAN; at 128x128
 #            the two GANs and the sampling took 492 s on an H200, the
@@ -73,8 +74,9 @@
 #            blanks). STUDY_WORKDIR keeps the study's workdir there
 #            (default: a temporary folder, removed at the end), so that a
 #            second call on a machine still warm resumes a cell its limit
-#            cut (the study's compilation cache, ~/.cache/pggan_jax, stays
-#            on such a machine too).
+#            cut: e.g. runs/cell, a folder of the checkout that git
+#            ignores (and, where the machine keeps its home folder, the
+#            study's compilation cache ~/.cache/pggan_jax stays too).
 # img/s everywhere; TFLOP/s from convolution + matmul FLOPs counted from
 # the jaxprs (benchmarks/flops.py). Each step has a time limit (seconds,
 # LIMIT_<section> overrides) and the script goes on after a failed or
