@@ -297,9 +297,10 @@ def _gpu(config: ml_collections.ConfigDict) -> None:
   At these settings the GANs alone exceed 10 minutes on one GPU: 6.1
   PFLOP a GAN (80 % of it at 64x64), 183 PFLOP for 30, 10.4 min at the
   293 TFLOP/s the loop reaches at batch 32 on an H200. Batch 128 at 64x64
-  (7.1 min) would give the last phase a quarter of its steps, which the
-  CPU's diversity curves advise against (README, "GPU, TPU and
-  clusters"). Several GPUs run the study as a job array (config.shard).
+  (7.1 min) would give the last phase a quarter of its steps: on the CPU,
+  4 times the minibatch at the same kimg gave GANs of a quarter of the
+  steps that failed the gate (README, "A bigger minibatch at the same
+  kimg"). Several GPUs run the study as a job array (config.shard).
   """
   gan = config.gan
   gan.model.fmap_base = 4096
