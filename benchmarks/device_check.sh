@@ -34,7 +34,8 @@
 #            per-resolution minibatch would use.
 #   targets  the figures issues 8 and 11 set targets for (456 s on one
 #            H200, 2026-11-27, the README's table, before the ResNet-50 at
-#            batch 512 was added: 28 s of compilation and 10 steps more):
+#            batch 512 replaced the one with 1x1 convs as convolutions,
+#            now in resnet_tune):
 #            the Head CT loop (loop's model) at 64x64 in bfloat16 at
 #            batches 32 and 128, and float32 at 128; the loop at 256x256
 #            (pggan's fmap 8192/512, batch 16, float32) beside the PyTorch
@@ -66,15 +67,17 @@
 #            the 64x64 cell took 364 s on an H100 with a fresh
 #            compilation cache, 226 s of it in its first GAN; at 128x128
 #            the two GANs and the sampling took 492 s on an H200, the
-#            first GAN 433 s of it, so its quality step needs more than
-#            one 10-minute call: with the packed samples and splits the
-#            quality CLI can measure them elsewhere, the fold's training
-#            and test images as real_dir and real_heldout_dir);
+#            first GAN 433 s of it, which leaves a 10-minute call little
+#            for the quality step (not yet timed there): with the packed
+#            samples and splits the quality CLI can measure them
+#            elsewhere, the fold's training and test images as real_dir
+#            and real_heldout_dir);
 #            STUDY_ARGS adds overrides (--config.a.b=v ..., split on
 #            blanks). STUDY_WORKDIR keeps the study's workdir there
-#            (default: a temporary folder, removed at the end), so that a
-#            second call on a machine still warm resumes a cell its limit
-#            cut: e.g. runs/cell, a folder of the checkout that git
+#            (relative to the checkout's root; default: a temporary
+#            folder, removed at the end), so that a second call on a
+#            machine still warm resumes a cell its limit cut: e.g.
+#            runs/cell, a folder of the checkout that git
 #            ignores (and, where the machine keeps its home folder, the
 #            study's compilation cache ~/.cache/pggan_jax stays too).
 # img/s everywhere; TFLOP/s from convolution + matmul FLOPs counted from

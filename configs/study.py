@@ -298,8 +298,9 @@ def _gpu(config: ml_collections.ConfigDict) -> None:
   PFLOP a GAN (80 % of it at 64x64), 183 PFLOP for 30, 10.4 min at the
   293 TFLOP/s the loop reaches at batch 32 on an H200. Batch 128 at 64x64
   (7.1 min) would give the last phase a quarter of its steps: on the CPU,
-  4 times the minibatch at the same kimg gave GANs of a quarter of the
-  steps that failed the gate (README, "A bigger minibatch at the same
+  4 times the minibatch at the same kimg gave GANs about as good as a
+  quarter of the steps at the smaller batch, and their 'hemorrhage' GANs
+  failed the gate on diversity (README, "A bigger minibatch at the same
   kimg"). Several GPUs run the study as a job array (config.shard).
   """
   gan = config.gan
