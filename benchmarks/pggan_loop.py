@@ -61,10 +61,10 @@ def _state(g_params, d_params, hp, mesh):
 
 def _iteration_flops(state, data, kw, batch):
   """Conv/matmul FLOPs of one iteration: d_repeats x d_step + g_step."""
-  # With replacement, as the loop draws them: a batch may exceed the images.
-  idx = jnp.arange(batch) % data['images'].shape[0]
-  reals, labels = data['images'][idx], data['labels'][idx]
   alpha, lr, key = jnp.float32(0.5), jnp.float32(1e-3), jax.random.key(0)
+  # Drawn as the loop draws them (with replacement: B may exceed N).
+  reals, labels = steps.draw_batch(data, 0, key, batch_size=batch,
+                                   mirror_images=False)
   d = count_flops(steps.d_step, state, reals, labels, key, alpha, lr, **kw)
   g = count_flops(steps.g_step, state, labels, key, alpha, lr, **kw)
   return kw['hp'].d_repeats * d + g
