@@ -21,6 +21,15 @@ _PACKAGES = {d for d in os.listdir(_ROOT)
                  'main'}
 
 
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+  """`python SCRIPT ARGS` from the repository root, as a user runs it:
+  on the CPU, with no PYTHONPATH of this process."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('PYTHONPATH', None)
+  return subprocess.run([sys.executable, script, *args], cwd=_ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
 def test_no_benchmark_is_named_like_a_package():
   names = {os.path.splitext(os.path.basename(s))[0] for s in _SCRIPTS}
   assert len(names) > 5
@@ -35,10 +44,7 @@ def test_benchmark_starts(script):
   if needs_torch and importlib.util.find_spec('torch') is None:
     pytest.skip('PyTorch is not installed: the PyTorch twins need it (not a '
                 'dependency of the project)')
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('PYTHONPATH', None)
-  r = subprocess.run([sys.executable, script, '--help'], cwd=_ROOT, env=env,
-                     capture_output=True, text=True, timeout=300)
+  r = _run(script, '--help')
   out = r.stdout + r.stderr
   # argparse exits 0 after --help, absl 1; an import error exits 1 too.
   assert r.returncode in (0, 1), out
@@ -59,13 +65,9 @@ def test_device_check_parses():
 def test_pggan_loop_counts_a_batch_larger_than_its_images():
   # Its FLOP count took the first B of N images: B > N with the penalty on
   # every 4th pair left the critic 50 points, not groups of 4 (an H200 run).
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  env.pop('PYTHONPATH', None)
-  r = subprocess.run(
-      [sys.executable, 'benchmarks/pggan_loop.py', '--flops_only', '--res=8',
-       '--fmap_base=32', '--fmap_max=8', '--batch=32', '--num_images=10',
-       '--gp_batch_shrink=4', '--dtypes=float32'],
-      cwd=_ROOT, env=env, capture_output=True, text=True, timeout=300)
+  r = _run('benchmarks/pggan_loop.py', '--flops_only', '--res=8',
+           '--fmap_base=32', '--fmap_max=8', '--batch=32', '--num_images=10',
+           '--gp_batch_shrink=4', '--dtypes=float32')
   out = r.stdout + r.stderr
   assert r.returncode == 0, out
   assert 'GFLOP per image shown to D' in out, out
