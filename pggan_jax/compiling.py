@@ -8,6 +8,7 @@ background threads (config.compile_ahead).
 import concurrent.futures
 import logging
 import os
+import time
 
 from input_pipeline.errors import UserInputError
 from pggan_jax import steps
@@ -26,23 +27,34 @@ class Compiler:
     self.pool = (concurrent.futures.ThreadPoolExecutor(workers)
                  if workers > 0 else None)
     self.cache = {}
+    # Seconds `get` has waited for compilations (inline or ahead): the
+    # part of the run's wall time that compiling took from training.
+    self.waited_s = 0.0
 
   def _compile(self, key, state_spec, data_spec, plan, gen_args):
     stage, batch = key
+    t0 = time.perf_counter()
     train = steps.train_iterations.lower(
         state_spec, data_spec, plan, stage=stage, batch_size=batch,
         **self.static).compile()
+    t1 = time.perf_counter()
     gen = steps.generate.lower(state_spec['g_ema'], *gen_args, stage=stage,
                                **self.gen_static).compile()
+    logging.info('Compiled stage %d (batch %d): training %.1f s, sampling '
+                 '%.1f s', stage, batch, t1 - t0, time.perf_counter() - t1)
     return train, gen
 
   def get(self, key, args_fn):
     """(train, generate) for key = (stage, batch); compiles if needed, with
     the arguments args_fn() (built only then: get runs every dispatch)."""
+    t0 = time.perf_counter()
     if key not in self.cache:
       self.cache[key] = self._compile(key, *args_fn())
     hit = self.cache[key]
-    return hit.result() if isinstance(hit, concurrent.futures.Future) else hit
+    if isinstance(hit, concurrent.futures.Future):
+      hit = hit.result()
+    self.waited_s += time.perf_counter() - t0
+    return hit
 
   def prefetch(self, key, args_fn) -> None:
     if self.pool is not None and key not in self.cache:

@@ -469,6 +469,7 @@ def _train_and_evaluate(config, workdir: str, claim) -> dict:
     now = time.time()
     rec = dict(last, kimg=nimg / 1000, resolution=point.resolution,
                alpha=point.alpha, time_s=now - start_time,
+               compile_s=compiler.waited_s,
                **{'img/s': (nimg - last_tick_nimg)
                   / max(now - last_tick_time, 1e-9)})
     rec.pop('swd', None)

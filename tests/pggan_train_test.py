@@ -96,6 +96,11 @@ def test_resume_matches_uninterrupted_run(fixture, request):
   for r in recs:
     assert {'kimg', 'img/s', 'resolution', 'alpha', 'swd', 'd/loss',
             'g/loss'} <= set(r) and r['swd'] > 0
+  # The seconds the loop waited for compilations: some (every stage is new
+  # to this run), within the run's time, never falling.
+  compile_s = [r['compile_s'] for r in recs]
+  assert 0 < compile_s[0] and compile_s == sorted(compile_s)
+  assert all(r['compile_s'] <= r['time_s'] for r in recs)
   assert recs[-1]['swd'] == b['meta']['metrics']['swd']
   # A third call finds the schedule complete and returns at once.
   assert train.train_and_evaluate(_config(0.12, path), straight) == b[
