@@ -4,6 +4,7 @@ r"""Steady-state img/s of the PGGAN training LOOP (not one step), CPU or GPU.
       --fmap_max=64] [--batch=16] [--k=16] [--dispatches=5]
       [--dtypes=float32,bfloat16] [--num_images=200] [--mirror] [--ada]
       [--gp_batch_shrink=1] [--compare_steps] [--flops_only]
+      [--compile_only]
 
 Per resolution and dtype: `steps.train_iterations` as train.py runs it, the
 training split resident on the device (`--num_images` random images,
@@ -21,7 +22,9 @@ train_iterations), on the same machine in the same run. `--ada` turns ADA on
 gradient penalty on every s-th pair of a batch (config.gp_batch_shrink).
 TFLOP/s: the d_step and g_step convolution and matmul FLOPs counted from
 their jaxprs (flops.py), times the iterations, over the loop's time
-(`--flops_only`: the FLOPs per image shown to D alone, nothing compiled).
+(`--flops_only`: the FLOPs per image shown to D alone, nothing compiled;
+`--compile_only`: each resolution's compile time and the fusions of its
+program, nothing timed).
 Prints a table; one channel. On a CPU use --k=1, as train.py does there:
 XLA:CPU runs convolutions inside a loop body ~15x slower
 (jax-ml/jax#12868). Needs only jax, flax, optax and
@@ -30,6 +33,7 @@ numpy (runs on the offline GPU host as it is).
 
 import argparse
 import concurrent.futures
+import re
 import time
 
 from flax import nnx
@@ -75,6 +79,12 @@ def _compile(state, data, plan, kw, batch):
   fn = steps.train_iterations.lower(state, data, plan, batch_size=batch,
                                     **kw).compile()
   return fn, time.time() - t0
+
+
+def _fusions(compiled) -> int:
+  """Fusion instructions in a compiled program's HLO (while bodies
+  included): on a GPU, about the kernels an iteration launches."""
+  return len(re.findall(r'= \S+ fusion\(', compiled.as_text()))
 
 
 def _time_loop(fn, state, data, plan, dispatches):
@@ -142,6 +152,10 @@ def main():
   p.add_argument('--compare_steps', action='store_true')
   p.add_argument('--flops_only', action='store_true',
                  help='print the FLOPs per image and time nothing')
+  p.add_argument('--compile_only', action='store_true',
+                 help='compile each resolution and print its compile time '
+                 'and the number of fusions (kernels on a GPU) in the '
+                 'compiled program; time no training')
   p.add_argument('--compile_threads', type=int, default=1,
                  help='resolutions compiled at once (0 = all); on a GPU, '
                  'XLA autotunes kernels while compiling, so concurrent '
@@ -160,8 +174,9 @@ def main():
         f'mirror={a.mirror} ada={a.ada}', flush=True)
   head = (f'{"res":>5} {"dtype":>9} {"batch":>5} {"loop img/s":>10} '
           f'{"ms/iter":>8} {"TFLOP/s":>8} {"compile s":>9}')
-  print(head + (f' {"steps img/s":>11} {"loop/steps":>10}'
-                if a.compare_steps else ''), flush=True)
+  if not (a.flops_only or a.compile_only):
+    print(head + (f' {"steps img/s":>11} {"loop/steps":>10}'
+                  if a.compare_steps else ''), flush=True)
   for dtype in a.dtypes.split(','):
     g, d = _models(a, dtype)
     g_graph, g_params = nnx.split(g)
@@ -201,6 +216,10 @@ def main():
                   for _, batch, data, plan, kw in setups]
     for (r, batch, data, plan, kw), fut in zip(setups, compiled):
       fn, compile_s = fut.result()
+      if a.compile_only:
+        print(f'{r:>5} {dtype:>9} {batch:>5} compile s {compile_s:.1f}, '
+              f'fusions {_fusions(fn)}', flush=True)
+        continue
       flops = _iteration_flops(state, data, kw, batch)
       dt, state = _time_loop(fn, state, data, plan, a.dispatches)
       iters = a.k * a.dispatches

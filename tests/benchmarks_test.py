@@ -71,3 +71,20 @@ def test_pggan_loop_counts_a_batch_larger_than_its_images():
   out = r.stdout + r.stderr
   assert r.returncode == 0, out
   assert 'GFLOP per image shown to D' in out, out
+
+
+def test_pggan_loop_compile_only_counts_fusions():
+  # The figure behind the README's ADA-draw comparison: ADA's draws are
+  # part of the program, so its fusions rise with --ada.
+  def fusions(*extra):
+    r = _run('benchmarks/pggan_loop.py', '--compile_only', '--res=8',
+             '--fmap_base=32', '--fmap_max=8', '--batch=8', '--k=2',
+             '--dtypes=float32', *extra)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    lines = [l for l in r.stdout.splitlines() if 'compile s' in l]
+    assert len(lines) == 1 and 'img/s' not in r.stdout, out
+    return int(lines[0].rsplit('fusions', 1)[1])
+
+  plain, ada = fusions(), fusions('--ada')
+  assert 0 < plain < ada
