@@ -66,10 +66,11 @@
 #            classifier still at 64x64; raise LIMIT_study:
 #            the 64x64 cell took 364 s on an H100 with a fresh
 #            compilation cache, 226 s of it in its first GAN; at 128x128
-#            the two GANs and the sampling took 492 s on an H200, the
-#            first GAN 433 s of it, which leaves a 10-minute call little
-#            for the quality step (not yet timed there): with the packed
-#            samples and splits the quality CLI can measure them
+#            on an H200 the two GANs, the sampling and the quality step
+#            took 391 + 47 + 8 + 47 s with LIMIT_study=555 and
+#            STUDY_ARGS="--config.arms=('gan',)", whose one arm the limit
+#            cut; where a limit cuts the quality step, the packed
+#            samples and splits let the quality CLI measure them
 #            elsewhere, the fold's training and test images as real_dir
 #            and real_heldout_dir);
 #            STUDY_ARGS adds overrides (--config.a.b=v ..., split on
