@@ -84,7 +84,9 @@ def _compile(state, data, plan, kw, batch):
 def _fusions(compiled) -> int:
   """Fusion instructions in a compiled program's HLO (while bodies
   included): on a GPU, about the kernels an iteration launches."""
-  return len(re.findall(r'= \S+ fusion\(', compiled.as_text()))
+  # `name = SHAPE fusion(...)`, SHAPE a tuple for multi-output fusions.
+  return len(re.findall(r'^\s*(?:ROOT )?\S+ = (?:\(.*?\)|\S+) fusion\(',
+                        compiled.as_text(), re.M))
 
 
 def _time_loop(fn, state, data, plan, dispatches):
@@ -163,6 +165,9 @@ def main():
   a = p.parse_args()
   if a.gp_batch_shrink < 1:
     p.error('--gp_batch_shrink must be >= 1')
+  if a.flops_only and a.compile_only:
+    p.error('--flops_only compiles nothing: give one of --flops_only and '
+            '--compile_only')
   a.res = [int(r) for r in a.res.split(',')]
   a.compile_threads = a.compile_threads or len(a.res)
   batches = (schedule.parse_res_dict(a.batch) if ':' in a.batch

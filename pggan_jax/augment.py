@@ -167,8 +167,8 @@ def sample_params(key: jax.Array, shape: tuple[int, ...], p: jax.Array, *,
   All the randomness of a draw comes from two calls, uniforms [N, ops, 4]
   and truncated normals [N, ops, 2], of which each operation reads its own
   row whatever the policy (so enabling one operation changes no other's
-  draws). One call per operation and value, as before, made each draw a
-  few dozen small random-number kernels, and the loop draws several times
+  draws). Before, one call per operation and value made each draw a few
+  dozen small random-number kernels, and the loop draws several times
   an iteration: on the CPU that was half of the training program's fusions
   at 4x4 and a quarter of its compilation time (README, "GPU, TPU and
   clusters").

@@ -46,7 +46,9 @@ workdir/
                    word 'device')
   samples/         fakes_<nimg>.png grids from G_ema on fixed latents
   metrics.jsonl    one JSON object per tick: kimg, img/s, resolution, alpha,
-                   swd, swd/<res>, ms_ssim, ms_ssim_real, losses, ...
+                   time_s and compile_s (seconds since this process
+                   started, and those it waited for compilation), swd,
+                   swd/<res>, ms_ssim, ms_ssim_real, losses, ...
   events.out...    TensorBoard (process 0)
 """
 

@@ -172,6 +172,17 @@ def test_each_operation_switches_on_alone_with_its_probability():
     for b in names[i + 1:]:
       both = (on[a] & on[b]).mean()
       assert abs(both - expected[a] * expected[b]) < 0.01, (a, b)
+  # Values: no two share a random number, and each keeps its range.
+  pre, post = np.asarray(prm.rotate_pre), np.asarray(prm.rotate_post)
+  both_rot = on['rotate_pre'] & on['rotate_post']
+  assert both_rot.sum() > 100 and np.all(pre[both_rot] != post[both_rot])
+  top = np.radians(augment.Strengths().rotate_max)
+  assert np.abs(pre).max() <= top and np.abs(post).max() <= top
+  assert abs(np.corrcoef(pre[both_rot], post[both_rot])[0, 1]) < 0.1
+  centre = np.asarray(prm.cutout_center)
+  assert centre.min() >= 0 and centre.max() < 1
+  np.testing.assert_allclose(centre.mean(0), 0.5, atol=0.01)
+  assert abs(np.corrcoef(centre.T)[0, 1]) < 0.05
   alone = augment.sample_params(key, (n, 16, 16, 1), p, policy='scale')
   np.testing.assert_array_equal(np.asarray(alone.scale),
                                 np.asarray(prm.scale))
