@@ -204,6 +204,8 @@ def sample_params(key: jax.Array, shape: tuple[int, ...], p: jax.Array, *,
     prm = prm._replace(scale=jnp.where(u[:, 0] < p,
                                        lognormal(z[:, 0], s.scale_std), 1.0))
   if 'rotate' in ops:
+    # Two rotations around the anisotropic scaling, each with p_rot, so that
+    # some rotation happens with probability p (as ADA).
     u, _ = draws('rotate')
     p_rot = 1.0 - jnp.sqrt(jnp.clip(1.0 - p, 0.0, 1.0))
     top = math.radians(s.rotate_max)
