@@ -88,3 +88,39 @@ def test_pggan_loop_compile_only_counts_fusions():
 
   plain, ada = fusions(), fusions('--ada')
   assert 0 < plain < ada
+
+
+def test_profile_summary_counts_overlapping_kernels_once():
+  sys.path.insert(0, os.path.join(_ROOT, 'benchmarks'))
+  try:
+    import profile_summary  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
+  # Two streams; kernel_a on both (0-2 ms and 1-3 ms), kernel_b 3-4 ms,
+  # then 6 ms idle before kernel_b again at 10-11 ms. Picoseconds in the
+  # proto.
+  ms = 10**9
+  def ev(meta, start, dur, op=''):
+    stat = f' stats {{ metadata_id: 7 str_value: "{op}" }}' if op else ''
+    return (f'events {{ metadata_id: {meta} offset_ps: {start * ms} '
+            f'duration_ps: {dur * ms}{stat} }}')
+  space = f'''
+  planes {{ id: 1 name: "/device:GPU:0"
+    lines {{ id: 1 name: "Stream #1" timestamp_ns: 0
+      {ev(1, 0, 2, 'fusion.3')} {ev(2, 3, 1)} {ev(2, 10, 1)} }}
+    lines {{ id: 2 name: "Stream #2" timestamp_ns: 0 {ev(1, 1, 2)} }}
+    event_metadata {{ key: 1 value {{ id: 1 name: "kernel_a" }} }}
+    event_metadata {{ key: 2 value {{ id: 2 name: "kernel_b" }} }}
+    stat_metadata {{ key: 7 value {{ id: 7 name: "hlo_op" }} }} }}
+  planes {{ id: 2 name: "/host:CPU" }}'''
+  planes = profile_summary.summarize(ProfileData.from_text_proto(space))
+  assert [p['plane'] for p in planes] == ['/device:GPU:0']
+  (p,) = planes
+  assert p['busy_ns'] == 5e6 and p['span_ns'] == 11e6
+  assert p['kernels'] == [('kernel_a', 'fusion.3', 4e6, 2),
+                          ('kernel_b', '', 2e6, 2)]
+  text = profile_summary.format_summary(planes, steps=2)
+  assert 'busy 5.00 ms of a 11.00 ms span (54.5 % idle)' in text, text
+  assert 'per step: busy 2.50 ms, 2 launches' in text, text
+  assert '4.000   80.0        2  kernel_a [fusion.3]' in text, text
