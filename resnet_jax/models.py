@@ -19,6 +19,15 @@ the convolution; on XLA:CPU it is much faster, mainly in the backward pass:
 XLA lowers a 1x1 conv's weight gradient to a convolution with an HxW window
 plus layout transposes, whereas the dot's is a single GEMM (see
 benchmarks/resnet_step.py).
+
+Two variants of the stem, for benchmarks/resnet_step.py to time on a GPU
+(same parameters, outputs and gradients; defaults unchanged):
+`stem_pad_channels=4` zero-pads the input channels of the 7x7 convolution
+(and its kernel, in the computation only) to 4, and `max_pool='slices'`
+takes the 3x3/2 max-pool as the maximum of 9 strided slices, whose
+gradient is elementwise selects instead of select-and-scatter (at ties it
+splits the gradient; after a ReLU the ties are zeros, whose gradient the
+ReLU stops).
 """
 
 import functools
@@ -64,12 +73,42 @@ def _pointwise_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
       preferred_element_type=kwargs.get('preferred_element_type'))
 
 
+def _padded_channels_conv(channels: int):
+  """lax.conv_general_dilated with the input channels (NHWC lhs, HWIO rhs)
+  zero-padded to `channels`: the same output and weight gradient."""
+  def conv(lhs, rhs, *args, **kwargs):
+    extra = channels - lhs.shape[-1]
+    if extra > 0:
+      lhs = jnp.pad(lhs, ((0, 0),) * 3 + ((0, extra),))
+      rhs = jnp.pad(rhs, ((0, 0),) * 2 + ((0, extra), (0, 0)))
+    return lax.conv_general_dilated(lhs, rhs, *args, **kwargs)
+  return conv
+
+
+def _max_pool_slices(x: jax.Array) -> jax.Array:
+  """nnx.max_pool(x, (3, 3), (2, 2), padding 1) as the max of 9 strided
+  slices: its gradient is elementwise selects, not select_and_scatter."""
+  h, w = x.shape[1:3]
+  oh, ow = (h + 1) // 2, (w + 1) // 2
+  xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)),
+               constant_values=-jnp.inf)
+  out = None
+  for i in range(3):
+    for j in range(3):
+      s = xp[:, i:i + 2 * oh - 1:2, j:j + 2 * ow - 1:2, :]
+      out = s if out is None else jnp.maximum(out, s)
+  return out
+
+
 def _conv(cin: int, cout: int, kernel: int, stride: int, *, dtype: Any,
-          rngs: nnx.Rngs, pointwise_dot: bool = True) -> nnx.Conv:
+          rngs: nnx.Rngs, pointwise_dot: bool = True,
+          pad_channels: int = 0) -> nnx.Conv:
   pad = (kernel - 1) // 2
   extra = {}
   if pointwise_dot and kernel == 1:
     extra['conv_general_dilated'] = _pointwise_conv
+  elif pad_channels > cin:
+    extra['conv_general_dilated'] = _padded_channels_conv(pad_channels)
   return nnx.Conv(
       cin, cout, (kernel, kernel), strides=(stride, stride),
       padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
@@ -157,9 +196,14 @@ class ResNet(nnx.Module):
                                                                        Any],
                num_classes: int = 2, num_filters: int = 64,
                num_channels: int = 1, dtype: Any = jnp.float32,
-               pointwise_dot: bool = True, rngs: nnx.Rngs):
+               pointwise_dot: bool = True, stem_pad_channels: int = 0,
+               max_pool: str = 'window', rngs: nnx.Rngs):
+    if max_pool not in ('window', 'slices'):
+      raise ValueError(f"max_pool={max_pool!r}: 'window' or 'slices'")
     self.dtype = dtype
-    self.stem = _conv(num_channels, num_filters, 7, 2, dtype=dtype, rngs=rngs)
+    self.max_pool = max_pool
+    self.stem = _conv(num_channels, num_filters, 7, 2, dtype=dtype, rngs=rngs,
+                      pad_channels=stem_pad_channels)
     self.stem_bn = _norm(num_filters, dtype=dtype, rngs=rngs)
     blocks = []
     features = num_filters
@@ -179,7 +223,10 @@ class ResNet(nnx.Module):
     """[B, H, W, C] images -> penultimate (global-average-pooled) features."""
     x = x.astype(self.dtype)
     x = nnx.relu(self.stem_bn(self.stem(x)))
-    x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    if self.max_pool == 'slices':
+      x = _max_pool_slices(x)
+    else:
+      x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for block in self.blocks:
       x = block(x)
     return jnp.mean(x, axis=(1, 2))

@@ -43,6 +43,8 @@ def create_model(config: ml_collections.ConfigDict, num_channels: int,
       num_channels=num_channels, dtype=_DTYPES[config.dtype],
       # 1x1 convs as dots: same parameters and maths, faster on XLA:CPU.
       pointwise_dot=config.get('pointwise_dot', True),
+      stem_pad_channels=config.get('stem_pad_channels', 0),
+      max_pool=config.get('max_pool', 'window'),
       rngs=nnx.Rngs(config.seed if seed is None else seed))
 
 

@@ -82,16 +82,24 @@ def test_bfloat16_compute_float32_params():
   assert y.dtype == jnp.float32
 
 
-def test_pointwise_dot_matches_convolution():
-  # 1x1 convs as dots (default) == lax.conv_general_dilated: outputs, BN
-  # statistics and gradients, including the strided projection.
+@pytest.mark.parametrize('variant', [
+    dict(pointwise_dot=True),           # the default
+    dict(pointwise_dot=False, max_pool='slices'),
+    dict(pointwise_dot=False, stem_pad_channels=4),
+], ids=str)
+def test_variants_match_convolution_and_window_pool(variant):
+  # 1x1 convs as dots (default), the stem's max-pool as 9 strided slices
+  # and its input channels zero-padded == lax.conv_general_dilated and
+  # nnx.max_pool: outputs, BN statistics and gradients, including the
+  # strided projection. (At ties the slices split the max-pool's gradient
+  # where select_and_scatter gives it to one input; the ties here are the
+  # ReLU's zeros, whose gradient the ReLU stops either way.)
   x = jax.random.normal(jax.random.key(2), (2, 16, 16, 1))
   results = []
-  for pointwise_dot in (False, True):
+  for kw in (dict(pointwise_dot=False), variant):
     model = models.ResNet(stage_sizes=(1, 1),
                           block_cls=models.BottleneckResNetBlock,
-                          num_filters=4, pointwise_dot=pointwise_dot,
-                          rngs=nnx.Rngs(0))
+                          num_filters=4, rngs=nnx.Rngs(0), **kw)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss(params, rest=rest, graphdef=graphdef):
@@ -102,7 +110,19 @@ def test_pointwise_dot_matches_convolution():
     results.append(jax.jit(jax.value_and_grad(loss, has_aux=True))(params))
   (_, (y0, s0)), g0 = results[0]
   (_, (y1, s1)), g1 = results[1]
+  assert jax.tree.structure(g1) == jax.tree.structure(g0)   # same params
   np.testing.assert_allclose(y1, y0, rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.tree.leaves(s0) + jax.tree.leaves(g0),
                   jax.tree.leaves(s1) + jax.tree.leaves(g1)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('shape', [(2, 9, 9, 3), (1, 8, 6, 2)])
+def test_max_pool_slices_matches_window(shape):
+  x = jax.random.normal(jax.random.key(3), shape)
+  window = lambda x: nnx.max_pool(x, (3, 3), strides=(2, 2),
+                                  padding=((1, 1), (1, 1)))
+  np.testing.assert_array_equal(models._max_pool_slices(x), window(x))
+  # No ties in random normals: the same gradient.
+  g = lambda f: jax.grad(lambda x: jnp.sum(f(x) ** 2))(x)
+  np.testing.assert_array_equal(g(models._max_pool_slices), g(window))
