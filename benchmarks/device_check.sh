@@ -8,8 +8,10 @@
 #
 # Run from anywhere; it works in the checkout that holds it and needs no
 # network. Sections, in this order (SECTIONS picks and orders them; default
-# "install main pggan resnet": about 8 minutes on one H100, estimated from
-# its steps timed there on 2026-11-26; not yet run whole):
+# "install main pggan resnet": 422 s whole on one H200 on 2026-11-27,
+# when it compiled the PGGAN programs all at once and ran the PyTorch
+# ResNet twin as two processes; about 360 s since, by its steps timed in
+# the same session, not yet run whole again):
 #   install  WHEELS_DIR (default .whl) into a temporary folder when grain,
 #            ml-collections or tensorflow-datasets are missing (an offline
 #            GPU image: see the README's "GPU, TPU and clusters"), with
@@ -19,11 +21,15 @@
 #   pggan    the PGGAN training loop (pggan_loop.py, K iterations per
 #            dispatch) at every
 #            resolution 4..256 (PGGAN_RES picks), fmap 8192/512, batch 16,
-#            float32, beside the PyTorch twin (pggan_step_torch.py).
+#            float32, beside the PyTorch twin (pggan_step_torch.py). Its
+#            programs compile one after another: all at once they took
+#            45-105 s each on an H200, one after another 7-15 s (4..64).
 #   pggan_bf16  the same in bfloat16 (PyTorch: bf16 autocast).
 #   resnet   ResNet-50 train step at 224x224, batch 128, 3 channels, JAX
-#            float32 and bfloat16 (resnet_step.py) and PyTorch
-#            channels_last float32 and bf16 autocast (resnet_step_torch.py).
+#            float32 and bfloat16 (resnet_step.py: each step waited for,
+#            and back to back as a training loop runs them) and PyTorch
+#            channels_last float32 and bf16 autocast (resnet_step_torch.py,
+#            one process).
 #   loop     the Head CT model of configs/study.py:gpu (fmap 4096/256, ADA,
 #            mirroring) in the training loop at 64x64, float32 and bfloat16;
 #            then bfloat16 with the penalty on a quarter of each batch
@@ -35,15 +41,23 @@
 #   targets  the figures issues 8 and 11 set targets for (456 s on one
 #            H200, 2026-11-27, the README's table, before the ResNet-50 at
 #            batch 512 replaced the one with 1x1 convs as convolutions,
-#            now in resnet_tune):
+#            now in resnet_tune; the ResNet-50 batches now compile in one
+#            process):
 #            the Head CT loop (loop's model) at 64x64 in bfloat16 at
 #            batches 32 and 128, and float32 at 128; the loop at 256x256
 #            (pggan's fmap 8192/512, batch 16, float32) beside the PyTorch
 #            step at 256x256 alone; the ResNet-50 step (224x224, batch
 #            128) in bfloat16, JAX and PyTorch, then JAX at batches 256
 #            and 512.
-#   resnet_tune  the JAX ResNet-50 bf16 step in variants: 1x1 convs as
-#            convolutions (--nopointwise_dot), batches 256 and 512.
+#   resnet_tune  the JAX ResNet-50 bf16 step in variants aimed at the
+#            stem (on an H200, 11 % of the step went to four kernels,
+#            most likely the max-pool's gradient and the stem's 7x7
+#            convolution over 3 channels): the max-pool as 9 strided
+#            slices (--max_pool=slices), the input zero-padded to 4
+#            channels (--stem_pad_channels=4), each alone and both; each
+#            also through jax.jit's call, and traced: the kernels by
+#            device time, traces in $OUT/resnet_profile. Then 1x1 convs
+#            as convolutions (--nopointwise_dot).
 #   compile_flags  the loop section's GAN (float32 and bfloat16) under
 #            XLA_FLAGS variants that may shorten its compilation (fresh
 #            compilation cache each): none, --xla_gpu_autotune_level=1 (no
@@ -151,6 +165,8 @@ section_main() {
   [ "$QUICK" = 1 ] && extra=(--config.total_kimg=0.2)
   step main "${LIMIT_main:-150}" python3 main.py --config=configs/pggan.py \
       --workdir="$TMPW/main" ${extra[@]+"${extra[@]}"}
+  # Per tick: kimg, img/s, time_s and compile_s (where the time went).
+  cp "$TMPW/main/metrics.jsonl" "$OUT/main_metrics.jsonl" 2>/dev/null
 }
 
 pggan_pair() {  # DTYPE: the JAX loop and the PyTorch step at every res
@@ -190,32 +206,26 @@ resnet_jax() {
       --steps=10 --warmup=3 "$@"
 }
 
-# resnet_torch DTYPE: its PyTorch twin (channels_last).
+# resnet_torch DTYPES: its PyTorch twin (channels_last), one process.
 resnet_torch() {
-  step resnet_torch_$1 "${LIMIT_resnet_torch:-60}" python3 \
+  step resnet_torch "${LIMIT_resnet_torch:-75}" python3 \
       benchmarks/resnet_step_torch.py --resolution=$RN_RES \
       --batch_size=$RN_BATCH --channels=3 --channels_last --dtype=$1 \
       --steps=10 --warmup=3
 }
 
 section_resnet() {
-  for dt in float32 bfloat16; do
-    resnet_jax resnet_jax_$dt "${LIMIT_resnet:-90}" $dt
-  done
-  if have_torch; then
-    for dt in float32 bfloat16; do resnet_torch $dt; done
-  fi
+  resnet_jax resnet_jax "${LIMIT_resnet:-90}" float32,bfloat16 --steps=30
+  if have_torch; then resnet_torch float32,bfloat16; fi
 }
 
 section_resnet_tune() {
-  local variant
-  for variant in "--nopointwise_dot --batch_size=$RN_BATCH" \
-      "--batch_size=$((2 * RN_BATCH))" "--batch_size=$((4 * RN_BATCH))" \
-      "--nopointwise_dot --batch_size=$((2 * RN_BATCH))"; do
-    # shellcheck disable=SC2086
-    resnet_jax "resnet_jax_bf16[$variant]" \
-        "${LIMIT_resnet_tune:-${LIMIT_resnet:-90}}" bfloat16 $variant
-  done
+  # shellcheck disable=SC2046
+  resnet_jax resnet_jax_bf16_variants "${LIMIT_resnet_tune:-180}" bfloat16 \
+      --max_pool=window,slices --stem_pad_channels=0,4 --steps=30 \
+      --jit_call --profile_dir="$OUT/resnet_profile"
+  resnet_jax resnet_jax_bf16_conv1x1 "${LIMIT_resnet:-90}" bfloat16 \
+      --nopointwise_dot
 }
 
 section_loop() {
@@ -252,12 +262,8 @@ section_targets() {
         --batch=16 --iters=$(((big_k * DISP + 1) / 2)) --dtype=float32
     resnet_torch bfloat16
   fi
-  for variant in "--batch_size=$RN_BATCH" "--batch_size=$((2 * RN_BATCH))" \
-      "--batch_size=$((4 * RN_BATCH))"; do
-    # shellcheck disable=SC2086
-    resnet_jax "target_resnet_jax_bfloat16[$variant]" "${LIMIT_resnet:-90}" \
-        bfloat16 $variant
-  done
+  resnet_jax target_resnet_jax_bfloat16 "${LIMIT_resnet:-90}" bfloat16 \
+      --batch_size=$RN_BATCH,$((2 * RN_BATCH)),$((4 * RN_BATCH))
 }
 
 section_compile_flags() {

@@ -1,13 +1,28 @@
 """ResNet train-step throughput (images/s) of resnet_jax.steps.train_step.
 
   python benchmarks/resnet_step.py --resolution=128,224 --batch_size=16
+  python benchmarks/resnet_step.py --resolution=224 --channels=3
+      --batch_size=128,256 --dtype=float32,bfloat16 [--max_pool=window,slices]
+      [--stem_pad_channels=0,4] [--profile_dir=DIR]
   XLA_FLAGS=--xla_cpu_use_onednn=true python benchmarks/resnet_step.py ...
 
 Times the real jitted, state-donating train step (SGD momentum, BN in
-training mode, 2 classes) on synthetic inputs, after `--warmup` compiled
-steps; prints one line per resolution. Compare with
-benchmarks/resnet_step_torch.py (same model shape). On a shared machine,
-run the variants back to back and repeat.
+training mode, 2 classes) on synthetic inputs. Every flag that takes a list
+sweeps: each combination of resolution, batch, dtype, max-pool and stem
+padding compiles first (`--compile_threads` at a time, default all: XLA
+compiles without the GIL), then each is timed alone, one line each:
+after `--warmup` steps, `--steps` steps each waited for (median and fastest
+step), then `--steps` steps dispatched back to back and waited for once,
+as a training loop runs them (`back to back`: the host's dispatch overlaps
+the device's work). Steps call the compiled program
+(`train_step.lower(...).compile()`); `--jit_call` also times them one by
+one through `jax.jit`'s call, which hashes the step's static arguments
+(the model's graph) at every call, as train.py's streamed steps do. `--profile_dir=DIR` then traces `--steps` more
+back-to-back steps of each combination into DIR/<combination> (e.g.
+224x224_b128_bfloat16_pool-window_stem0) and prints
+the kernels that took most device time (benchmarks/profile_summary.py).
+Compare with benchmarks/resnet_step_torch.py (same model shape). On a
+shared machine, run the variants back to back and repeat.
 
 Measured (shared 2-core AMD EPYC, batch 16, 1-channel stem, jax 0.10.2;
 load 2-6 from other jobs, so +-20%): 224x224 f32 0.93-1.00 img/s, bf16
@@ -24,6 +39,8 @@ gradient) were not faster; --xla_cpu_experimental_onednn_fusion_type=
 dot,eltwise and --xla_cpu_use_onednn=true: within noise (+0-5%).
 """
 
+import concurrent.futures
+import itertools
 import os
 import sys
 import time
@@ -38,72 +55,160 @@ import ml_collections
 import numpy as np
 
 from flops import count_flops  # pylint: disable=g-bad-import-order
+import profile_summary
 from resnet_jax import steps
 
 _MODEL = flags.DEFINE_string('model', 'resnet50', 'resnet18|34|50')
 _RES = flags.DEFINE_list('resolution', ['128', '224'], 'Image sides.')
-_BATCH = flags.DEFINE_integer('batch_size', 16, 'Batch size.')
+_BATCH = flags.DEFINE_list('batch_size', ['16'], 'Batch sizes.')
 _CHANNELS = flags.DEFINE_integer('channels', 1, 'Input channels (stem).')
 _FILTERS = flags.DEFINE_integer('num_filters', 64, 'Width of stage 0.')
-_DTYPE = flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'],
-                           'Compute dtype.')
+_DTYPE = flags.DEFINE_list('dtype', ['float32'],
+                           'Compute dtypes: float32, bfloat16.')
 _POINTWISE_DOT = flags.DEFINE_bool(
     'pointwise_dot', True, '1x1 convs as dots (models.ResNet pointwise_dot); '
     '--nopointwise_dot for lax.conv_general_dilated everywhere.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps.')
-_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps (incl. compile).')
+_MAX_POOL = flags.DEFINE_list(
+    'max_pool', ['window'], "The stem's 3x3/2 max-pool: 'window' "
+    "(nnx.max_pool), 'slices' (max of 9 strided slices; models.ResNet).")
+_STEM_PAD = flags.DEFINE_list(
+    'stem_pad_channels', ['0'], "Input channels zero-padded to this many in "
+    "the stem's convolution (0: none; models.ResNet).")
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps (each way).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'Untimed steps after compiling.')
+_THREADS = flags.DEFINE_integer(
+    'compile_threads', 1, 'Combinations compiled at once (0: all). On a '
+    'GPU 1: two ResNet-50 programs compiling at once took 54 s each on an '
+    'H200 (XLA autotunes under a device lock).')
+_JIT_CALL = flags.DEFINE_bool(
+    'jit_call', False, 'Also time the steps waited for one by one through '
+    "jax.jit's call (resnet_jax.steps.train_step(...), as train.py calls "
+    'it: static arguments hashed at every call) rather than the compiled '
+    'program.')
+_PROFILE_DIR = flags.DEFINE_string(
+    'profile_dir', None, 'Trace --steps back-to-back steps of each '
+    'combination here and print its kernels by device time.')
 
 
-def _config() -> ml_collections.ConfigDict:
+def _config(dtype: str, max_pool: str,
+            stem_pad: int) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
-      model=_MODEL.value, num_filters=_FILTERS.value, dtype=_DTYPE.value,
-      pointwise_dot=_POINTWISE_DOT.value, seed=0, optimizer='sgd', learning_rate=0.1, momentum=0.9,
-      weight_decay=1e-4, warmup_fraction=0.1, label_smoothing=0.0))
+      model=_MODEL.value, num_filters=_FILTERS.value, dtype=dtype,
+      pointwise_dot=_POINTWISE_DOT.value, max_pool=max_pool,
+      stem_pad_channels=stem_pad, seed=0, optimizer='sgd',
+      learning_rate=0.1, momentum=0.9, weight_decay=1e-4,
+      warmup_fraction=0.1, label_smoothing=0.0))
+
+
+class _Case:
+  """One combination: its state, batch, compiled step and FLOPs."""
+
+  def __init__(self, res, batch, dtype, max_pool, stem_pad):
+    self.name = (f'{res}x{res} b{batch} {dtype} max_pool={max_pool} '
+                 f'stem_pad={stem_pad}')
+    # Letters, digits, '_' and '-' only: device runs bring back no other.
+    self.dir_name = (f'{res}x{res}_b{batch}_{dtype}_pool-{max_pool}_'
+                     f'stem{stem_pad}')
+    self.batch_size = batch
+    config = _config(dtype, max_pool, stem_pad)
+    model = steps.create_model(config, _CHANNELS.value)
+    self.tx = steps.create_optimizer(config)
+    self.sched = steps.schedule(config, 1000)
+    self.graphdef, _, self.state = steps.init_state(model, self.tx)
+    rng = np.random.default_rng(0)
+    self.batch = {
+        'image': jnp.asarray(rng.uniform(
+            -1, 1, (batch, res, res, _CHANNELS.value)), jnp.float32),
+        'label': jnp.asarray(rng.integers(0, 2, batch), jnp.int32),
+    }
+    self.kw = dict(graphdef=self.graphdef, tx=self.tx, label_smoothing=0.0)
+    self.flops = count_flops(steps.train_step, self.state, self.batch,
+                             self.sched, **self.kw)
+    self.lowered = steps.train_step.lower(self.state, self.batch, self.sched,
+                                          **self.kw)
+    self.compiled, self.compile_s = None, 0.0
+
+  def compile(self):
+    t0 = time.perf_counter()
+    self.compiled = self.lowered.compile()
+    self.compile_s = time.perf_counter() - t0
+
+  def step(self):
+    self.state, m = self.compiled(self.state, self.batch, self.sched)
+    return m
+
+  def jit_steps(self, n: int) -> list[float]:
+    """Seconds of n steps, each waited for, through jax.jit's call (the
+    first, untimed, traces and finds the program in the compilation
+    cache or compiles it again)."""
+    times = []
+    for i in range(n + 1):
+      t0 = time.perf_counter()
+      self.state, m = steps.train_step(self.state, self.batch, self.sched,
+                                       **self.kw)
+      jax.block_until_ready(m)
+      times.append(time.perf_counter() - t0)
+    return times[1:]
+
+  def back_to_back(self, n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+      m = self.step()
+    jax.block_until_ready((self.state, m))
+    return time.perf_counter() - t0
 
 
 def main(argv):
   del argv
-  config = _config()
+  for dt in _DTYPE.value:
+    if dt not in ('float32', 'bfloat16'):
+      raise app.UsageError(f'--dtype={dt!r}: float32 or bfloat16')
+  for mp in _MAX_POOL.value:
+    if mp not in ('window', 'slices'):
+      raise app.UsageError(f'--max_pool={mp!r}: window or slices')
   print(f'jax {jax.__version__} {jax.devices()} '
-        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} {config.model} "
-        f'dtype={config.dtype} pointwise_dot={config.pointwise_dot} batch={_BATCH.value} '
-        f'channels={_CHANNELS.value}', flush=True)
-  for res in map(int, _RES.value):
-    model = steps.create_model(config, _CHANNELS.value)
-    tx = steps.create_optimizer(config)
-    sched = steps.schedule(config, 1000)
-    graphdef, _, state = steps.init_state(model, tx)
-    rng = np.random.default_rng(0)
-    batch = {
-        'image': jnp.asarray(rng.uniform(
-            -1, 1, (_BATCH.value, res, res, _CHANNELS.value)), jnp.float32),
-        'label': jnp.asarray(rng.integers(0, 2, _BATCH.value), jnp.int32),
-    }
-    step = lambda s: steps.train_step(s, batch, sched, graphdef=graphdef,
-                                      tx=tx, label_smoothing=0.0)
-    flops = count_flops(steps.train_step, state, batch, sched,
-                        graphdef=graphdef, tx=tx, label_smoothing=0.0)
-    t0 = time.perf_counter()
-    state, m = step(state)
-    jax.block_until_ready(m)
-    compile_s = time.perf_counter() - t0
-    for _ in range(_WARMUP.value - 1):
-      state, m = step(state)
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} {_MODEL.value} "
+        f'pointwise_dot={_POINTWISE_DOT.value} channels={_CHANNELS.value}',
+        flush=True)
+  combos = itertools.product(
+      map(int, _RES.value), map(int, _BATCH.value), _DTYPE.value,
+      _MAX_POOL.value, map(int, _STEM_PAD.value))
+  cases = [_Case(*c) for c in combos]   # traced one after another
+  threads = _THREADS.value or len(cases)
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    for f in [pool.submit(c.compile) for c in cases]:
+      f.result()
+  for c in cases:
+    for _ in range(_WARMUP.value):
+      m = c.step()
     jax.block_until_ready(m)
     times = []
     for _ in range(_STEPS.value):
       t0 = time.perf_counter()
-      state, m = step(state)
-      jax.block_until_ready(m)
+      jax.block_until_ready(c.step())
       times.append(time.perf_counter() - t0)
     times = np.array(times)
-    print(f'{res}x{res}: {_BATCH.value / np.median(times):.2f} img/s '
-          f'(median of {len(times)} steps; min-step '
-          f'{_BATCH.value / times.min():.2f} img/s; '
-          f'{flops / np.median(times) / 1e12:.3g} TFLOP/s of '
-          f'{flops / _BATCH.value / 1e9:.2f} GFLOP/img (conv+matmul); '
-          f'first step incl. compile {compile_s:.1f} s; '
-          f"loss {float(m['loss']):.3f})", flush=True)
+    b2b = c.back_to_back(_STEPS.value) / _STEPS.value
+    med, b = np.median(times), c.batch_size
+    jit = ''
+    if _JIT_CALL.value:
+      jit_s = np.median(c.jit_steps(_STEPS.value))
+      jit = f'; through jax.jit {b / jit_s:.2f}'
+
+    print(f'{c.name}: {b / med:.2f} img/s (median of {len(times)} steps; '
+          f'fastest step {b / times.min():.2f}); back to back '
+          f'{b / b2b:.2f} img/s{jit}; {c.flops / med / 1e12:.3g} / '
+          f'{c.flops / b2b / 1e12:.3g} TFLOP/s of '
+          f'{c.flops / b / 1e9:.2f} GFLOP/img (conv+matmul); compile '
+          f'{c.compile_s:.1f} s; loss {float(m["loss"]):.3f}', flush=True)
+    if _PROFILE_DIR.value:
+      d = os.path.join(_PROFILE_DIR.value, c.dir_name)
+      with jax.profiler.trace(d):
+        c.back_to_back(_STEPS.value)
+      planes = profile_summary.summarize(profile_summary.load(d))
+      print(profile_summary.format_summary(planes, 20, _STEPS.value)
+            if planes else f'{d}: no device kernels in the trace (CPU)',
+            flush=True)
 
 
 if __name__ == '__main__':
