@@ -124,3 +124,27 @@ def test_profile_summary_counts_overlapping_kernels_once():
   assert 'busy 5.00 ms of a 11.00 ms span (54.5 % idle)' in text, text
   assert 'per step: busy 2.50 ms, 2 launches' in text, text
   assert '4.000   80.0        2  kernel_a [fusion.3]' in text, text
+
+
+def test_resnet_step_sweeps_every_combination(tmp_path):
+  # device_check.sh's resnet sections read one line per combination, each
+  # with the step waited for, back to back and (--jit_call) through jit.
+  r = _run('benchmarks/resnet_step.py', '--model=resnet18', '--num_filters=4',
+           '--resolution=16', '--batch_size=2', '--dtype=float32,bfloat16',
+           '--max_pool=window,slices', '--steps=1', '--warmup=1',
+           '--jit_call', f'--profile_dir={tmp_path}')
+  out = r.stdout + r.stderr
+  assert r.returncode == 0, out
+  lines = [l for l in r.stdout.splitlines() if l.startswith('16x16 b2 ')]
+  assert len(lines) == 4, out
+  for dtype in ('float32', 'bfloat16'):
+    for pool in ('window', 'slices'):
+      (line,) = [l for l in lines if f'{dtype} max_pool={pool} ' in l]
+      assert 'back to back' in line and 'through jax.jit' in line, line
+  # A trace per combination, named so that a device run brings it back.
+  names = sorted(os.listdir(tmp_path))
+  assert names == ['16x16_b2_bfloat16_pool-slices_stem0',
+                   '16x16_b2_bfloat16_pool-window_stem0',
+                   '16x16_b2_float32_pool-slices_stem0',
+                   '16x16_b2_float32_pool-window_stem0'], names
+  assert r.stdout.count('no device kernels in the trace (CPU)') == 4, out
