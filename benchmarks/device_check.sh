@@ -50,9 +50,10 @@
 #            128) in bfloat16, JAX and PyTorch, then JAX at batches 256
 #            and 512.
 #   resnet_tune  the JAX ResNet-50 bf16 step in variants aimed at the
-#            stem (on an H200, 11 % of the step went to four kernels,
-#            most likely the max-pool's gradient and the stem's 7x7
-#            convolution over 3 channels): the max-pool as 9 strided
+#            stem (on an H200, 11 % of the step went to four kernels run
+#            once a step: a scatter, the max-pool's gradient; and a
+#            convolution, the stem's 7x7 over 3 channels or a strided
+#            3x3): the max-pool as 9 strided
 #            slices (--max_pool=slices), the input zero-padded to 4
 #            channels (--stem_pad_channels=4), each alone and both; each
 #            also through jax.jit's call, and traced: the kernels by
@@ -208,7 +209,7 @@ resnet_jax() {
 
 # resnet_torch DTYPES: its PyTorch twin (channels_last), one process.
 resnet_torch() {
-  step resnet_torch "${LIMIT_resnet_torch:-75}" python3 \
+  step "resnet_torch[$1]" "${LIMIT_resnet_torch:-75}" python3 \
       benchmarks/resnet_step_torch.py --resolution=$RN_RES \
       --batch_size=$RN_BATCH --channels=3 --channels_last --dtype=$1 \
       --steps=10 --warmup=3
@@ -220,11 +221,10 @@ section_resnet() {
 }
 
 section_resnet_tune() {
-  # shellcheck disable=SC2046
   resnet_jax resnet_jax_bf16_variants "${LIMIT_resnet_tune:-180}" bfloat16 \
       --max_pool=window,slices --stem_pad_channels=0,4 --steps=30 \
       --jit_call --profile_dir="$OUT/resnet_profile"
-  resnet_jax resnet_jax_bf16_conv1x1 "${LIMIT_resnet:-90}" bfloat16 \
+  resnet_jax resnet_jax_bf16_conv1x1 "${LIMIT_resnet_tune:-90}" bfloat16 \
       --nopointwise_dot
 }
 
@@ -247,7 +247,7 @@ section_loop_batch() {
 }
 
 section_targets() {
-  local big=256 big_k=$K variant
+  local big=256 big_k=$K
   [ "$QUICK" = 1 ] && big=16
   headct_loop "target_loop_headct[batch $((4 * HC_BATCH))]" \
       "${LIMIT_loop:-150}" $((4 * HC_BATCH)) bfloat16,float32
@@ -262,7 +262,7 @@ section_targets() {
         --batch=16 --iters=$(((big_k * DISP + 1) / 2)) --dtype=float32
     resnet_torch bfloat16
   fi
-  resnet_jax target_resnet_jax_bfloat16 "${LIMIT_resnet:-90}" bfloat16 \
+  resnet_jax target_resnet_jax_bfloat16 "${LIMIT_resnet:-150}" bfloat16 \
       --batch_size=$RN_BATCH,$((2 * RN_BATCH)),$((4 * RN_BATCH))
 }
 

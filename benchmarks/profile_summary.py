@@ -8,7 +8,8 @@ Reads the newest `*.xplane.pb` under TRACE_DIR (what
 (no TensorBoard or xprof needed) and prints, for each device plane
 (`/device:GPU:0`, ...), the kernels that took most device time: summed
 duration, share of the plane's busy time, launches, and the HLO op each
-kernel ran for where the trace names it. `--steps=N` also prints the
+kernel ran for where the trace names it (the first and how many more
+where one kernel served several). `--steps=N` also prints the
 busy time per step. Busy time is the union of the kernels' intervals over
 the plane's streams, so kernels that overlap count once; the span is first
 kernel start to last kernel end, and the idle share of that span is time
@@ -50,15 +51,24 @@ def load(path: str) -> ProfileData:
   return ProfileData.from_file(_latest_xplane(path))
 
 
+def _ops_label(ops: set) -> str:
+  """One HLO op, or the first of several and how many more: a library
+  kernel (a cuDNN convolution, a GEMM) often serves many ops."""
+  if not ops:
+    return ''
+  first = sorted(ops)[0]
+  return first if len(ops) == 1 else f'{first} +{len(ops) - 1} more'
+
+
 def summarize(data: ProfileData) -> list[dict]:
   """Per device plane: {'plane', 'busy_ns', 'span_ns', 'kernels'}, kernels
-  a list of (name, hlo_op, total_ns, launches), longest first."""
+  a list of (name, HLO op label, total_ns, launches), longest first."""
   out = []
   for plane in data.planes:
     if not plane.name.startswith('/device:'):
       continue
     per = collections.defaultdict(lambda: [0.0, 0])
-    ops = {}
+    ops = collections.defaultdict(set)
     intervals = []
     for line in plane.lines:
       for ev in line.events:
@@ -67,13 +77,13 @@ def summarize(data: ProfileData) -> list[dict]:
         rec = per[ev.name]
         rec[0] += ev.duration_ns
         rec[1] += 1
-        if ev.name not in ops:
-          stats = dict(ev.stats)
-          ops[ev.name] = str(stats.get('hlo_op', ''))
+        op = dict(ev.stats).get('hlo_op')
+        if op:
+          ops[ev.name].add(str(op))
     if not intervals:
       continue
-    kernels = sorted(((n, ops.get(n, ''), t, c) for n, (t, c) in per.items()),
-                     key=lambda k: -k[2])
+    kernels = sorted(((n, _ops_label(ops[n]), t, c)
+                      for n, (t, c) in per.items()), key=lambda k: -k[2])
     span = max(e for _, e in intervals) - min(s for s, _ in intervals)
     out.append({'plane': plane.name, 'busy_ns': _union_ns(intervals),
                 'span_ns': span, 'kernels': kernels})

@@ -9,8 +9,9 @@
 Times the real jitted, state-donating train step (SGD momentum, BN in
 training mode, 2 classes) on synthetic inputs. Every flag that takes a list
 sweeps: each combination of resolution, batch, dtype, max-pool and stem
-padding compiles first (`--compile_threads` at a time, default all: XLA
-compiles without the GIL), then each is timed alone, one line each:
+padding compiles first (`--compile_threads` at a time, default 1: on a GPU
+programs compiling at once each took longer than all of them one after
+another), then each is timed alone, one line each:
 after `--warmup` steps, `--steps` steps each waited for (median and fastest
 step), then `--steps` steps dispatched back to back and waited for once,
 as a training loop runs them (`back to back`: the host's dispatch overlaps
@@ -139,8 +140,9 @@ class _Case:
 
   def jit_steps(self, n: int) -> list[float]:
     """Seconds of n steps, each waited for, through jax.jit's call (the
-    first, untimed, traces and finds the program in the compilation
-    cache or compiles it again)."""
+    first, untimed, traces and finds the program in the persistent
+    compilation cache where one is set, or compiles it again: on a GPU
+    autotuning may then pick other kernels)."""
     times = []
     for i in range(n + 1):
       t0 = time.perf_counter()
@@ -163,6 +165,8 @@ def main(argv):
   for dt in _DTYPE.value:
     if dt not in ('float32', 'bfloat16'):
       raise app.UsageError(f'--dtype={dt!r}: float32 or bfloat16')
+  if _STEPS.value < 1:
+    raise app.UsageError('--steps must be >= 1')
   for mp in _MAX_POOL.value:
     if mp not in ('window', 'slices'):
       raise app.UsageError(f'--max_pool={mp!r}: window or slices')
@@ -180,12 +184,11 @@ def main(argv):
       f.result()
   for c in cases:
     for _ in range(_WARMUP.value):
-      m = c.step()
-    jax.block_until_ready(m)
+      jax.block_until_ready(c.step())
     times = []
     for _ in range(_STEPS.value):
       t0 = time.perf_counter()
-      jax.block_until_ready(c.step())
+      m = jax.block_until_ready(c.step())
       times.append(time.perf_counter() - t0)
     times = np.array(times)
     b2b = c.back_to_back(_STEPS.value) / _STEPS.value

@@ -8,6 +8,7 @@ that package from every benchmark that imports it.
 import glob
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 
@@ -109,7 +110,7 @@ def test_profile_summary_counts_overlapping_kernels_once():
   planes {{ id: 1 name: "/device:GPU:0"
     lines {{ id: 1 name: "Stream #1" timestamp_ns: 0
       {ev(1, 0, 2, 'fusion.3')} {ev(2, 3, 1)} {ev(2, 10, 1)} }}
-    lines {{ id: 2 name: "Stream #2" timestamp_ns: 0 {ev(1, 1, 2)} }}
+    lines {{ id: 2 name: "Stream #2" timestamp_ns: 0 {ev(1, 1, 2, 'fusion.9')} }}
     event_metadata {{ key: 1 value {{ id: 1 name: "kernel_a" }} }}
     event_metadata {{ key: 2 value {{ id: 2 name: "kernel_b" }} }}
     stat_metadata {{ key: 7 value {{ id: 7 name: "hlo_op" }} }} }}
@@ -118,20 +119,22 @@ def test_profile_summary_counts_overlapping_kernels_once():
   assert [p['plane'] for p in planes] == ['/device:GPU:0']
   (p,) = planes
   assert p['busy_ns'] == 5e6 and p['span_ns'] == 11e6
-  assert p['kernels'] == [('kernel_a', 'fusion.3', 4e6, 2),
+  assert p['kernels'] == [('kernel_a', 'fusion.3 +1 more', 4e6, 2),
                           ('kernel_b', '', 2e6, 2)]
   text = profile_summary.format_summary(planes, steps=2)
   assert 'busy 5.00 ms of a 11.00 ms span (54.5 % idle)' in text, text
   assert 'per step: busy 2.50 ms, 2 launches' in text, text
-  assert '4.000   80.0        2  kernel_a [fusion.3]' in text, text
+  assert '4.000   80.0        2  kernel_a [fusion.3 +1 more]' in text, text
 
 
 def test_resnet_step_sweeps_every_combination(tmp_path):
   # device_check.sh's resnet sections read one line per combination, each
-  # with the step waited for, back to back and (--jit_call) through jit.
+  # with the step waited for, back to back and (--jit_call) through jit;
+  # they repeat flags (--batch_size, --steps), the last one counts.
   r = _run('benchmarks/resnet_step.py', '--model=resnet18', '--num_filters=4',
-           '--resolution=16', '--batch_size=2', '--dtype=float32,bfloat16',
-           '--max_pool=window,slices', '--steps=1', '--warmup=1',
+           '--resolution=16', '--batch_size=3', '--batch_size=2',
+           '--dtype=float32,bfloat16', '--max_pool=window,slices',
+           '--stem_pad_channels=4', '--steps=1', '--warmup=0',
            '--jit_call', f'--profile_dir={tmp_path}')
   out = r.stdout + r.stderr
   assert r.returncode == 0, out
@@ -143,8 +146,30 @@ def test_resnet_step_sweeps_every_combination(tmp_path):
       assert 'back to back' in line and 'through jax.jit' in line, line
   # A trace per combination, named so that a device run brings it back.
   names = sorted(os.listdir(tmp_path))
-  assert names == ['16x16_b2_bfloat16_pool-slices_stem0',
-                   '16x16_b2_bfloat16_pool-window_stem0',
-                   '16x16_b2_float32_pool-slices_stem0',
-                   '16x16_b2_float32_pool-window_stem0'], names
+  assert names == ['16x16_b2_bfloat16_pool-slices_stem4',
+                   '16x16_b2_bfloat16_pool-window_stem4',
+                   '16x16_b2_float32_pool-slices_stem4',
+                   '16x16_b2_float32_pool-window_stem4'], names
   assert r.stdout.count('no device kernels in the trace (CPU)') == 4, out
+
+
+def test_device_check_quick_runs_the_default_sections(tmp_path):
+  # QUICK=1 is the CPU dry run of the GPU check: every default section's
+  # commands, with tiny shapes. A flag a benchmark no longer takes would
+  # otherwise surface only on a GPU, in its scarce minutes.
+  env = dict(os.environ, JAX_PLATFORMS='cpu', QUICK='1',
+             OUT=str(tmp_path / 'out'))
+  env.pop('PYTHONPATH', None)
+  r = subprocess.run(['bash', os.path.join(_ROOT, 'benchmarks',
+                                           'device_check.sh')],
+                     cwd=tmp_path, env=env, capture_output=True, text=True,
+                     timeout=600)
+  out = r.stdout + r.stderr
+  assert r.returncode == 0, out
+  rcs = dict(re.findall(r'^== (\S+): rc=(\d+),', r.stdout, re.M))
+  assert {'main', 'pggan_jax_float32', 'resnet_jax'} <= set(rcs), out
+  assert set(rcs.values()) == {'0'}, rcs
+  assert 'device_check done in' in out, out
+  assert os.path.isfile(tmp_path / 'out' / 'main_metrics.jsonl'), out
+  with open(tmp_path / 'out' / 'device_check.log') as f:
+    assert f.read().count('img/s') >= 2
