@@ -5,6 +5,7 @@
 #   SECTIONS="resnet pggan" bash benchmarks/device_check.sh .whl
 #   HEAD_CT=/path/to/head_ct SECTIONS="study" bash benchmarks/device_check.sh
 #   QUICK=1 bash benchmarks/device_check.sh      # CPU dry run, tiny shapes
+#   PYTHON=/path/to/python bash benchmarks/device_check.sh  # default python3
 #
 # Run from anywhere; it works in the checkout that holds it and needs no
 # network. Sections, in this order (SECTIONS picks and orders them; default
@@ -113,6 +114,7 @@ ROOT=$PWD
 WHEELS=${WHEELS:-$ROOT/.whl}
 SECTIONS=${SECTIONS:-install main pggan resnet}
 QUICK=${QUICK:-0}
+PYTHON=${PYTHON:-python3}
 LOG=$OUT/device_check.log
 TMPW=$(mktemp -d)
 trap 'rm -rf "$TMPW"' EXIT
@@ -133,7 +135,7 @@ step() {
   say "== $name: rc=$rc, $((SECONDS - t0)) s"
 }
 
-have_torch() { python3 -c 'import torch' 2>/dev/null; }
+have_torch() { "$PYTHON" -c 'import torch' 2>/dev/null; }
 
 if [ "$QUICK" = 1 ]; then    # shapes for a CPU dry run of this script
   RES=4,8,16; BIG="--fmap_base=64 --fmap_max=16"; K=1; DISP=1
@@ -146,7 +148,7 @@ else
 fi
 
 section_install() {
-  if python3 -c 'import grain, ml_collections, tensorflow_datasets' \
+  if "$PYTHON" -c 'import grain, ml_collections, tensorflow_datasets' \
       2>/dev/null; then
     say "install: nothing missing"
     return
@@ -156,7 +158,7 @@ section_install() {
         "wheels in $WHEELS"
     return
   fi
-  step install "${LIMIT_install:-120}" python3 -m pip install -q --no-index \
+  step install "${LIMIT_install:-120}" "$PYTHON" -m pip install -q --no-index \
       --no-deps --no-compile --target "$TMPW/site" "$WHEELS"/*.whl
   export PYTHONPATH=$TMPW/site:$PYTHONPATH
 }
@@ -164,7 +166,7 @@ section_install() {
 section_main() {
   local extra=()
   [ "$QUICK" = 1 ] && extra=(--config.total_kimg=0.2)
-  step main "${LIMIT_main:-150}" python3 main.py --config=configs/pggan.py \
+  step main "${LIMIT_main:-150}" "$PYTHON" main.py --config=configs/pggan.py \
       --workdir="$TMPW/main" ${extra[@]+"${extra[@]}"}
   # Per tick: kimg, img/s, time_s and compile_s (where the time went).
   cp "$TMPW/main/metrics.jsonl" "$OUT/main_metrics.jsonl" 2>/dev/null
@@ -172,10 +174,10 @@ section_main() {
 
 pggan_pair() {  # DTYPE: the JAX loop and the PyTorch step at every res
   local dt=$1
-  step pggan_jax_$dt "${LIMIT_pggan:-180}" python3 benchmarks/pggan_loop.py \
+  step pggan_jax_$dt "${LIMIT_pggan:-180}" "$PYTHON" benchmarks/pggan_loop.py \
       --res=$RES $BIG --batch=16 --k=$K --dispatches=$DISP --dtypes=$dt
   if have_torch; then
-    step pggan_torch_$dt "${LIMIT_pggan_torch:-75}" python3 \
+    step pggan_torch_$dt "${LIMIT_pggan_torch:-75}" "$PYTHON" \
         benchmarks/pggan_step_torch.py $BIG --max_res=${RES##*,} --batch=16 \
         --iters=$(((K * DISP + 1) / 2)) --dtype=$dt
   else
@@ -192,7 +194,7 @@ section_pggan_bf16() { pggan_pair bfloat16; }
 headct_loop() {
   local name=$1 limit=$2 batch=$3 dtypes=$4
   shift 4
-  step "$name" "$limit" python3 benchmarks/pggan_loop.py --res=$HC_RES $HC \
+  step "$name" "$limit" "$PYTHON" benchmarks/pggan_loop.py --res=$HC_RES $HC \
       --batch=$batch --k=$HC_K --dispatches=$DISP --dtypes=$dtypes --mirror \
       --ada "$@"
 }
@@ -202,14 +204,14 @@ headct_loop() {
 resnet_jax() {
   local name=$1 limit=$2 dt=$3
   shift 3
-  step "$name" "$limit" python3 benchmarks/resnet_step.py $RN \
+  step "$name" "$limit" "$PYTHON" benchmarks/resnet_step.py $RN \
       --resolution=$RN_RES --batch_size=$RN_BATCH --channels=3 --dtype=$dt \
       --steps=10 --warmup=3 "$@"
 }
 
 # resnet_torch DTYPES: its PyTorch twin (channels_last), one process.
 resnet_torch() {
-  step "resnet_torch[$1]" "${LIMIT_resnet_torch:-75}" python3 \
+  step "resnet_torch[$1]" "${LIMIT_resnet_torch:-75}" "$PYTHON" \
       benchmarks/resnet_step_torch.py --resolution=$RN_RES \
       --batch_size=$RN_BATCH --channels=3 --channels_last --dtype=$1 \
       --steps=10 --warmup=3
@@ -253,11 +255,11 @@ section_targets() {
       "${LIMIT_loop:-150}" $((4 * HC_BATCH)) bfloat16,float32
   headct_loop "target_loop_headct[batch $HC_BATCH]" "${LIMIT_loop:-150}" \
       $HC_BATCH bfloat16
-  step target_pggan_jax_$big "${LIMIT_pggan:-180}" python3 \
+  step target_pggan_jax_$big "${LIMIT_pggan:-180}" "$PYTHON" \
       benchmarks/pggan_loop.py --res=$big $BIG --batch=16 --k=$big_k \
       --dispatches=$DISP --dtypes=float32
   if have_torch; then
-    step target_pggan_torch_$big "${LIMIT_pggan_torch:-75}" python3 \
+    step target_pggan_torch_$big "${LIMIT_pggan_torch:-75}" "$PYTHON" \
         benchmarks/pggan_step_torch.py $BIG --min_res=$big --max_res=$big \
         --batch=16 --iters=$(((big_k * DISP + 1) / 2)) --dtype=float32
     resnet_torch bfloat16
@@ -281,7 +283,7 @@ section_feed() {
   local data=() model=(--model=resnet50 --num_filters=64) steps=128
   [ -n "${HEAD_CT:-}" ] && data=(--name=head_ct --dir="$HEAD_CT")
   [ "$QUICK" = 1 ] && { model=(--model=_resnet1 --num_filters=4); steps=8; }
-  step feed "${LIMIT_feed:-120}" python3 benchmarks/classifier_feed.py \
+  step feed "${LIMIT_feed:-120}" "$PYTHON" benchmarks/classifier_feed.py \
       ${data[@]+"${data[@]}"} "${model[@]}" --steps=$steps
 }
 
@@ -314,7 +316,7 @@ section_study() {
   local args=()
   read -ra args <<<"${STUDY_ARGS:-}"
   extra+=(${args[@]+"${args[@]}"})
-  step study_cell_$res "${LIMIT_study:-480}" python3 main.py \
+  step study_cell_$res "${LIMIT_study:-480}" "$PYTHON" main.py \
       --config=configs/study.py:gpu --workdir="$w" \
       --config.data.name=head_ct --config.data.dir="$HEAD_CT" \
       --config.shard=0/15 ${extra[@]+"${extra[@]}"}
@@ -336,5 +338,5 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,m
 for s in $SECTIONS; do
   "section_$s"
 done
-python3 -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())' 2>&1 | tee -a "$LOG"
+"$PYTHON" -c 'import jax, flax; print("jax", jax.__version__, "flax", flax.__version__, jax.devices())' 2>&1 | tee -a "$LOG"
 say "device_check done in $SECONDS s"

@@ -7,21 +7,22 @@
   XLA_FLAGS=--xla_cpu_use_onednn=true python benchmarks/resnet_step.py ...
 
 Times the real jitted, state-donating train step (SGD momentum, BN in
-training mode, 2 classes) on synthetic inputs. Every flag that takes a list
-sweeps: each combination of resolution, batch, dtype, max-pool and stem
-padding compiles first (`--compile_threads` at a time, default 1: on a GPU
-programs compiling at once each took longer than all of them one after
-another), then each is timed alone, one line each:
-after `--warmup` steps, `--steps` steps each waited for (median and fastest
-step), then `--steps` steps dispatched back to back and waited for once,
-as a training loop runs them (`back to back`: the host's dispatch overlaps
-the device's work). Steps call the compiled program
-(`train_step.lower(...).compile()`); `--jit_call` also times them one by
-one through `jax.jit`'s call, which hashes the step's static arguments
-(the model's graph) at every call, as train.py's streamed steps do. `--profile_dir=DIR` then traces `--steps` more
+training mode, 2 classes) on synthetic inputs already on the device. Every
+flag that takes a list sweeps: each combination of resolution, batch,
+dtype, max-pool and stem padding compiles first (`--compile_threads` at a
+time, default 1: on a GPU programs compiling at once each took longer than
+all of them one after another), then each is timed alone, one line each:
+after `--warmup` steps, `--steps` steps each waited for (median and
+fastest step), then `--steps` steps dispatched back to back and waited for
+once (`back to back`: the host dispatches the next step while the device
+computes, as a training loop that keeps a dispatch queued). Steps call the
+compiled program (`train_step.lower(...).compile()`); `--jit_call` also
+times them one by one through `jax.jit`'s call, which hashes the step's
+static arguments (the model's graph) at every call, as train.py's
+streamed steps do. `--profile_dir=DIR` then traces `--steps` more
 back-to-back steps of each combination into DIR/<combination> (e.g.
-224x224_b128_bfloat16_pool-window_stem0) and prints
-the kernels that took most device time (benchmarks/profile_summary.py).
+224x224_b128_bfloat16_pool-window_stem0) and prints the kernels that took
+most device time (benchmarks/profile_summary.py).
 Compare with benchmarks/resnet_step_torch.py (same model shape). On a
 shared machine, run the variants back to back and repeat.
 

@@ -110,7 +110,8 @@ def test_profile_summary_counts_overlapping_kernels_once():
   planes {{ id: 1 name: "/device:GPU:0"
     lines {{ id: 1 name: "Stream #1" timestamp_ns: 0
       {ev(1, 0, 2, 'fusion.3')} {ev(2, 3, 1)} {ev(2, 10, 1)} }}
-    lines {{ id: 2 name: "Stream #2" timestamp_ns: 0 {ev(1, 1, 2, 'fusion.9')} }}
+    lines {{ id: 2 name: "Stream #2" timestamp_ns: 0
+      {ev(1, 1, 2, 'fusion.9')} }}
     event_metadata {{ key: 1 value {{ id: 1 name: "kernel_a" }} }}
     event_metadata {{ key: 2 value {{ id: 2 name: "kernel_b" }} }}
     stat_metadata {{ key: 7 value {{ id: 7 name: "hlo_op" }} }} }}
@@ -158,7 +159,7 @@ def test_device_check_quick_runs_the_default_sections(tmp_path):
   # commands, with tiny shapes. A flag a benchmark no longer takes would
   # otherwise surface only on a GPU, in its scarce minutes.
   env = dict(os.environ, JAX_PLATFORMS='cpu', QUICK='1',
-             OUT=str(tmp_path / 'out'))
+             OUT=str(tmp_path / 'out'), PYTHON=sys.executable)
   env.pop('PYTHONPATH', None)
   r = subprocess.run(['bash', os.path.join(_ROOT, 'benchmarks',
                                            'device_check.sh')],
