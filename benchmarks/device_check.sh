@@ -28,7 +28,8 @@
 #   pggan_bf16  the same in bfloat16 (PyTorch: bf16 autocast).
 #   resnet   ResNet-50 train step at 224x224, batch 128, 3 channels, JAX
 #            float32 and bfloat16 (resnet_step.py: each step waited for,
-#            and back to back as a training loop runs them) and PyTorch
+#            and back to back, the compiled step on a batch already on
+#            the device, dispatched as a training loop does) and PyTorch
 #            channels_last float32 and bf16 autocast (resnet_step_torch.py,
 #            one process).
 #   loop     the Head CT model of configs/study.py:gpu (fmap 4096/256, ADA,
