@@ -161,6 +161,14 @@ class _Case:
     return time.perf_counter() - t0
 
 
+def _ints(flag) -> list[int]:
+  try:
+    return [int(v) for v in flag.value]
+  except ValueError:
+    raise app.UsageError(f'--{flag.name}={",".join(flag.value)}: '
+                         'comma-separated integers') from None
+
+
 def main(argv):
   del argv
   for dt in _DTYPE.value:
@@ -176,8 +184,8 @@ def main(argv):
         f'pointwise_dot={_POINTWISE_DOT.value} channels={_CHANNELS.value}',
         flush=True)
   combos = itertools.product(
-      map(int, _RES.value), map(int, _BATCH.value), _DTYPE.value,
-      _MAX_POOL.value, map(int, _STEM_PAD.value))
+      _ints(_RES), _ints(_BATCH), _DTYPE.value, _MAX_POOL.value,
+      _ints(_STEM_PAD))
   cases = [_Case(*c) for c in combos]   # traced one after another
   threads = _THREADS.value or len(cases)
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
