@@ -145,7 +145,7 @@ class _Case:
     compilation cache where one is set, or compiles it again: on a GPU
     autotuning may then pick other kernels)."""
     times = []
-    for i in range(n + 1):
+    for _ in range(n + 1):
       t0 = time.perf_counter()
       self.state, m = steps.train_step(self.state, self.batch, self.sched,
                                        **self.kw)
@@ -206,7 +206,6 @@ def main(argv):
     if _JIT_CALL.value:
       jit_s = np.median(c.jit_steps(_STEPS.value))
       jit = f'; through jax.jit {b / jit_s:.2f}'
-
     print(f'{c.name}: {b / med:.2f} img/s (median of {len(times)} steps; '
           f'fastest step {b / times.min():.2f}); back to back '
           f'{b / b2b:.2f} img/s{jit}; {c.flops / med / 1e12:.3g} / '
