@@ -3,14 +3,14 @@
   python benchmarks/arm_retrace.py --model=resnet50 --num_filters=64 \
       --dtype=bfloat16 --resolution=64 --batch_size=64
 
-First-call times (s) of resnet_jax.steps.train_step, each with a fresh
-model as a run makes it, with the persistent compilation cache on (as in
-a study): cold; the same settings again (create_optimizer returns the
-cached optimiser, so the traced step is reused); the same settings with a
-new optimiser object (what every arm paid before the optimiser was cached:
-a new trace, lowering and a cache load); another step count (the schedule
-is an argument of the step, so nothing is compiled again: an arm of
-another length, a fold of another size).
+First-call times (s) of the classifier's train_step (resnet_jax.steps.bind),
+each with a fresh model as a run makes it, with the persistent compilation
+cache on (as in a study): cold; the same settings again (create_optimizer
+returns the cached optimiser, so the traced step is reused); the same
+settings with a new optimiser object (what every arm paid before the
+optimiser was cached: a new trace, lowering and a cache load); another step
+count (the schedule is an argument of the step, so nothing is compiled
+again: an arm of another length, a fold of another size).
 
 Measured on the shared 2-core CPU (2026-11-27, with the schedule an
 argument): configs/study.py:gpu's ResNet-50 (64x64, bf16, batch 64): cold
@@ -57,8 +57,8 @@ def main(_):
   def first_call(tx, n):
     graphdef, _, state = steps.init_state(steps.create_model(config, 1), tx)
     t = time.perf_counter()
-    _, m = steps.train_step(state, batch, steps.schedule(config, n),
-                            graphdef=graphdef, tx=tx, label_smoothing=0.1)
+    _, m = steps.bind(graphdef, tx, 0.1).train_step(
+        state, batch, steps.schedule(config, n))
     jax.block_until_ready(m)
     return time.perf_counter() - t
 

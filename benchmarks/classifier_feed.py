@@ -86,7 +86,7 @@ def main(_):
   graphdef, _, state = steps.init_state(
       steps.create_model(config, prepared.channels), tx)
   state = sharding.put_replicated(state, mesh)
-  kw = dict(graphdef=graphdef, tx=tx, label_smoothing=0.1)
+  bound = steps.bind(graphdef, tx, 0.1)
   sched = steps.schedule(config, 10_000)
   data_kwargs = train._arm_data_kwargs(config)  # pylint: disable=protected-access
   print(f'{config.model} width {config.num_filters} {config.dtype} '
@@ -116,14 +116,14 @@ def main(_):
     config.data_on_device = on_device
     config.steps_per_dispatch = length
     feed = train.Feed(config, prepared, data_kwargs, mesh, 10_000)
-    rows.append((name, timed(lambda s, n: feed.run(s, n, sched, **kw),
-                                   length)))
+    rows.append((name, timed(lambda s, n: feed.run(s, n, sched, bound),
+                             length)))
   r, b = FLAGS.resolution, config.batch_size
   x = np.zeros((b, r, r, prepared.channels), np.float32)
   fixed = sharding.shard_batch({'image': x, 'label': np.zeros(b, np.int32)},
                                mesh)
   rows.append(('one fixed batch on the device (compute alone)',
-               timed(lambda s, n: steps.train_step(s, fixed, sched, **kw), 1)))
+               timed(lambda s, n: bound.train_step(s, fixed, sched), 1)))
   for name, sec in rows:
     print(f'  {name:50s} {b / sec:9.1f} img/s {1e3 * sec:8.2f} ms/step')
 

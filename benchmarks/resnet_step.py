@@ -12,17 +12,19 @@ flag that takes a list sweeps: each combination of resolution, batch,
 dtype, max-pool and stem padding compiles first (`--compile_threads` at a
 time, default 1: on a GPU programs compiling at once each took longer than
 all of them one after another), then each is timed alone, one line each:
-after `--warmup` steps, `--steps` steps each waited for (median and
-fastest step), then `--steps` steps dispatched back to back and waited for
-once (`back to back`: the host dispatches the next step while the device
-computes, as a training loop that keeps a dispatch queued). Steps call the
-compiled program (`train_step.lower(...).compile()`); `--jit_call` also
-times them one by one through `jax.jit`'s call, which hashes the step's
-static arguments (the model's graph) at every call, as train.py's
-streamed steps do. `--profile_dir=DIR` then traces `--steps` more
-back-to-back steps of each combination into DIR/<combination> (e.g.
-224x224_b128_bfloat16_pool-window_stem0) and prints the kernels that took
-most device time (benchmarks/profile_summary.py).
+after `--warmup` steps, `--steps` steps each waited for (median and fastest
+step), then `--steps` steps dispatched back to back and waited for once
+(`back to back`: the host dispatches the next step while the device
+computes, as a training loop that keeps a dispatch queued), with the median
+time the host took to dispatch one (`ms a call`). Steps call the compiled
+program (`train_step.lower(...).compile()`); `--jit_call` also times them
+both ways through `jax.jit`'s call, as train.py's streamed steps call them
+(resnet_jax.steps.bind: the model's graph bound, not hashed at every call
+as a static argument, which cost 1.2-1.7 ms a step on an H200).
+`--profile_dir=DIR` then traces `--steps` more back-to-back steps of each
+combination into DIR/<combination> (e.g.
+224x224_b128_bfloat16_pool-window_stem0) and prints the kernels that took most device time
+(benchmarks/profile_summary.py).
 Compare with benchmarks/resnet_step_torch.py (same model shape). On a
 shared machine, run the variants back to back and repeat.
 
@@ -84,9 +86,8 @@ _THREADS = flags.DEFINE_integer(
     'H200 (XLA autotunes under a device lock).')
 _JIT_CALL = flags.DEFINE_bool(
     'jit_call', False, 'Also time the steps waited for one by one through '
-    "jax.jit's call (resnet_jax.steps.train_step(...), as train.py calls "
-    'it: static arguments hashed at every call) rather than the compiled '
-    'program.')
+    "jax.jit's call (resnet_jax.steps.bind(...).train_step, as train.py "
+    'calls it) rather than the compiled program.')
 _PROFILE_DIR = flags.DEFINE_string(
     'profile_dir', None, 'Trace --steps back-to-back steps of each '
     'combination here and print its kernels by device time.')
@@ -123,42 +124,48 @@ class _Case:
             -1, 1, (batch, res, res, _CHANNELS.value)), jnp.float32),
         'label': jnp.asarray(rng.integers(0, 2, batch), jnp.int32),
     }
-    self.kw = dict(graphdef=self.graphdef, tx=self.tx, label_smoothing=0.0)
-    self.flops = count_flops(steps.train_step, self.state, self.batch,
-                             self.sched, **self.kw)
-    self.lowered = steps.train_step.lower(self.state, self.batch, self.sched,
-                                          **self.kw)
-    self.compiled, self.compile_s = None, 0.0
+    self.train_step = steps.bind(self.graphdef, self.tx, 0.0).train_step
+    self.flops = count_flops(self.train_step, self.state, self.batch,
+                             self.sched)
+    self.lowered = self.train_step.lower(self.state, self.batch, self.sched)
+    self.compiled, self.compile_s, self.loss = None, 0.0, float('nan')
 
   def compile(self):
     t0 = time.perf_counter()
     self.compiled = self.lowered.compile()
     self.compile_s = time.perf_counter() - t0
 
-  def step(self):
-    self.state, m = self.compiled(self.state, self.batch, self.sched)
+  def step(self, jit: bool = False):
+    """One step: through jax.jit's call with jit, else the compiled
+    program."""
+    fn = self.train_step if jit else self.compiled
+    self.state, m = fn(self.state, self.batch, self.sched)
     return m
 
-  def jit_steps(self, n: int) -> list[float]:
-    """Seconds of n steps, each waited for, through jax.jit's call (the
-    first, untimed, traces and finds the program in the persistent
-    compilation cache where one is set, or compiles it again: on a GPU
-    autotuning may then pick other kernels)."""
+  def waited(self, n: int, jit: bool = False) -> np.ndarray:
+    """Seconds of n steps, each waited for. jit: through jax.jit's call
+    (the first of n + 1, untimed, traces and finds the program in the
+    persistent compilation cache where one is set, or compiles it again:
+    on a GPU autotuning may then pick other kernels)."""
     times = []
-    for _ in range(n + 1):
+    for _ in range(n + jit):
       t0 = time.perf_counter()
-      self.state, m = steps.train_step(self.state, self.batch, self.sched,
-                                       **self.kw)
-      jax.block_until_ready(m)
+      m = jax.block_until_ready(self.step(jit))
       times.append(time.perf_counter() - t0)
-    return times[1:]
+    self.loss = float(m['loss'])
+    return np.array(times[jit:])
 
-  def back_to_back(self, n: int) -> float:
+  def back_to_back(self, n: int, jit: bool = False) -> tuple[float, float]:
+    """n steps dispatched back to back, waited for once: (seconds, median
+    seconds the host took to dispatch one: the call until it returned)."""
+    calls = []
     t0 = time.perf_counter()
     for _ in range(n):
-      m = self.step()
+      t = time.perf_counter()
+      m = self.step(jit)
+      calls.append(time.perf_counter() - t)
     jax.block_until_ready((self.state, m))
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, float(np.median(calls))
 
 
 def _ints(flag) -> list[int]:
@@ -194,24 +201,22 @@ def main(argv):
   for c in cases:
     for _ in range(_WARMUP.value):
       jax.block_until_ready(c.step())
-    times = []
-    for _ in range(_STEPS.value):
-      t0 = time.perf_counter()
-      m = jax.block_until_ready(c.step())
-      times.append(time.perf_counter() - t0)
-    times = np.array(times)
-    b2b = c.back_to_back(_STEPS.value) / _STEPS.value
-    med, b = np.median(times), c.batch_size
+    n, b = _STEPS.value, c.batch_size
+    times = c.waited(n)
+    b2b, call_s = c.back_to_back(n)
+    med, b2b = np.median(times), b2b / n
     jit = ''
     if _JIT_CALL.value:
-      jit_s = np.median(c.jit_steps(_STEPS.value))
-      jit = f'; through jax.jit {b / jit_s:.2f}'
-    print(f'{c.name}: {b / med:.2f} img/s (median of {len(times)} steps; '
-          f'fastest step {b / times.min():.2f}); back to back '
-          f'{b / b2b:.2f} img/s{jit}; {c.flops / med / 1e12:.3g} / '
-          f'{c.flops / b2b / 1e12:.3g} TFLOP/s of '
-          f'{c.flops / b / 1e9:.2f} GFLOP/img (conv+matmul); compile '
-          f'{c.compile_s:.1f} s; loss {float(m["loss"]):.3f}', flush=True)
+      jit_med = np.median(c.waited(n, jit=True))
+      jit_b2b, jit_call_s = c.back_to_back(n, jit=True)
+      jit = (f'; through jax.jit {b / jit_med:.2f} img/s, back to back '
+             f'{b * n / jit_b2b:.2f} ({1e3 * jit_call_s:.2f} ms a call)')
+    print(f'{c.name}: {b / med:.2f} img/s (median of {n} steps; fastest '
+          f'step {b / times.min():.2f}); back to back {b / b2b:.2f} img/s '
+          f'({1e3 * call_s:.2f} ms a call){jit}; '
+          f'{c.flops / med / 1e12:.3g} / {c.flops / b2b / 1e12:.3g} TFLOP/s '
+          f'of {c.flops / b / 1e9:.2f} GFLOP/img (conv+matmul); compile '
+          f'{c.compile_s:.1f} s; loss {c.loss:.3f}', flush=True)
     if _PROFILE_DIR.value:
       d = os.path.join(_PROFILE_DIR.value, c.dir_name)
       with jax.profiler.trace(d):

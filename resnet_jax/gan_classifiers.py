@@ -13,9 +13,10 @@ label smoothing and random horizontal flips.
 Compilation is paid once per process: the training length is fixed in kimg
 (not epochs), so every classifier with the same number of classes has the
 same step count (the shape of its batch-index array), the same optimiser
-object (`steps.create_optimizer` is cached) and the same batch shape, and
-`steps.train_steps` hits its jit cache. The images go to the device once
-and each step gathers its batch there (`train_data.IndexDraw`).
+object (`steps.create_optimizer` is cached) and the same batch shape, so
+`steps.bind` gives the same jitted steps and `train_steps` hits its jit
+cache. The images go to the device once and each step gathers its batch
+there (`train_data.IndexDraw`).
 """
 
 import dataclasses
@@ -110,11 +111,11 @@ def fit(images: np.ndarray, labels: np.ndarray, num_classes: int,
   draw = train_data.IndexDraw(sharding.data_sharding(mesh))
   length = train_data.steps_per_dispatch(cfg)
   sched = steps.schedule(cfg, n)
+  bound = steps.bind(graphdef, tx, float(cfg.label_smoothing))
   for start in range(0, n, length):
-    state, m = steps.train_steps(
+    state, m = bound.train_steps(
         state, data, np.int32(min(length, n - start)), sched, draw=draw,
-        length=length, graphdef=graphdef, tx=tx,
-        label_smoothing=float(cfg.label_smoothing))
+        length=length)
   loss = m['loss'][(n - 1) % length]
   if not np.isfinite(float(loss)):
     raise FloatingPointError(f'non-finite classifier loss {float(loss)}')

@@ -1,14 +1,15 @@
 """The classifier's model, optimiser, schedule and jitted steps.
 
 `create_model` / `create_optimizer` / `schedule` build what `init_state`
-and the steps take; `train_step` runs one step on a batch from the host,
-`train_steps` several per dispatch on batches drawn on the device
-(train_data.Draw), `predict` gives P(positive) for a set of images.
+and the steps take; `bind` gives a model's jitted steps: `train_step` runs
+one step on a batch from the host, `train_steps` several per dispatch on
+batches drawn on the device (train_data.Draw); `predict` gives
+P(positive) for a set of images.
 Training a fold around them: resnet_jax/train.py.
 """
 
 import functools
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 from jax.experimental import multihost_utils
@@ -74,10 +75,10 @@ def create_optimizer(
   inside the step (`learning_rate`), from `schedule(config, total_steps)`
   passed as an argument: so its length and peak are traced values, and
   equal optimiser settings give the same (cached) object whatever the
-  length. `train_step`'s jit cache is keyed on it (a static argument), so
-  every run of one process with equal model and optimiser settings (a
-  study's arms, folds and repeats) reuses one compiled step. The optimiser
-  state keeps its schedule step count, so checkpoints keep their layout.
+  length. `bind` caches the jitted steps by it, so every run of one process
+  with equal model and optimiser settings (a study's arms, folds and
+  repeats) reuses one compiled step. The optimiser state keeps its
+  schedule step count, so checkpoints keep their layout.
   """
   check_optimizer(config)
   return _optimizer(str(config.optimizer), float(config.momentum),
@@ -173,21 +174,10 @@ def _step(state: TrainState, batch: dict, sched: dict,
   return new_state, {'loss': loss, 'accuracy': accuracy}
 
 
-@functools.partial(jax.jit, donate_argnames=('state',),
-                   static_argnames=('graphdef', 'tx', 'label_smoothing'))
-def train_step(state: TrainState, batch: dict, sched: dict, *,
-               graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-               label_smoothing: float) -> tuple[TrainState, dict]:
-  """One step: (state, {'image','label'}, schedule(...)) -> (state, metrics)."""
-  return _step(state, batch, sched, graphdef, tx, label_smoothing)
-
-
-@functools.partial(jax.jit, donate_argnames=('state',), static_argnames=(
-    'graphdef', 'tx', 'label_smoothing', 'draw', 'length'))
-def train_steps(state: TrainState, data: Any, n: jax.Array, sched: dict, *,
-                graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-                label_smoothing: float, draw, length: int
-                ) -> tuple[TrainState, dict]:
+def _steps(state: TrainState, data: Any, n: jax.Array, sched: dict, *,
+           graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+           label_smoothing: float, draw, length: int
+           ) -> tuple[TrainState, dict]:
   """n <= length steps in one dispatch, each on `draw(data, state.step)`.
 
   `draw` is a hashable callable (train_data.Draw): the batch of a step is
@@ -209,6 +199,49 @@ def train_steps(state: TrainState, data: Any, n: jax.Array, sched: dict, *,
 
   zeros = {'loss': jnp.zeros((length,)), 'accuracy': jnp.zeros((length,))}
   return jax.lax.fori_loop(0, n, body, (state, zeros))
+
+
+class Steps(NamedTuple):
+  """A model's jitted training steps, its graph and optimiser bound
+  (`bind`).
+
+  train_step(state, {'image','label'}, schedule(...)) -> (state, metrics):
+    one step on a batch from the host.
+  train_steps(state, data, n, schedule(...), *, draw, length)
+    -> (state, metrics of [length] arrays): n <= length steps in one
+    dispatch, each on `draw(data, state.step)` (`draw` and `length` are
+    static).
+  Both donate `state`.
+  """
+  train_step: Callable[..., tuple[TrainState, dict]]
+  train_steps: Callable[..., tuple[TrainState, dict]]
+
+
+@functools.lru_cache(maxsize=16)
+def bind(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
+         label_smoothing: float) -> Steps:
+  """The training steps of the model `graphdef` with optimiser `tx`.
+
+  The graph, optimiser and label smoothing are bound here, once per run,
+  rather than passed to jax.jit as static arguments: jax.jit hashes its
+  static arguments at every call, and hashing ResNet-50's graph takes about
+  1.4 ms (the 2-core CPU; 1.2-1.7 ms a step on an H200), where the rest
+  of a dispatch from the host takes 2.3 ms (benchmarks/resnet_step.py
+  --jit_call, `ms a call`). Equal arguments give the same (cached)
+  Steps, so every run of one process with equal model and optimiser
+  settings (a study's arms, folds and repeats) reuses its compiled steps.
+  """
+  def train_step(state, batch, sched):
+    return _step(state, batch, sched, graphdef, tx, label_smoothing)
+
+  def train_steps(state, data, n, sched, *, draw, length):
+    return _steps(state, data, n, sched, graphdef=graphdef, tx=tx,
+                  label_smoothing=label_smoothing, draw=draw, length=length)
+
+  return Steps(
+      train_step=jax.jit(train_step, donate_argnames=('state',)),
+      train_steps=jax.jit(train_steps, donate_argnames=('state',),
+                          static_argnames=('draw', 'length')))
 
 
 @functools.partial(jax.jit, static_argnames=('graphdef',))

@@ -248,8 +248,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   pending, host, read = [], [], start_step
   saved = mngr.latest_step()
   step = start_step
-  run = functools.partial(feed.run, sched=sched, graphdef=graphdef, tx=tx,
-                          label_smoothing=config.label_smoothing)
+  run = functools.partial(feed.run, sched=sched, bound=steps.bind(
+      graphdef, tx, config.label_smoothing))
 
   def read_back(everything: bool) -> None:
     nonlocal pending, host, read
@@ -373,13 +373,14 @@ class Feed:
                  'drawn on the device' if self.mode == 'device'
                  else 'streamed by grain', self.length)
 
-  def run(self, state, n: int, sched: dict, **kw):
-    """n <= self.length steps -> (state, metrics of [>= n] arrays)."""
+  def run(self, state, n: int, sched: dict, bound: steps.Steps):
+    """n <= self.length steps of `bound` (steps.bind) -> (state, metrics
+    of [>= n] arrays)."""
     if self.mode == 'device':
-      return steps.train_steps(state, self.data, np.int32(n), sched,
-                               draw=self.draw, length=self.length, **kw)
+      return bound.train_steps(state, self.data, np.int32(n), sched,
+                               draw=self.draw, length=self.length)
     batch = sharding.shard_batch(next(self.iter), self.mesh)
-    return steps.train_step(state, batch, sched, **kw)
+    return bound.train_step(state, batch, sched)
 
   def save_args(self) -> dict:
     if self.mode == 'device':  # a function of (seed, step): no state

@@ -24,9 +24,10 @@ pipeline's, drawn from keys instead of generators:
   rotation and zoom about the centre, translation; bilinear, black outside;
   contrast about black, brightness, clip) from `fold_in(key_augment, j)`.
 
-Several steps run per dispatch (`steps.train_steps`, a `fori_loop`), so a
-fast accelerator is not waiting on Python; on the CPU one step per dispatch
-(XLA:CPU runs convolutions inside a loop body much slower, jax-ml/jax#12868).
+Several steps run per dispatch (`train_steps` of steps.bind, a
+`fori_loop`), so a fast accelerator is not waiting on Python; on the CPU
+one step per dispatch (XLA:CPU runs convolutions inside a loop body much
+slower, jax-ml/jax#12868).
 """
 
 import dataclasses
@@ -135,7 +136,7 @@ def _spans(batch_size: int, n: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Draw:
   """Batch `step` of an arm's stream: a static (hashable) argument of
-  `steps.train_steps`. Everything an arm or fold changes (images, counts,
+  `train_steps` (steps.bind). Everything an arm or fold changes (images, counts,
   synthetic ratio, augmentation) is in its data, so the arms and folds of a
   study share compiled programs (one with synthetic images, one without)."""
   batch_size: int

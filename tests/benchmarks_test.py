@@ -145,6 +145,7 @@ def test_resnet_step_sweeps_every_combination(tmp_path):
     for pool in ('window', 'slices'):
       (line,) = [l for l in lines if f'{dtype} max_pool={pool} ' in l]
       assert 'back to back' in line and 'through jax.jit' in line, line
+      assert line.count(' ms a call') == 2, line
   # A trace per combination, named so that a device run brings it back.
   names = sorted(os.listdir(tmp_path))
   assert names == ['16x16_b2_bfloat16_pool-slices_stem4',

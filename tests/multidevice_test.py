@@ -146,9 +146,9 @@ def _resnet_step(mesh):
       {'image': rng.normal(size=(8, 32, 32, 1)).astype(np.float32),
        'label': np.arange(8, dtype=np.int32) % 2}, mesh)
   # 4 steps: warmup round(0.1 * 4) = 0, so step 1 has the peak rate.
-  kw = dict(graphdef=graphdef, tx=tx, label_smoothing=cfg.label_smoothing)
+  bound = steps.bind(graphdef, tx, cfg.label_smoothing)
   args = (state, batch, steps.schedule(cfg, 4))
-  state, m = _compile(steps.train_step, 'resnet', *args, **kw)(*args)
+  state, m = _compile(bound.train_step, 'resnet', *args)(*args)
   out = _flat({'params': state.params, 'batch_stats': state.batch_stats},
               'resnet')
   out['resnet_loss'] = np.asarray(m['loss'])
@@ -170,10 +170,9 @@ def _resnet_drawn_steps(mesh):
       host, batch_size=8, ratio=0.5, augment=train_data.augment_params(
           data_config.get_augment_config(True)), seed=0, mesh=mesh)
   for _ in range(2):
-    state, m = steps.train_steps(
+    state, m = steps.bind(graphdef, tx, cfg.label_smoothing).train_steps(
         state, data, np.int32(2), steps.schedule(cfg, 4), draw=draw,
-        length=2, graphdef=graphdef,
-        tx=tx, label_smoothing=cfg.label_smoothing)
+        length=2)
   out = _flat({'params': state.params, 'batch_stats': state.batch_stats},
               'drawn')
   out['drawn_loss'] = np.asarray(m['loss'])

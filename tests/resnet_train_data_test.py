@@ -180,10 +180,9 @@ def test_several_steps_per_dispatch_equal_one_at_a_time():
     graphdef, _, state = steps.init_state(model, tx)
     state = jax.device_put(state, sharding.replicated(sharding.make_mesh()))
     for n in plan:
-      state, m = steps.train_steps(state, data, jnp.int32(n),
-                                   steps.schedule(config, 6), draw=draw,
-                                   length=length, graphdef=graphdef, tx=tx,
-                                   label_smoothing=0.1)
+      state, m = steps.bind(graphdef, tx, 0.1).train_steps(
+          state, data, jnp.int32(n), steps.schedule(config, 6), draw=draw,
+          length=length)
     results.append((state, float(m['loss'][plan[-1] - 1])))
   (s1, l1), (s4, l4) = results
   assert int(s1.step) == int(s4.step) == 6
@@ -256,8 +255,16 @@ def test_arms_folds_and_lengths_share_compiled_steps(tmp_path):
   length: once without synthetic images and once with them (and a step's
   output state fed back in does not compile it again)."""
   syn = _synthetic_folder(tmp_path, 5)
-  steps.train_steps.clear_cache()  # what other tests compiled
-  sizes = [steps.train_steps._cache_size()]  # pylint: disable=protected-access
+  steps.bind.cache_clear()  # what other tests compiled
+
+  def bound(config):  # the runs' steps: bind's one entry (asserted)
+    tx = steps.create_optimizer(config)
+    graphdef, _, _ = steps.init_state(steps.create_model(config, 1), tx)
+    b = steps.bind(graphdef, tx, config.label_smoothing)
+    assert steps.bind.cache_info().currsize == 1
+    return b
+
+  sizes = []
   runs = [('none', 0, 0.032), ('classic', 0, 0.032), ('classic', 1, 0.048),
           ('none', 1, 0.04), ('gan', 0, 0.032), ('classic+gan', 1, 0.04)]
   for i, (arm, fold, kimg) in enumerate(runs):
@@ -268,6 +275,5 @@ def test_arms_folds_and_lengths_share_compiled_steps(tmp_path):
     config.data.synthetic_dir = str(syn)
     config.data.allow_unverified_synthetic = True
     train.train_and_evaluate(config, str(tmp_path / str(i)))
-    sizes.append(steps.train_steps._cache_size())  # pylint: disable=protected-access
-  assert sizes[1:5] == [sizes[0] + 1] * 4
-  assert sizes[5] == sizes[6] == sizes[0] + 2
+    sizes.append(bound(config).train_steps._cache_size())  # pylint: disable=protected-access
+  assert sizes == [1, 1, 1, 1, 2, 2]

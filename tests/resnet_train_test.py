@@ -43,9 +43,8 @@ def _run_steps(num_steps, seed=0):
   batch = _fake_batch()
   losses = []
   for _ in range(num_steps):
-    state, m = steps.train_step(state, batch, steps.schedule(config, 100),
-                                graphdef=graphdef, tx=tx,
-                                label_smoothing=0.0)
+    state, m = steps.bind(graphdef, tx, 0.0).train_step(
+        state, batch, steps.schedule(config, 100))
     losses.append(float(m['loss']))
   return params0, state, losses
 
@@ -66,23 +65,24 @@ def test_equal_runs_in_one_process_reuse_the_traced_step():
   # A study's arms, folds and repeats: the same model and optimiser
   # settings, a fresh config and model each, any step count or peak rate;
   # only the first run traces train_step.
-  def run(total_steps, lr=0.1):
+  def run(total_steps, lr=0.1, momentum=0.9):
     config = _tiny_config()
-    config.learning_rate = lr
+    config.learning_rate, config.momentum = lr, momentum
     tx = steps.create_optimizer(config)
     graphdef, _, state = steps.init_state(steps.create_model(config, 1), tx)
-    steps.train_step(state, _fake_batch(), steps.schedule(config, total_steps),
-                     graphdef=graphdef, tx=tx, label_smoothing=0.0)
-    return tx
+    bound = steps.bind(graphdef, tx, 0.0)
+    bound.train_step(state, _fake_batch(),
+                     steps.schedule(config, total_steps))
+    return bound
 
   first = run(37)
-  traced = steps.train_step._cache_size()  # pylint: disable=protected-access
+  assert first.train_step._cache_size() == 1  # pylint: disable=protected-access
   assert run(37) is first
   assert run(38) is first and run(38, lr=0.05) is first
-  assert steps.train_step._cache_size() == traced  # pylint: disable=protected-access
-  config = _tiny_config()
-  config.momentum = 0.8  # another optimiser: traced once more
-  assert steps.create_optimizer(config) is not first
+  assert first.train_step._cache_size() == 1  # pylint: disable=protected-access
+  other = run(37, momentum=0.8)  # another optimiser: traced once more
+  assert other is not first
+  assert other.train_step._cache_size() == 1  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize('total, warmup_fraction', [
@@ -280,15 +280,15 @@ def test_non_finite_loss_names_step_and_checkpoint(tmp_path, monkeypatch,
     m['loss'] = jnp.where(state.step >= 3, jnp.nan, m['loss'])
     return state, m
 
-  # The jitted steps trace `_step` again only with their caches cleared.
-  jax.clear_caches()
+  # The steps bind `_step` again only with bind's cache cleared.
+  steps.bind.cache_clear()
   monkeypatch.setattr(steps, '_step', nan_from_step_3)
   try:
     with pytest.raises(FloatingPointError) as e:
       train.train_and_evaluate(config, str(tmp_path))
   finally:
     monkeypatch.undo()
-    jax.clear_caches()
+    steps.bind.cache_clear()
   msg = str(e.value)
   # Step 3 is caught at the step-4 log/checkpoint, before step 4 is saved.
   assert 'non-finite loss (nan) at step 3 of 8' in msg
