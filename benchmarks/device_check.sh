@@ -32,6 +32,12 @@
 #            the device, dispatched as a training loop does) and PyTorch
 #            channels_last float32 and bf16 autocast (resnet_step_torch.py,
 #            one process).
+#   train_loop  ResNet-50 at 224x224 in bfloat16, batch 128, in train.py's
+#            own loop (main.py --config=configs/resnet.py:paper, arm none,
+#            12.8 kimg, no evaluation or checkpoint before the end;
+#            $HEAD_CT's images when set, else the phantoms): batches drawn
+#            on the device, then streamed by grain (8 workers); img/s
+#            after the first dispatch (its compilation) from results.json.
 #   loop     the Head CT model of configs/study.py:gpu (fmap 4096/256, ADA,
 #            mirroring) in the training loop at 64x64, float32 and bfloat16;
 #            then bfloat16 with the penalty on a quarter of each batch
@@ -229,6 +235,36 @@ section_resnet_tune() {
       --jit_call --profile_dir="$OUT/resnet_profile"
   resnet_jax resnet_jax_bf16_conv1x1 "${LIMIT_resnet_tune:-90}" bfloat16 \
       --nopointwise_dot
+}
+
+# ResNet-50 in train.py's own loop: main.py with configs/resnet.py:paper
+# (224x224, bfloat16) at batch RN_BATCH, arm none, no evaluation or
+# checkpoint before the end; batches drawn on the device (16 steps a
+# dispatch), then streamed by grain (8 workers, one step a dispatch).
+section_train_loop() {
+  local data=() small=() kimg=12.8 mode
+  [ -n "${HEAD_CT:-}" ] && data=(--config.data.name=head_ct
+      --config.data.dir="$HEAD_CT")
+  [ "$QUICK" = 1 ] && { kimg=0.032; small=(--config.model=_resnet1
+      --config.num_filters=4 --config.data.storage_size=32
+      --config.data.resolution=32); }
+  for mode in yes no; do
+    step "train_loop[data_on_device=$mode]" "${LIMIT_train_loop:-150}" \
+        "$PYTHON" main.py --config=configs/resnet.py:paper \
+        --workdir="$TMPW/train_loop_$mode" --config.arm=none \
+        --config.batch_size=$RN_BATCH --config.kimg=$kimg \
+        --config.eval_every_steps=0 --config.checkpoint_every_steps=1000000 \
+        --config.data_on_device=$mode --config.data.num_workers=8 \
+        ${data[@]+"${data[@]}"} ${small[@]+"${small[@]}"}
+    "$PYTHON" -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+n, how, ips, sec = (r[k] for k in ("steps", "batches",
+                                   "train_images_per_second", "train_seconds"))
+print(f"train_loop[data_on_device={sys.argv[2]}]: {n} steps of {sys.argv[3]}, "
+      f"batches {how}: {ips} img/s after the first dispatch, {sec} s training")' \
+        "$TMPW/train_loop_$mode/results.json" $mode $RN_BATCH 2>&1 \
+        | tee -a "$LOG"
+  done
 }
 
 section_loop() {

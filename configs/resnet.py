@@ -18,9 +18,9 @@
 
 Writes W/config.json (this config, for configs/predict.py and
 configs/compare.py), W/results.json (val / test metrics at threshold 0.5
-and at the threshold chosen on val; for the 'gan' arms the synthetic folder,
-its GANs, the ratio and each class's share), W/test_predictions.csv
-(id,label,prob),
+and at the threshold chosen on val; training seconds and img/s after the
+first dispatch; for the 'gan' arms the synthetic folder, its GANs, the
+ratio and each class's share), W/test_predictions.csv (id,label,prob),
 W/tensorboard/ and W/checkpoints/ (resumed if present; a finished run
 returns its results.json without training).
 """

@@ -21,7 +21,8 @@ SPLITS = ('val', 'test', 'test_at_val_threshold')
 METRICS = ('auc', 'accuracy', 'balanced_accuracy', 'sensitivity',
            'specificity', 'f1')
 # Top-level results fields worth a row.
-FIELDS = ('threshold', 'num_train', 'steps', 'train_seconds')
+FIELDS = ('threshold', 'num_train', 'steps', 'train_seconds',
+          'train_images_per_second')
 
 
 def flatten(tree: Any, prefix: str = '') -> dict[str, Any]:

@@ -248,6 +248,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   pending, host, read = [], [], start_step
   saved = mngr.latest_step()
   step = start_step
+  # (step, time) when this process's first dispatch had finished: the
+  # throughput after it leaves out compilation.
+  steady = None
   run = functools.partial(feed.run, sched=sched, bound=steps.bind(
       graphdef, tx, config.label_smoothing))
 
@@ -277,6 +280,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       state, m = run(state, n)
       pending.append((m, n))
       step += n
+      if steady is None:
+        jax.block_until_ready(m)
+        steady = (step, time.time())
       bar.update(n)
       save = (step == total_steps or step % config.checkpoint_every_steps == 0
               or bool(stop))
@@ -302,7 +308,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
              else 'no checkpoint yet')
     stop.exit(f'classifier training stopped; {where}; run the same command '
               'again to resume')
-  train_time = time.time() - t0
+  t_end = time.time()
+  train_time = t_end - t0
+  # Every step is done: the last dispatch was read back.
+  images_per_s = (None if steady is None or step == steady[0] else
+                  (step - steady[0]) * config.batch_size / (t_end - steady[1]))
+  if images_per_s is not None:
+    logging.info('%d steps in %.1f s; %.1f img/s after the first dispatch '
+                 '(its compilation excluded)', step - start_step, train_time,
+                 images_per_s)
 
   # Final evaluation: threshold chosen on val, applied to test unchanged.
   val_probs = steps.predict(state, eval_graphdef, val_images,
@@ -331,6 +345,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       'synthetic': synthetic,
       'channels': int(prepared.channels),
       'train_seconds': round(train_time, 1),
+      # Images per second after this process's first dispatch (None with
+      # one dispatch only); evaluations and checkpoints in between count.
+      'train_images_per_second': (None if images_per_s is None
+                                  else round(images_per_s, 1)),
       'class_names': list(prepared.class_names),
   }
   _write_scalars(writer, total_steps, {

@@ -175,3 +175,25 @@ def test_device_check_quick_runs_the_default_sections(tmp_path):
   assert os.path.isfile(tmp_path / 'out' / 'main_metrics.jsonl'), out
   with open(tmp_path / 'out' / 'device_check.log') as f:
     assert f.read().count('img/s') >= 2
+
+
+def test_device_check_quick_train_loop(tmp_path):
+  # train_loop reads its figure from each run's results.json: a run that
+  # gives none (one dispatch only) or a key renamed fails here, not on a
+  # GPU.
+  env = dict(os.environ, JAX_PLATFORMS='cpu', QUICK='1', SECTIONS='train_loop',
+             OUT=str(tmp_path / 'out'), PYTHON=sys.executable)
+  env.pop('PYTHONPATH', None)
+  r = subprocess.run(['bash', os.path.join(_ROOT, 'benchmarks',
+                                           'device_check.sh')],
+                     cwd=tmp_path, env=env, capture_output=True, text=True,
+                     timeout=600)
+  out = r.stdout + r.stderr
+  rcs = dict(re.findall(r'^== (\S+): rc=(\d+),', r.stdout, re.M))
+  assert rcs == {'train_loop[data_on_device=yes]': '0',
+                 'train_loop[data_on_device=no]': '0'}, out
+  for mode, how in (('yes', 'device'), ('no', 'stream')):
+    m = re.search(rf'^train_loop\[data_on_device={mode}\]: 8 steps of 4, '
+                  rf'batches {how}: ([0-9.]+) img/s after the first '
+                  'dispatch', r.stdout, re.M)
+    assert m and float(m.group(1)) > 0, out

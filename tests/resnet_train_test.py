@@ -218,6 +218,8 @@ def test_tiny_end_to_end(tmp_path):
     assert 0 <= stored[key]['accuracy'] <= 1
   assert stored['test_at_val_threshold']['threshold'] == stored['threshold']
   assert stored['steps'] == 4
+  # Four dispatches of one step (the CPU's), the first one left out.
+  assert stored['train_images_per_second'] > 0
   with open(os.path.join(workdir, 'test_predictions.csv')) as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == stored['test']['n'] > 0
@@ -240,6 +242,19 @@ def test_tiny_end_to_end(tmp_path):
   assert 'log_every_steps' not in msg and '\n' not in msg
   assert json.load(open(os.path.join(workdir, 'config.json')))['arm'] == (
       'classic')
+
+
+def test_one_dispatch_gives_no_throughput(tmp_path):
+  # The throughput leaves out the first dispatch (its compilation): a run
+  # of one dispatch has none to give.
+  config = resnet_config.get_config('tiny')
+  config.data_on_device = 'yes'
+  config.steps_per_dispatch = 4
+  config.eval_every_steps = 0
+  config.checkpoint_every_steps = 4
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['steps'] == 4
+  assert results['train_images_per_second'] is None
 
 
 def test_older_workdir_returns_its_results_with_grain_batches(tmp_path):
