@@ -34,10 +34,13 @@
 #            one process).
 #   train_loop  ResNet-50 at 224x224 in bfloat16, batch 128, in train.py's
 #            own loop (main.py --config=configs/resnet.py:paper, arm none,
-#            12.8 kimg, no evaluation or checkpoint before the end;
-#            $HEAD_CT's images when set, else the phantoms): batches drawn
-#            on the device, then streamed by grain (8 workers); img/s
-#            after the first dispatch (its compilation) from results.json.
+#            no evaluation or checkpoint before the end; $HEAD_CT's images
+#            when set, else the phantoms): 400 steps with batches drawn on
+#            the device, then 200 streamed by grain (8 workers); the img/s
+#            train.py measured after its first dispatch (which compiles
+#            the step) to its last step, from results.json. Grain's
+#            workers fill their buffers while the step compiles, so the
+#            first streamed steps after it may find their batches ready.
 #   loop     the Head CT model of configs/study.py:gpu (fmap 4096/256, ADA,
 #            mirroring) in the training loop at 64x64, float32 and bfloat16;
 #            then bfloat16 with the penalty on a quarter of each batch
@@ -240,28 +243,36 @@ section_resnet_tune() {
 # ResNet-50 in train.py's own loop: main.py with configs/resnet.py:paper
 # (224x224, bfloat16) at batch RN_BATCH, arm none, no evaluation or
 # checkpoint before the end; batches drawn on the device (16 steps a
-# dispatch), then streamed by grain (8 workers, one step a dispatch).
+# dispatch; 400 steps), then streamed by grain (8 workers, one step a
+# dispatch; 200 steps).
 section_train_loop() {
-  local data=() small=() kimg=12.8 mode
+  local data=() small=() kimg mode workers=8 drawn=400 streamed=200
   [ -n "${HEAD_CT:-}" ] && data=(--config.data.name=head_ct
       --config.data.dir="$HEAD_CT")
-  [ "$QUICK" = 1 ] && { kimg=0.032; small=(--config.model=_resnet1
-      --config.num_filters=4 --config.data.storage_size=32
-      --config.data.resolution=32); }
+  [ "$QUICK" = 1 ] && { workers=2 drawn=8 streamed=8
+      small=(--config.model=_resnet1 --config.num_filters=4
+      --config.data.storage_size=32 --config.data.resolution=32); }
   for mode in yes no; do
+    kimg=$([ $mode = yes ] && echo $drawn || echo $streamed)  # steps
+    kimg=$(awk "BEGIN { print $kimg * $RN_BATCH / 1000 }")
     step "train_loop[data_on_device=$mode]" "${LIMIT_train_loop:-150}" \
         "$PYTHON" main.py --config=configs/resnet.py:paper \
         --workdir="$TMPW/train_loop_$mode" --config.arm=none \
         --config.batch_size=$RN_BATCH --config.kimg=$kimg \
         --config.eval_every_steps=0 --config.checkpoint_every_steps=1000000 \
-        --config.data_on_device=$mode --config.data.num_workers=8 \
+        --config.data_on_device=$mode --config.data.num_workers=$workers \
         ${data[@]+"${data[@]}"} ${small[@]+"${small[@]}"}
+    if [ ! -f "$TMPW/train_loop_$mode/results.json" ]; then
+      say "train_loop[data_on_device=$mode]: no results.json"
+      continue
+    fi
     "$PYTHON" -c 'import json, sys
 r = json.load(open(sys.argv[1]))
 n, how, ips, sec = (r[k] for k in ("steps", "batches",
                                    "train_images_per_second", "train_seconds"))
-print(f"train_loop[data_on_device={sys.argv[2]}]: {n} steps of {sys.argv[3]}, "
-      f"batches {how}: {ips} img/s after the first dispatch, {sec} s training")' \
+print(f"train_loop[data_on_device={sys.argv[2]}]: {n} steps of "
+      f"{sys.argv[3]}, batches {how}: {ips} img/s after the first "
+      f"dispatch, {sec} s training")' \
         "$TMPW/train_loop_$mode/results.json" $mode $RN_BATCH 2>&1 \
         | tee -a "$LOG"
   done

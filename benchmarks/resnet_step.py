@@ -1,4 +1,5 @@
-"""ResNet train-step throughput (images/s) of resnet_jax.steps.train_step.
+"""ResNet train-step throughput (images/s) of the classifier's train_step
+(resnet_jax.steps.bind).
 
   python benchmarks/resnet_step.py --resolution=128,224 --batch_size=16
   python benchmarks/resnet_step.py --resolution=224 --channels=3
@@ -20,11 +21,12 @@ time the host took to dispatch one (`ms a call`). Steps call the compiled
 program (`train_step.lower(...).compile()`); `--jit_call` also times them
 both ways through `jax.jit`'s call, as train.py's streamed steps call them
 (resnet_jax.steps.bind: the model's graph bound, not hashed at every call
-as a static argument, which cost 1.2-1.7 ms a step on an H200).
+as a static argument; with it a static argument, the call cost 1.2-1.7 ms
+a step more than the compiled program on an H200).
 `--profile_dir=DIR` then traces `--steps` more back-to-back steps of each
 combination into DIR/<combination> (e.g.
-224x224_b128_bfloat16_pool-window_stem0) and prints the kernels that took most device time
-(benchmarks/profile_summary.py).
+224x224_b128_bfloat16_pool-window_stem0) and prints the kernels that took
+most device time (benchmarks/profile_summary.py).
 Compare with benchmarks/resnet_step_torch.py (same model shape). On a
 shared machine, run the variants back to back and repeat.
 
@@ -85,9 +87,9 @@ _THREADS = flags.DEFINE_integer(
     'GPU 1: two ResNet-50 programs compiling at once took 54 s each on an '
     'H200 (XLA autotunes under a device lock).')
 _JIT_CALL = flags.DEFINE_bool(
-    'jit_call', False, 'Also time the steps waited for one by one through '
-    "jax.jit's call (resnet_jax.steps.bind(...).train_step, as train.py "
-    'calls it) rather than the compiled program.')
+    'jit_call', False, 'Also time the steps, each waited for and back to '
+    "back, through jax.jit's call (resnet_jax.steps.bind(...).train_step, "
+    'as train.py calls it) rather than the compiled program.')
 _PROFILE_DIR = flags.DEFINE_string(
     'profile_dir', None, 'Trace --steps back-to-back steps of each '
     'combination here and print its kernels by device time.')
@@ -148,12 +150,13 @@ class _Case:
     persistent compilation cache where one is set, or compiles it again:
     on a GPU autotuning may then pick other kernels)."""
     times = []
-    for _ in range(n + jit):
+    first = int(jit)  # untimed
+    for _ in range(first + n):
       t0 = time.perf_counter()
       m = jax.block_until_ready(self.step(jit))
       times.append(time.perf_counter() - t0)
     self.loss = float(m['loss'])
-    return np.array(times[jit:])
+    return np.array(times[first:])
 
   def back_to_back(self, n: int, jit: bool = False) -> tuple[float, float]:
     """n steps dispatched back to back, waited for once: (seconds, median

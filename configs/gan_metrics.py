@@ -47,7 +47,7 @@ def get_metrics_config(arg: str | None = None) -> ml_collections.ConfigDict:
   m.fast = False
 
   # One classifier recipe for the feature network (= TRTR), C2ST and TSTR:
-  # the project's ResNet + train_step (resnet_jax/steps.py).
+  # the project's ResNet and training steps (resnet_jax/steps.py).
   c = m.classifier = ml_collections.ConfigDict()
   # resnet10 (one block per stage) | resnet18 | ... | _resnet1 (tests).
   c.model = 'resnet10'

@@ -225,9 +225,10 @@ def bind(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   The graph, optimiser and label smoothing are bound here, once per run,
   rather than passed to jax.jit as static arguments: jax.jit hashes its
   static arguments at every call, and hashing ResNet-50's graph takes about
-  1.4 ms (the 2-core CPU; 1.2-1.7 ms a step on an H200), where the rest
-  of a dispatch from the host takes 2.3 ms (benchmarks/resnet_step.py
-  --jit_call, `ms a call`). Equal arguments give the same (cached)
+  1.4 ms on the 2-core CPU, where the rest of a dispatch from the host
+  takes 2.3 ms (fastest; 3.0 median: benchmarks/resnet_step.py --jit_call,
+  `ms a call`). On an H200 the call with static arguments cost 1.2-1.7 ms
+  a step more than the compiled program. Equal arguments give the same (cached)
   Steps, so every run of one process with equal model and optimiser
   settings (a study's arms, folds and repeats) reuses its compiled steps.
   """

@@ -248,9 +248,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
   pending, host, read = [], [], start_step
   saved = mngr.latest_step()
   step = start_step
-  # (step, time) when this process's first dispatch had finished: the
-  # throughput after it leaves out compilation.
-  steady = None
+  # Throughput (`train_images_per_second`): the images of the steps after
+  # this process's first dispatch (which compiles the step) over the time
+  # from when that dispatch had finished to when the last step was read
+  # back, before the final checkpoint; evaluations and checkpoints in
+  # between count. `steady`: (step, time) at the start of that window.
+  steady, t_last = None, None
   run = functools.partial(feed.run, sched=sched, bound=steps.bind(
       graphdef, tx, config.label_smoothing))
 
@@ -287,6 +290,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       save = (step == total_steps or step % config.checkpoint_every_steps == 0
               or bool(stop))
       read_back(everything=save)
+      if step == total_steps:
+        t_last = time.time()
       if (config.eval_every_steps and step % config.eval_every_steps == 0
           and step != total_steps and len(val_images)):
         probs = steps.predict(state, eval_graphdef, val_images,
@@ -308,14 +313,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
              else 'no checkpoint yet')
     stop.exit(f'classifier training stopped; {where}; run the same command '
               'again to resume')
-  t_end = time.time()
-  train_time = t_end - t0
-  # Every step is done: the last dispatch was read back.
+  train_time = time.time() - t0
   images_per_s = (None if steady is None or step == steady[0] else
-                  (step - steady[0]) * config.batch_size / (t_end - steady[1]))
+                  (step - steady[0]) * config.batch_size / (t_last - steady[1]))
   if images_per_s is not None:
     logging.info('%d steps in %.1f s; %.1f img/s after the first dispatch '
-                 '(its compilation excluded)', step - start_step, train_time,
+                 '(which compiled the step)', step - start_step, train_time,
                  images_per_s)
 
   # Final evaluation: threshold chosen on val, applied to test unchanged.
@@ -345,8 +348,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict,
       'synthetic': synthetic,
       'channels': int(prepared.channels),
       'train_seconds': round(train_time, 1),
-      # Images per second after this process's first dispatch (None with
-      # one dispatch only); evaluations and checkpoints in between count.
+      # Images per second after this process's first dispatch, to the
+      # last step (see `steady` above; None with one dispatch only).
       'train_images_per_second': (None if images_per_s is None
                                   else round(images_per_s, 1)),
       'class_names': list(prepared.class_names),

@@ -9,11 +9,11 @@ with a single CPU device. Each runs, on a ('data',) mesh of all its devices
       generator step, EMA) with configs/pggan.py:tiny at 8x8, batch 8, and
       one at batch 16 with the penalty on every other pair
       (gp_batch_shrink=2);
-  (b) one classifier step (resnet_jax.steps.train_step), configs/resnet.py:
-      tiny, batch 8;
+  (b) one classifier step (train_step of resnet_jax.steps.bind),
+      configs/resnet.py:tiny, batch 8;
   (c) four classifier steps on batches drawn on the device (classic
       augmentation, half synthetic; resnet_jax.train_data.Draw), two per
-      dispatch (steps.train_steps);
+      dispatch (train_steps of steps.bind);
 and saves the resulting parameters, and whether each compiled step
 reduces across devices (an all-reduce: data parallel, not replicated).
 The 8-device process also trains a tiny PGGAN (train.train_and_evaluate,
