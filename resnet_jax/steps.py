@@ -228,9 +228,10 @@ def bind(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   1.4 ms on the 2-core CPU, where the rest of a dispatch from the host
   takes 2.3 ms (fastest; 3.0 median: benchmarks/resnet_step.py --jit_call,
   `ms a call`). On an H200 the call with static arguments cost 1.2-1.7 ms
-  a step more than the compiled program. Equal arguments give the same (cached)
-  Steps, so every run of one process with equal model and optimiser
-  settings (a study's arms, folds and repeats) reuses its compiled steps.
+  a step more than the compiled program. Equal arguments give the same
+  (cached) Steps, so every run of one process with equal model and
+  optimiser settings (a study's arms, folds and repeats) reuses its
+  compiled steps.
   """
   def train_step(state, batch, sched):
     return _step(state, batch, sched, graphdef, tx, label_smoothing)

@@ -136,9 +136,10 @@ def _spans(batch_size: int, n: int) -> int:
 @dataclasses.dataclass(frozen=True)
 class Draw:
   """Batch `step` of an arm's stream: a static (hashable) argument of
-  `train_steps` (steps.bind). Everything an arm or fold changes (images, counts,
-  synthetic ratio, augmentation) is in its data, so the arms and folds of a
-  study share compiled programs (one with synthetic images, one without)."""
+  `train_steps` (steps.bind). Everything an arm or fold changes (images,
+  counts, synthetic ratio, augmentation) is in its data, so the arms and
+  folds of a study share compiled programs (one with synthetic images, one
+  without)."""
   batch_size: int
   real_spans: int
   synthetic_spans: int

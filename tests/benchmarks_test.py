@@ -155,17 +155,22 @@ def test_resnet_step_sweeps_every_combination(tmp_path):
   assert r.stdout.count('no device kernels in the trace (CPU)') == 4, out
 
 
+def _device_check_quick(tmp_path, **env):
+  """QUICK=1 device_check.sh on the CPU with the suite's Python."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', QUICK='1',
+             OUT=str(tmp_path / 'out'), PYTHON=sys.executable, **env)
+  env.pop('PYTHONPATH', None)
+  return subprocess.run(['bash', os.path.join(_ROOT, 'benchmarks',
+                                              'device_check.sh')],
+                        cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=600)
+
+
 def test_device_check_quick_runs_the_default_sections(tmp_path):
   # QUICK=1 is the CPU dry run of the GPU check: every default section's
   # commands, with tiny shapes. A flag a benchmark no longer takes would
   # otherwise surface only on a GPU, in its scarce minutes.
-  env = dict(os.environ, JAX_PLATFORMS='cpu', QUICK='1',
-             OUT=str(tmp_path / 'out'), PYTHON=sys.executable)
-  env.pop('PYTHONPATH', None)
-  r = subprocess.run(['bash', os.path.join(_ROOT, 'benchmarks',
-                                           'device_check.sh')],
-                     cwd=tmp_path, env=env, capture_output=True, text=True,
-                     timeout=600)
+  r = _device_check_quick(tmp_path)
   out = r.stdout + r.stderr
   assert r.returncode == 0, out
   rcs = dict(re.findall(r'^== (\S+): rc=(\d+),', r.stdout, re.M))
@@ -181,13 +186,7 @@ def test_device_check_quick_train_loop(tmp_path):
   # train_loop reads its figure from each run's results.json: a run that
   # gives none (one dispatch only) or a key renamed fails here, not on a
   # GPU.
-  env = dict(os.environ, JAX_PLATFORMS='cpu', QUICK='1', SECTIONS='train_loop',
-             OUT=str(tmp_path / 'out'), PYTHON=sys.executable)
-  env.pop('PYTHONPATH', None)
-  r = subprocess.run(['bash', os.path.join(_ROOT, 'benchmarks',
-                                           'device_check.sh')],
-                     cwd=tmp_path, env=env, capture_output=True, text=True,
-                     timeout=600)
+  r = _device_check_quick(tmp_path, SECTIONS='train_loop')
   out = r.stdout + r.stderr
   rcs = dict(re.findall(r'^== (\S+): rc=(\d+),', r.stdout, re.M))
   assert rcs == {'train_loop[data_on_device=yes]': '0',
