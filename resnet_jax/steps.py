@@ -224,14 +224,14 @@ def bind(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
 
   The graph, optimiser and label smoothing are bound here, once per run,
   rather than passed to jax.jit as static arguments: jax.jit hashes its
-  static arguments at every call, and hashing ResNet-50's graph takes about
-  1.4 ms on the 2-core CPU, where the rest of a dispatch from the host
-  takes 2.3 ms (fastest; 3.0 median: benchmarks/resnet_step.py --jit_call,
-  `ms a call`). On an H200 the call with static arguments cost 1.2-1.7 ms
-  a step more than the compiled program. Equal arguments give the same
-  (cached) Steps, so every run of one process with equal model and
-  optimiser settings (a study's arms, folds and repeats) reuses its
-  compiled steps.
+  static arguments at every call, and hashing ResNet-50's graph takes
+  1.0-1.5 ms on the 2-core CPU, where the whole dispatch of a step from
+  the host takes 2.0-2.3 ms bound (fastest calls; benchmarks/resnet_step.py
+  --jit_call prints the median, `ms a call`). On an H200 the call with
+  static arguments cost 1.2-1.7 ms a step more than the compiled program.
+  Equal arguments give the same (cached) Steps, so every run of one
+  process with equal model and optimiser settings (a study's arms, folds
+  and repeats) reuses its compiled steps.
   """
   def train_step(state, batch, sched):
     return _step(state, batch, sched, graphdef, tx, label_smoothing)
