@@ -246,15 +246,15 @@ section_resnet_tune() {
 # dispatch; 400 steps), then streamed by grain (8 workers, one step a
 # dispatch; 200 steps).
 section_train_loop() {
-  local data=() small=() kimg mode workers=8 drawn=400 streamed=200
+  local data=() small=() mode n kimg workers=8 drawn=400 streamed=200
   [ -n "${HEAD_CT:-}" ] && data=(--config.data.name=head_ct
       --config.data.dir="$HEAD_CT")
   [ "$QUICK" = 1 ] && { workers=2 drawn=8 streamed=8
       small=(--config.model=_resnet1 --config.num_filters=4
       --config.data.storage_size=32 --config.data.resolution=32); }
   for mode in yes no; do
-    kimg=$([ $mode = yes ] && echo $drawn || echo $streamed)  # steps
-    kimg=$(awk "BEGIN { print $kimg * $RN_BATCH / 1000 }")
+    n=$([ $mode = yes ] && echo $drawn || echo $streamed)  # steps
+    kimg=$(awk "BEGIN { print $n * $RN_BATCH / 1000 }")
     step "train_loop[data_on_device=$mode]" "${LIMIT_train_loop:-150}" \
         "$PYTHON" main.py --config=configs/resnet.py:paper \
         --workdir="$TMPW/train_loop_$mode" --config.arm=none \
