@@ -9,10 +9,8 @@
 #
 # Run from anywhere; it works in the checkout that holds it and needs no
 # network. Sections, in this order (SECTIONS picks and orders them; default
-# "install main pggan resnet": 422 s whole on one H200 on 2026-11-27,
-# when it compiled the PGGAN programs all at once and ran the PyTorch
-# ResNet twin as two processes; about 360 s since, by its steps timed in
-# the same session, not yet run whole again):
+# "install main pggan resnet": 357 s whole on one H200 on 2026-11-28, with
+# a fresh compilation cache):
 #   install  WHEELS_DIR (default .whl) into a temporary folder when grain,
 #            ml-collections or tensorflow-datasets are missing (an offline
 #            GPU image: see the README's "GPU, TPU and clusters"), with
@@ -38,9 +36,11 @@
 #            when set, else the phantoms): 400 steps with batches drawn on
 #            the device, then 200 streamed by grain (8 workers); the img/s
 #            train.py measured after its first dispatch (which compiles
-#            the step) to its last step, from results.json. Grain's
-#            workers fill their buffers while the step compiles, so the
-#            first streamed steps after it may find their batches ready.
+#            the step) to its last step, from results.json (on an H200:
+#            5,997-6,007 img/s drawn, 5,476-5,680 streamed; 33-52 s a
+#            run). Grain's workers fill their buffers while the step
+#            compiles, so the first streamed steps after it may find
+#            their batches ready.
 #   loop     the Head CT model of configs/study.py:gpu (fmap 4096/256, ADA,
 #            mirroring) in the training loop at 64x64, float32 and bfloat16;
 #            then bfloat16 with the penalty on a quarter of each batch
@@ -69,7 +69,10 @@
 #            channels (--stem_pad_channels=4), each alone and both; each
 #            also through jax.jit's call, and traced: the kernels by
 #            device time, traces in $OUT/resnet_profile. Then 1x1 convs
-#            as convolutions (--nopointwise_dot).
+#            as convolutions (--nopointwise_dot). On an H200 (98 s with
+#            the default step's program cached) none helped: padding left
+#            every kernel unchanged, the slices were 0.11 ms a step
+#            slower.
 #   compile_flags  the loop section's GAN (float32 and bfloat16) under
 #            XLA_FLAGS variants that may shorten its compilation (fresh
 #            compilation cache each): none, --xla_gpu_autotune_level=1 (no
