@@ -71,8 +71,8 @@
 #            device time, traces in $OUT/resnet_profile. Then 1x1 convs
 #            as convolutions (--nopointwise_dot). On an H200 (98 s with
 #            the default step's program cached) none helped: padding left
-#            every kernel unchanged, the slices were 0.11 ms a step
-#            slower.
+#            the listed kernels unchanged, the slices took 0.11 ms a
+#            step more device time.
 #   compile_flags  the loop section's GAN (float32 and bfloat16) under
 #            XLA_FLAGS variants that may shorten its compilation (fresh
 #            compilation cache each): none, --xla_gpu_autotune_level=1 (no
