@@ -184,23 +184,25 @@ def _ints(flag) -> list[int]:
                          'comma-separated integers') from None
 
 
+def _choices(flag, allowed: tuple[str, ...]) -> list[str]:
+  for v in flag.value:
+    if v not in allowed:
+      raise app.UsageError(f'--{flag.name}={v!r}: {" or ".join(allowed)}')
+  return flag.value
+
+
 def main(argv):
   del argv
-  for dt in _DTYPE.value:
-    if dt not in ('float32', 'bfloat16'):
-      raise app.UsageError(f'--dtype={dt!r}: float32 or bfloat16')
+  dtypes = _choices(_DTYPE, ('float32', 'bfloat16'))
   if _STEPS.value < 1:
     raise app.UsageError('--steps must be >= 1')
-  for mp in _MAX_POOL.value:
-    if mp not in ('window', 'slices'):
-      raise app.UsageError(f'--max_pool={mp!r}: window or slices')
+  pools = _choices(_MAX_POOL, ('window', 'slices'))
   print(f'jax {jax.__version__} {jax.devices()} '
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r} {_MODEL.value} "
         f'pointwise_dot={_POINTWISE_DOT.value} channels={_CHANNELS.value}',
         flush=True)
   combos = itertools.product(
-      _ints(_RES), _ints(_BATCH), _DTYPE.value, _MAX_POOL.value,
-      _ints(_STEM_PAD))
+      _ints(_RES), _ints(_BATCH), dtypes, pools, _ints(_STEM_PAD))
   cases = [_Case(*c) for c in combos]   # traced one after another
   threads = _THREADS.value or len(cases)
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
