@@ -95,12 +95,13 @@ def format_summary(planes: list[dict], top: int = 25,
   lines = []
   for p in planes:
     busy, span = p['busy_ns'], p['span_ns']
+    launches = sum(k[3] for k in p['kernels'])
     head = (f"{p['plane']}: busy {busy / 1e6:.2f} ms of a {span / 1e6:.2f} "
             f'ms span ({100 * (1 - busy / span):.1f} % idle), '
-            f"{sum(k[3] for k in p['kernels'])} kernel launches")
+            f'{launches} kernel launches')
     if steps:
       head += (f'; per step: busy {busy / steps / 1e6:.2f} ms, '
-               f"{sum(k[3] for k in p['kernels']) / steps:.0f} launches")
+               f'{launches / steps:.0f} launches')
     lines.append(head)
     lines.append(f'{"ms":>9} {"%busy":>6} {"launches":>8}  kernel [hlo op]')
     for name, op, t, c in p['kernels'][:top]:
